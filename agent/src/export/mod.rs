@@ -1,0 +1,41 @@
+//! What the agent serves: /metrics (OpenMetrics text for Prometheus) and /healthz.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+
+use crate::runtime::Agent;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub async fn serve(addr: SocketAddr, agent: Arc<Agent>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    log::info!(
+        "serving metrics on http://{}/metrics",
+        listener.local_addr()?
+    );
+    axum::serve(listener, router(agent)).await
+}
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/",
+            get(|| async { "obs-agent: see /metrics and /healthz\n" }),
+        )
+        .with_state(agent)
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
+    agent.refresh();
+    match agent.metrics.encode() {
+        Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,16 @@
+//! obs-agent: watches unmodified processes through eBPF and exports what their services do as
+//! Prometheus metrics.
+//!
+//! Data flows one way: `probes` (kernel) → `events` (ring buffer) → `spans` (requests) →
+//! `metrics` → `export`. `target` and `symbols` decide what `probes` attaches where.
+
+pub mod cli;
+pub mod events;
+pub mod export;
+pub mod metrics;
+pub mod probes;
+pub mod protocols;
+pub mod runtime;
+pub mod spans;
+pub mod symbols;
+pub mod target;

@@ -1,0 +1,101 @@
+//! `obs-agent`: parse the command line, load the probes, pick targets, then serve metrics
+//! while events flow. Edges use anyhow; the library's errors say what went wrong.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use obs_agent::{
+    cli::Args,
+    events, export,
+    metrics::Metrics,
+    probes::{error_chain, Probes},
+    runtime::Agent,
+    target::Selection,
+};
+
+fn main() {
+    let args = Args::parse();
+    env_logger::Builder::new()
+        .filter_level(args.log_level)
+        .parse_env("RUST_LOG")
+        .format_timestamp_millis()
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("obs-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("obs-agent must run as root (it loads eBPF programs and reads other processes' /proc entries): try sudo");
+    }
+    let mut probes = Probes::load()?;
+    let ring = probes.take_events()?;
+    let selection = if args.pids.is_empty() {
+        Selection::AllGo
+    } else {
+        Selection::Pids(args.pids.clone())
+    };
+    let metrics = Arc::new(Metrics::new(args.max_routes));
+    let agent = Arc::new(Agent::new(probes, metrics, selection.clone()));
+
+    match &selection {
+        Selection::Pids(pids) => {
+            let mut problems = Vec::new();
+            for &pid in pids {
+                if let Err(e) = agent.watch(pid) {
+                    log::warn!("not watching {}", error_chain(&e));
+                    agent.metrics.agent.attach_failure(e.reason());
+                    problems.push(error_chain(&e));
+                }
+            }
+            if agent.watched_count() == 0 {
+                bail!("nothing to watch:\n  {}", problems.join("\n  "));
+            }
+        }
+        Selection::AllGo => {
+            agent.reconcile();
+            log::info!(
+                "watching every Go process on this machine ({} now)",
+                agent.watched_count()
+            );
+        }
+    }
+
+    let reader_agent = agent.clone();
+    let reader = tokio::spawn(events::read_forever(ring, move |e| reader_agent.handle(e)));
+    let lifecycle_agent = agent.clone();
+    let rescan = Duration::from_millis(args.rescan_ms.max(50));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(rescan);
+        loop {
+            tick.tick().await;
+            let a = lifecycle_agent.clone();
+            // /proc scans and binary analysis block: keep them off the event loop.
+            let _ = tokio::task::spawn_blocking(move || a.reconcile()).await;
+        }
+    });
+    let server = export::serve(args.listen, agent.clone());
+
+    tokio::select! {
+        r = server => r.with_context(|| format!("serving metrics on {}", args.listen))?,
+        r = reader => r.context("event reader stopped")?.context("reading events")?,
+        _ = shutdown_signal() => log::info!("shutting down; detaching probes"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

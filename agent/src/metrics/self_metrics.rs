@@ -1,0 +1,134 @@
+//! The agent's own metrics (`obs_agent_*`): what it watches, what it received, and every
+//! thing it dropped or failed to do, by reason. Nothing is lost silently.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub pid: u32,
+    pub service_name: String,
+    pub executable: String,
+    pub go_version: String,
+}
+
+#[derive(Clone, Default)]
+pub struct SelfMetrics {
+    pub processes_watched: Gauge,
+    pub probes_attached: Gauge,
+    pub events_received: Counter,
+    /// Events the kernel could not deliver (ring buffer full), and events user space could
+    /// not use (unknown process, ...), by reason.
+    pub events_lost: Family<ReasonLabels, Counter>,
+    pub decode_errors: Family<ReasonLabels, Counter>,
+    /// Problems the kernel programs met (reads of target memory that failed, ...).
+    pub kernel_errors: Family<ReasonLabels, Counter>,
+    pub attach_failures: Family<ReasonLabels, Counter>,
+    pub routes_overflowed: Counter,
+    pub target_info: Family<TargetLabels, Gauge>,
+}
+
+impl SelfMetrics {
+    pub fn register(r: &mut Registry) -> Self {
+        let m = Self::default();
+        r.register(
+            "processes_watched",
+            "Processes the agent watches now",
+            m.processes_watched.clone(),
+        );
+        r.register(
+            "probes_attached",
+            "Probes attached now",
+            m.probes_attached.clone(),
+        );
+        r.register(
+            "events_received",
+            "Events read from the kernel",
+            m.events_received.clone(),
+        );
+        r.register(
+            "events_lost",
+            "Events lost, by reason (kernel: ring_full; user space: unknown_process)",
+            m.events_lost.clone(),
+        );
+        r.register(
+            "decode_errors",
+            "Events that could not be decoded, by reason",
+            m.decode_errors.clone(),
+        );
+        r.register(
+            "kernel_errors",
+            "Problems met by the kernel programs, by reason",
+            m.kernel_errors.clone(),
+        );
+        r.register(
+            "attach_failures",
+            "Processes the agent could not attach to, by reason",
+            m.attach_failures.clone(),
+        );
+        r.register(
+            "routes_overflowed",
+            "Requests whose route was grouped under _OTHER by the per-service route cap",
+            m.routes_overflowed.clone(),
+        );
+        r.register(
+            "target_info",
+            "One series per watched process: its service and Go version",
+            m.target_info.clone(),
+        );
+        m
+    }
+
+    pub fn lost(&self, reason: &str) -> Counter {
+        self.events_lost
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn decode_error(&self, reason: &str) {
+        self.decode_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn attach_failure(&self, reason: &str) {
+        self.attach_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Label sets built from agent types.
+pub mod labels {
+    use super::{ReasonLabels, TargetLabels};
+    use crate::target::Process;
+
+    pub fn target_labels(p: &Process, go_version: &str) -> TargetLabels {
+        TargetLabels {
+            pid: p.pid,
+            service_name: p.service_name.clone(),
+            executable: p.exe_name(),
+            go_version: go_version.to_owned(),
+        }
+    }
+
+    pub fn reason(r: &str) -> ReasonLabels {
+        ReasonLabels {
+            reason: r.to_owned(),
+        }
+    }
+}

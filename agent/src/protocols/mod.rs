@@ -1,0 +1,3 @@
+//! Pure protocol logic: parsing and normalizing what requests carry. No I/O; fuzzable.
+
+pub mod http;

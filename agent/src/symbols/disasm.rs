@@ -1,0 +1,99 @@
+//! Finding where to put a uprobe in a function so that the kernel emulates the probed
+//! instruction instead of single-stepping it (~1 µs instead of ~20 µs per hit here).
+//!
+//! Every Go function that can grow its stack begins `cmp rsp|r12, 16(r14)` and a conditional
+//! jump to `morestack`; argument registers are untouched up to that jump, so it is the
+//! cheapest exact place to read a function's arguments.
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteKind {
+    /// The stack-check conditional jump: emulated, arguments intact.
+    StackCheckJump,
+    /// The function's first instruction: single-stepped, slow.
+    Entry,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeSite {
+    /// Offset from the function's start.
+    pub offset: u64,
+    pub kind: SiteKind,
+}
+
+/// How far into a function the stack check may sit (the prologue's `lea` + `cmp` + `jcc`).
+const PROLOGUE_BYTES: usize = 32;
+
+/// Finds the stack-check jump among the first instructions of `code` (the function's bytes,
+/// starting at its entry `address`). Only instructions that cannot move arguments may come
+/// before it.
+pub fn find_stack_check_jump(code: &[u8], address: u64) -> Option<ProbeSite> {
+    let code = &code[..code.len().min(PROLOGUE_BYTES)];
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut saw_stack_compare = false;
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            return None;
+        }
+        match insn.flow_control() {
+            FlowControl::ConditionalBranch if saw_stack_compare => {
+                return Some(ProbeSite {
+                    offset: insn.ip() - address,
+                    kind: SiteKind::StackCheckJump,
+                });
+            }
+            FlowControl::Next => {}
+            _ => return None,
+        }
+        match insn.mnemonic() {
+            Mnemonic::Cmp => saw_stack_compare = true,
+            // `lea r12, [rsp-N]` precedes the compare in functions with big frames.
+            Mnemonic::Lea => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_frame_prologue() {
+        // cmp rsp, [r14+0x10]; jbe +0xb7; sub rsp, 0x18
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0xb7, 0x00, 0x00, 0x00, 0x48, 0x83, 0xec, 0x18,
+        ];
+        let site = find_stack_check_jump(&code, 0x613020).unwrap();
+        assert_eq!(
+            site,
+            ProbeSite {
+                offset: 4,
+                kind: SiteKind::StackCheckJump
+            }
+        );
+    }
+
+    #[test]
+    fn big_frame_prologue() {
+        // lea r12, [rsp-0x28]; cmp r12, [r14+0x10]; jbe ...
+        let code = [
+            0x4c, 0x8d, 0x64, 0x24, 0xd8, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x54, 0x03, 0x00,
+            0x00,
+        ];
+        let site = find_stack_check_jump(&code, 0x617880).unwrap();
+        assert_eq!(site.offset, 9);
+    }
+
+    #[test]
+    fn no_stack_check() {
+        // push rbp; mov rbp, rsp; ...
+        let code = [0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10];
+        assert_eq!(find_stack_check_jump(&code, 0x1000), None);
+        assert_eq!(find_stack_check_jump(&[], 0x1000), None);
+        assert_eq!(find_stack_check_jump(&[0xff, 0xff, 0xff], 0x1000), None);
+    }
+}

@@ -1,0 +1,133 @@
+//! ELF access for probe placement: symbols by name, virtual address to file offset (what the
+//! kernel's uprobe API takes), bytes at an address, and sections (possibly compressed).
+
+use std::{borrow::Cow, collections::HashMap, fs::File, path::Path};
+
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+
+use super::SymbolsError;
+
+pub struct ElfFile {
+    map: memmap2::Mmap,
+}
+
+/// A function's place in the binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionSymbol {
+    pub address: u64,
+    pub size: u64,
+}
+
+impl ElfFile {
+    pub fn open(path: &Path) -> Result<Self, SymbolsError> {
+        let io = |source| SymbolsError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only; a binary changed on disk underneath us yields wrong
+        // bytes (caught by the parsers' checks), not undefined behaviour in safe code we rely
+        // on for memory safety, since every read goes through bounds-checked slices.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let elf = Self { map };
+        elf.object()?;
+        Ok(elf)
+    }
+
+    pub fn from_bytes_for_test(bytes: &[u8]) -> Result<Self, SymbolsError> {
+        let mut anon =
+            memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|source| SymbolsError::Io {
+                path: "<memory>".into(),
+                source,
+            })?;
+        anon[..bytes.len()].copy_from_slice(bytes);
+        let map = anon.make_read_only().map_err(|source| SymbolsError::Io {
+            path: "<memory>".into(),
+            source,
+        })?;
+        let elf = Self { map };
+        elf.object()?;
+        Ok(elf)
+    }
+
+    pub fn object(&self) -> Result<object::File<'_>, SymbolsError> {
+        let obj =
+            object::File::parse(&*self.map).map_err(|e| SymbolsError::BadElf(e.to_string()))?;
+        if obj.format() != object::BinaryFormat::Elf {
+            return Err(SymbolsError::BadElf("not ELF".into()));
+        }
+        if obj.architecture() != object::Architecture::X86_64 {
+            return Err(SymbolsError::BadElf(format!(
+                "architecture {:?} (only x86_64 is supported)",
+                obj.architecture()
+            )));
+        }
+        Ok(obj)
+    }
+
+    /// Looks up the given function symbols in one pass over the symbol table.
+    pub fn functions(
+        &self,
+        wanted: &[&str],
+    ) -> Result<HashMap<String, FunctionSymbol>, SymbolsError> {
+        let obj = self.object()?;
+        let mut found = HashMap::new();
+        for sym in obj.symbols() {
+            let Ok(name) = sym.name() else { continue };
+            if wanted.contains(&name) && sym.address() != 0 {
+                found.insert(
+                    name.to_owned(),
+                    FunctionSymbol {
+                        address: sym.address(),
+                        size: sym.size(),
+                    },
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether the binary has a symbol table at all.
+    pub fn has_symbols(&self) -> bool {
+        self.object()
+            .map(|o| o.symbols().next().is_some())
+            .unwrap_or(false)
+    }
+
+    /// The file offset of a virtual address, from the loadable segment holding it. Uprobes are
+    /// placed by file offset.
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        let obj = self.object().ok()?;
+        obj.segments().find_map(|seg| {
+            let (file_off, file_size) = seg.file_range();
+            let start = seg.address();
+            (vaddr >= start && vaddr < start + file_size).then(|| vaddr - start + file_off)
+        })
+    }
+
+    /// Up to `len` bytes of the file at a virtual address.
+    pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
+        let off = self.file_offset(vaddr)? as usize;
+        let end = off.checked_add(len as usize)?.min(self.map.len());
+        self.map.get(off..end)
+    }
+
+    /// A section's contents by name, decompressed if needed.
+    pub fn section(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        let obj = self.object().ok()?;
+        let section = obj.section_by_name(name)?;
+        section.uncompressed_data().ok()
+    }
+
+    pub fn has_section(&self, name: &str) -> bool {
+        self.object()
+            .map(|o| o.section_by_name(name).is_some())
+            .unwrap_or(false)
+    }
+
+    /// Reads a little-endian u64 at a virtual address.
+    pub fn u64_at(&self, vaddr: u64) -> Option<u64> {
+        let b = self.bytes_at(vaddr, 8)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+}

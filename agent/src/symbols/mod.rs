@@ -1,0 +1,41 @@
+//! What a binary is: ELF symbols and segments, DWARF struct layouts, Go build info, and the
+//! probe sites found by disassembling functions. Pure file analysis: no process, no kernel.
+//!
+//! Analysis results are cached per binary (device, inode) by the caller.
+
+pub mod buildinfo;
+pub mod disasm;
+pub mod dwarf;
+pub mod elf;
+pub mod go_http;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolsError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not an ELF binary this agent understands: {0}")]
+    BadElf(String),
+    #[error("not a Go program")]
+    NotGo,
+    #[error("a Go program without net/http's server (no {0}): nothing to watch")]
+    NotHttpServer(&'static str),
+    #[error(
+        "the binary has no DWARF debug info (stripped?); field offsets for {go_version} cannot be \
+         read from it"
+    )]
+    NoDebugInfo { go_version: String },
+    #[error("corrupt DWARF: {0}")]
+    BadDwarf(String),
+    #[error("DWARF lacks {0}")]
+    MissingField(String),
+    #[error("no probe site in {function}: {reason}")]
+    NoProbeSite {
+        function: &'static str,
+        reason: String,
+    },
+}

@@ -1,0 +1,46 @@
+//! Types shared by the kernel programs (obs-ebpf) and user space (obs-agent).
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, free of `bool` and of implicit padding, so both
+//! sides read the same bytes. Sizes are asserted at compile time. The `user` feature adds
+//! `aya::Pod` impls for user space.
+#![no_std]
+
+pub mod go_http;
+pub mod stats;
+
+/// Names of the maps and programs in the eBPF object; user space looks them up by these.
+pub mod names {
+    pub const MAP_EVENTS: &str = "EVENTS";
+    pub const MAP_STATS: &str = "STATS";
+    pub const MAP_GO_PROCS: &str = "GO_PROCS";
+    pub const MAP_GO_SERVER_STARTS: &str = "GO_SERVER_STARTS";
+    pub const PROG_GO_SERVE_HTTP: &str = "go_serve_http";
+    pub const PROG_GO_FINISH_REQUEST: &str = "go_finish_request";
+}
+
+/// The first field of every record on the event ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    GoHttpServerRequest = 1,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::GoHttpServerRequest),
+            _ => None,
+        }
+    }
+}
+
+/// Size of the event ring buffer, in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 8 << 20;
+/// The kernel wakes the reader only once this much is waiting; below it the reader's own
+/// timer drains the ring. Waking user space per event costs ~1.4 µs each.
+pub const EVENTS_WAKEUP_BYTES: u64 = 256 << 10;
+
+/// Most processes watched at once (size of the per-process maps).
+pub const MAX_WATCHED_PROCESSES: u32 = 4096;
+/// In-flight server requests tracked at once across all processes (LRU).
+pub const MAX_INFLIGHT_REQUESTS: u32 = 65536;

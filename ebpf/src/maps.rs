@@ -1,0 +1,49 @@
+//! Every map of the eBPF object, in one place. Names and sizes come from obs-common.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use obs_common::{
+    go_http::{GoProcState, ServerReqKey},
+    stats::{Stat, STAT_COUNT},
+    EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, MAX_INFLIGHT_REQUESTS, MAX_WATCHED_PROCESSES,
+};
+
+/// All events for user space.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// The kernel side's own counters, indexed by `Stat`.
+#[map(name = "STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Watched Go processes (by tgid): their field offsets and in-flight counts.
+#[map(name = "GO_PROCS")]
+pub static GO_PROCS: PerCpuHashMap<u32, GoProcState> =
+    PerCpuHashMap::with_max_entries(MAX_WATCHED_PROCESSES, 0);
+
+/// Start time of each in-flight Go server request.
+#[map(name = "GO_SERVER_STARTS")]
+pub static GO_SERVER_STARTS: LruHashMap<ServerReqKey, u64> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT_REQUESTS, 0);
+
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(v) = STATS.get_ptr_mut(stat as u32) {
+        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU.
+        unsafe { *v += 1 };
+    }
+}
+
+/// Ring-buffer submit flags: wake the reader only once a batch is waiting; its own timer
+/// drains smaller amounts.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= EVENTS_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}

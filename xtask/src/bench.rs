@@ -1,0 +1,334 @@
+//! `cargo xtask bench`: a hello-world Go net/http server under wrk, with and without the agent
+//! attached, alternating over several rounds in one run (these machines are shared and
+//! noisy, so only side-by-side ratios mean anything). Reports throughput and latency ratios,
+//! the agent's CPU per 1,000 requests, its peak RSS, events lost, and whether the agent's
+//! request count equals what the server answered.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    build::build,
+    test::install_test_tools,
+    tools::{output, workspace_root},
+};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Rounds of (with, without) pairs.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Seconds of load per measurement.
+    #[arg(long, default_value_t = 8)]
+    seconds: u32,
+    /// wrk connections.
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+    /// Which Go builds the server: "old" (1.19) or "new".
+    #[arg(long, default_value = "old")]
+    go: String,
+}
+
+struct Load {
+    requests: u64,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+struct AgentCost {
+    cpu_ms: f64,
+    peak_rss_kb: u64,
+    lost: f64,
+    counted: f64,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let tools = install_test_tools()?;
+    let agent = build()?;
+    let go = if args.go == "new" {
+        &tools.go_new
+    } else {
+        &tools.go_old
+    };
+    let server_bin = build_go_app(go, "gohello")?;
+    let port = 18080 + (std::process::id() % 1000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = ChildGuard(
+        Command::new(&server_bin)
+            .args(["-addr", &addr])
+            .spawn()
+            .context("starting gohello")?,
+    );
+    wait_http(&format!("http://{addr}/"))?;
+    let url = format!("http://{addr}/");
+    // Warm up the server (and the Go runtime's heap) once.
+    wrk(&url, 2, args.connections)?;
+
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    let mut costs = Vec::new();
+    for round in 0..args.rounds {
+        // Alternate which goes first, so drift in the machine's load cancels out.
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for attached in order {
+            if attached {
+                let (load, cost) = with_agent(&agent, server.0.id(), &url, &args)?;
+                eprintln!(
+                    "round {round}: with agent    {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  agent cpu {:.1} ms, counted {} of {}",
+                    load.rps, load.p50_us, load.p99_us, cost.cpu_ms, cost.counted, load.requests
+                );
+                with.push(load);
+                costs.push(cost);
+            } else {
+                let load = wrk(&url, args.seconds, args.connections)?;
+                eprintln!(
+                    "round {round}: without agent {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
+                    load.rps, load.p50_us, load.p99_us
+                );
+                without.push(load);
+            }
+        }
+    }
+    server.0.kill().ok();
+
+    let median = |v: Vec<f64>| -> f64 {
+        let mut v = v;
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let ratio = |f: fn(&Load) -> f64| {
+        median(
+            with.iter()
+                .zip(&without)
+                .map(|(w, wo)| f(w) / f(wo))
+                .collect(),
+        )
+    };
+    let total_requests: u64 = with.iter().map(|l| l.requests).sum();
+    let total_cpu: f64 = costs.iter().map(|c| c.cpu_ms).sum();
+    let counted: f64 = costs.iter().map(|c| c.counted).sum();
+    let lost: f64 = costs.iter().map(|c| c.lost).sum();
+    let peak_rss = costs.iter().map(|c| c.peak_rss_kb).max().unwrap_or(0);
+    let go_version = output(Command::new(go).arg("version"))?;
+    println!();
+    println!(
+        "obs-agent benchmark: gohello ({go_version}), wrk -t1 -c{} -d{}s, {} rounds",
+        args.connections, args.seconds, args.rounds
+    );
+    println!(
+        "  throughput ratio (with/without, median of rounds): {:.3}  ({:+.1}%)",
+        ratio(|l| l.rps),
+        (ratio(|l| l.rps) - 1.0) * 100.0
+    );
+    println!(
+        "  p50 latency ratio:                                  {:.3}",
+        ratio(|l| l.p50_us)
+    );
+    println!(
+        "  p99 latency ratio:                                  {:.3}",
+        ratio(|l| l.p99_us)
+    );
+    println!(
+        "  agent CPU per 1,000 requests:                       {:.3} ms",
+        total_cpu / (total_requests as f64 / 1000.0)
+    );
+    println!(
+        "  agent peak RSS:                                     {:.1} MiB",
+        peak_rss as f64 / 1024.0
+    );
+    println!("  events lost:                                        {lost}");
+    println!("  requests counted by the agent / answered to wrk:    {counted} / {total_requests}");
+    Ok(())
+}
+
+fn with_agent(
+    agent: &Path,
+    server_pid: u32,
+    url: &str,
+    args: &BenchArgs,
+) -> Result<(Load, AgentCost)> {
+    let port = 19464 + (std::process::id() % 500) as u16;
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = ChildGuard(
+        Command::new(agent)
+            .args([
+                "--pid",
+                &server_pid.to_string(),
+                "--listen",
+                &listen,
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting obs-agent")?,
+    );
+    let metrics_url = format!("http://{listen}/metrics");
+    wait_http(&metrics_url)?;
+    let before = scrape_sum(&metrics_url, "http_server_request_duration_seconds_count")?;
+    let cpu_before = cpu_ticks(child.0.id())?;
+    let load = wrk(url, args.seconds, args.connections)?;
+    // Let the reader drain the ring before counting.
+    sleep(Duration::from_millis(300));
+    let cpu_after = cpu_ticks(child.0.id())?;
+    let counted = scrape_sum(&metrics_url, "http_server_request_duration_seconds_count")? - before;
+    let lost = scrape_sum(&metrics_url, "obs_agent_events_lost_total")?;
+    let peak_rss_kb = peak_rss_kb(child.0.id())?;
+    unsafe_kill_term(child.0.id());
+    let _ = child.0.wait();
+    let tick_ms = 1000.0 / clock_ticks_per_second();
+    Ok((
+        load,
+        AgentCost {
+            cpu_ms: (cpu_after - cpu_before) as f64 * tick_ms,
+            peak_rss_kb,
+            lost,
+            counted,
+        },
+    ))
+}
+
+pub fn build_go_app(go: &Path, app: &str) -> Result<PathBuf> {
+    let src = workspace_root().join("tests/apps").join(app);
+    let version = output(Command::new(go).arg("version"))?;
+    let tag = version.split_whitespace().nth(2).unwrap_or("go").to_owned();
+    let out = workspace_root()
+        .join("target/apps")
+        .join(format!("{app}-{tag}"));
+    let status = Command::new(go)
+        .current_dir(&src)
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .status()?;
+    if !status.success() {
+        bail!("building {app} with {version} failed");
+    }
+    Ok(out)
+}
+
+fn wrk(url: &str, seconds: u32, connections: u32) -> Result<Load> {
+    let out = output(Command::new("wrk").args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+        url,
+    ]))?;
+    let field = |prefix: &str| -> Option<&str> {
+        out.lines()
+            .find_map(|l| l.trim_start().strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let rps: f64 = field("Requests/sec:")
+        .context("wrk: no Requests/sec")?
+        .parse()?;
+    let requests: u64 = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .context("wrk: no request count")?
+        .parse()?;
+    let p50_us = parse_wrk_latency(field("50%").context("wrk: no p50")?)?;
+    let p99_us = parse_wrk_latency(field("99%").context("wrk: no p99")?)?;
+    Ok(Load {
+        requests,
+        rps,
+        p50_us,
+        p99_us,
+    })
+}
+
+fn parse_wrk_latency(s: &str) -> Result<f64> {
+    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1e3)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1e6)
+    } else {
+        bail!("wrk latency {s:?}")
+    };
+    Ok(num.parse::<f64>()? * mult)
+}
+
+fn wait_http(url: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return Ok(());
+        }
+        sleep(Duration::from_millis(100));
+    }
+    bail!("{url} did not answer within 20 s")
+}
+
+fn scrape_sum(url: &str, metric: &str) -> Result<f64> {
+    let body = output(Command::new("curl").args(["-sf", url]))?;
+    Ok(body
+        .lines()
+        .filter(|l| {
+            l.starts_with(metric)
+                && (l[metric.len()..].starts_with('{') || l[metric.len()..].starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..]
+        .split(' ')
+        .collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+fn peak_rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmHWM")
+}
+
+fn clock_ticks_per_second() -> f64 {
+    output(Command::new("getconf").arg("CLK_TCK"))
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn unsafe_kill_term(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
