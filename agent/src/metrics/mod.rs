@@ -129,6 +129,6 @@ mod tests {
             text.contains("obs_agent_routes_overflowed_total 1"),
             "{text}"
         );
-        assert!(text.contains("le=\"0.05\"} 2"), "{text}");
+        assert!(text.contains("{le=\"0.05\",service_name=\"svc\",http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/a\"} 2"), "{text}");
     }
 }

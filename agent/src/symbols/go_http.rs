@@ -32,6 +32,8 @@ const PATTERN: &str = "net/http.pattern";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbePoint {
     pub function: &'static str,
+    /// Link-time virtual address of the probed instruction.
+    pub address: u64,
     /// File offset of the probed instruction (what the uprobe API takes).
     pub file_offset: u64,
     pub site: ProbeSite,
@@ -99,6 +101,7 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
             .ok_or_else(|| no_site("no file offset"))?;
         Ok(ProbePoint {
             function: name,
+            address: sym.address + site.offset,
             file_offset,
             site,
         })

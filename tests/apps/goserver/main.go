@@ -11,7 +11,7 @@
 //   /implicit           writes a body without calling WriteHeader (implicit 200)
 //   /empty              returns without writing anything (implicit 200)
 //   /slow?ms=N          sleeps N milliseconds, then 200
-//   /v2/items/{id}      Go 1.22+ ServeMux pattern route (only when built with go1.22+)
+//   /v2/items/{name}    Go 1.22+ ServeMux pattern route (only when built with go1.22+)
 package main
 
 import (

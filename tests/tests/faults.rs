@@ -1,0 +1,261 @@
+//! Bad input and faults: pids that do not exist, are not Go, or are not HTTP servers; targets
+//! that exit; the agent killed with SIGKILL under load; missing privileges.
+
+use std::{
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use obs_agent::symbols::go_http::analyze_path;
+use obs_integration_tests::{
+    go_app, read_process_memory, wait_for, Agent, GoServer, GoVersion, Proc,
+};
+
+const NO_SUCH_PID: u32 = 4_194_305; // above any pid_max
+
+fn agent_exits_with(args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    Agent::spawn(&args).wait_exit(Duration::from_secs(20))
+}
+
+#[test]
+fn pid_that_does_not_exist() {
+    let (code, log) = agent_exits_with(&["--pid", &NO_SUCH_PID.to_string()]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(&format!("no process with pid {NO_SUCH_PID}")),
+        "{log}"
+    );
+    assert!(log.contains("nothing to watch"), "{log}");
+}
+
+#[test]
+fn pid_that_is_not_go() {
+    let sleeper = Proc {
+        child: Command::new("sleep").arg("60").spawn().unwrap(),
+    };
+    let (code, log) = agent_exits_with(&["--pid", &sleeper.pid().to_string()]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("not a Go program"), "{log}");
+}
+
+#[test]
+fn go_program_that_is_not_an_http_server() {
+    let bin = go_app("gonohttp", GoVersion::Old);
+    let p = Proc {
+        child: Command::new(bin).stdout(Stdio::null()).spawn().unwrap(),
+    };
+    let (code, log) = agent_exits_with(&["--pid", &p.pid().to_string()]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("without net/http's server"), "{log}");
+}
+
+#[test]
+fn bad_pids_are_reported_and_the_rest_watched() {
+    let server = GoServer::start(
+        "goserver",
+        GoVersion::Old,
+        &[("OTEL_SERVICE_NAME", "mixed")],
+    );
+    let agent = Agent::start(&[
+        "--pid".into(),
+        NO_SUCH_PID.to_string(),
+        "--pid".into(),
+        server.proc.pid().to_string(),
+    ]);
+    ureq::get(&server.url("/hello")).call().unwrap();
+    let s = wait_for(Duration::from_secs(5), || {
+        let s = agent.scrape();
+        (s.sum(
+            "http_server_request_duration_seconds_count",
+            &[("service_name", "mixed")],
+        ) == 1.0)
+            .then_some(s)
+    })
+    .expect("the valid pid is watched");
+    assert_eq!(s.sum("obs_agent_processes_watched", &[]), 1.0);
+    assert_eq!(
+        s.sum(
+            "obs_agent_attach_failures_total",
+            &[("reason", "no_such_process")]
+        ),
+        1.0
+    );
+    assert!(agent
+        .log()
+        .contains(&format!("no process with pid {NO_SUCH_PID}")));
+}
+
+#[test]
+fn target_exit_mid_request_releases_its_state() {
+    let mut server = GoServer::start(
+        "goserver",
+        GoVersion::Old,
+        &[("OTEL_SERVICE_NAME", "exiting")],
+    );
+    let pid = server.proc.pid();
+    let agent = Agent::for_pids(&[pid]);
+    ureq::get(&server.url("/hello")).call().unwrap();
+    // A request in flight when the process dies.
+    let slow = server.url("/slow?ms=5000");
+    let inflight = std::thread::spawn(move || ureq::get(&slow).call().is_err());
+    wait_for(Duration::from_secs(2), || {
+        (agent.scrape().sum("http_server_active_requests", &[]) == 1.0).then_some(())
+    })
+    .expect("slow request in flight");
+    server.proc.kill(libc::SIGKILL);
+    assert!(
+        inflight.join().unwrap(),
+        "the in-flight request failed with its server"
+    );
+
+    let s = wait_for(Duration::from_secs(5), || {
+        let s = agent.scrape();
+        (s.sum("obs_agent_processes_watched", &[]) == 0.0).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("agent still watches the dead pid; log:\n{}", agent.log()));
+    assert_eq!(s.sum("obs_agent_probes_attached", &[]), 0.0);
+    assert_eq!(
+        s.matching("obs_agent_target_info", &[("service_name", "exiting")])
+            .count(),
+        0
+    );
+    // What it counted before stays; the agent keeps serving.
+    assert_eq!(
+        s.sum(
+            "http_server_request_duration_seconds_count",
+            &[("service_name", "exiting")]
+        ),
+        1.0
+    );
+    assert!(
+        agent.log().contains(&format!("pid {pid} (exiting) exited")),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn node_wide_mode_follows_new_and_restarted_processes() {
+    let agent = Agent::start(&[]);
+    for round in 0..2 {
+        let server = GoServer::start(
+            "goserver",
+            GoVersion::New,
+            &[("OTEL_SERVICE_NAME", "nodewide")],
+        );
+        let pid = server.proc.pid().to_string();
+        wait_for(Duration::from_secs(10), || {
+            agent
+                .scrape()
+                .matching("obs_agent_target_info", &[("pid", &pid)])
+                .next()
+                .map(|_| ())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "round {round}: new process not picked up; log:\n{}",
+                agent.log()
+            )
+        });
+        ureq::get(&server.url("/hello")).call().unwrap();
+        let want = (round + 1) as f64;
+        wait_for(Duration::from_secs(5), || {
+            (agent.scrape().sum(
+                "http_server_request_duration_seconds_count",
+                &[("service_name", "nodewide")],
+            ) == want)
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("round {round}: request not counted"));
+    }
+}
+
+#[test]
+fn sigkill_under_load_leaves_the_target_unharmed() {
+    let server = GoServer::start("goserver", GoVersion::Old, &[]);
+    let pid = server.proc.pid();
+    let bin = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let binary = analyze_path(&bin).expect("analyse goserver");
+    let original: Vec<Vec<u8>> = binary
+        .probe_points()
+        .iter()
+        .map(|p| read_process_memory(pid, p.address, 1))
+        .collect();
+
+    let mut agent = Agent::for_pids(&[pid]);
+    // While attached, the kernel has put a breakpoint at each probe site.
+    for p in binary.probe_points() {
+        assert_eq!(
+            read_process_memory(pid, p.address, 1),
+            vec![0xcc],
+            "{} probed",
+            p.function
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let url = server.url(if t % 2 == 0 { "/hello" } else { "/slow?ms=20" });
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(10))
+                    .build();
+                while !stop.load(Ordering::Relaxed) {
+                    let fresh = ureq::AgentBuilder::new().max_idle_connections(0).build();
+                    let a = if t < 2 { &agent } else { &fresh };
+                    match a.get(&url).call() {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    agent.proc.kill(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed around the agent's SIGKILL"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100);
+    let mut server = server;
+    assert!(server.proc.is_running(), "target died");
+    ureq::get(&server.url("/hello"))
+        .call()
+        .expect("target still serves");
+    // The probes are gone: the target's code is byte-for-byte what it was.
+    let now: Vec<Vec<u8>> = binary
+        .probe_points()
+        .iter()
+        .map(|p| read_process_memory(pid, p.address, 1))
+        .collect();
+    assert_eq!(now, original);
+}
+
+#[test]
+fn without_root_the_agent_says_so() {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(obs_integration_tests::agent_bin())
+        .args(["--pid", "1"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("must run as root"), "{stderr}");
+}
