@@ -77,7 +77,7 @@ pub fn test(args: TestArgs) -> Result<()> {
     let (obj_var, obj) = ebpf_object_env();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root())
-        .args(["test", "--release", "--workspace"])
+        .args(["test", "--release", "--workspace", "--no-fail-fast"])
         .env(obj_var, obj)
         .env("OBS_AGENT_BIN", &agent)
         .env("OBS_GO_OLD", &tools.go_old)

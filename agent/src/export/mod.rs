@@ -1,8 +1,17 @@
-//! What the agent serves: /metrics (OpenMetrics text for Prometheus) and /healthz.
+//! What the agent serves: /metrics (OpenMetrics for clients that ask for it, as Prometheus
+//! does; the classic text format otherwise) and /healthz.
+
+mod text_format;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use axum::{
+    extract::State,
+    http::{header, HeaderMap},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
 
 use crate::runtime::Agent;
 
@@ -28,10 +37,21 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
+async fn metrics(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> impl IntoResponse {
     agent.refresh();
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
     match agent.metrics.encode() {
-        Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
+        Ok(body) if wants_openmetrics => {
+            ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+        }
+        Ok(body) => (
+            [(header::CONTENT_TYPE, text_format::CONTENT_TYPE)],
+            text_format::from_openmetrics(&body),
+        )
+            .into_response(),
         Err(e) => (
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding metrics: {e}\n"),
