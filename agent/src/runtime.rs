@@ -53,6 +53,10 @@ impl WatchError {
     }
 }
 
+/// A binary's analysis, shared by every process that runs it (errors too, so a binary that
+/// cannot be watched is not analysed again).
+type Analysis = Result<Arc<go_http::GoHttpBinary>, Arc<SymbolsError>>;
+
 struct Watched {
     process: Process,
     go_version: String,
@@ -64,7 +68,7 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     selection: Selection,
     watched: RwLock<HashMap<u32, Watched>>,
-    binaries: Mutex<HashMap<BinaryId, Result<Arc<go_http::GoHttpBinary>, Arc<SymbolsError>>>>,
+    binaries: Mutex<HashMap<BinaryId, Analysis>>,
     /// Processes looked at and not watched, by (pid, start time), so rescans skip them.
     passed_over: Mutex<HashSet<(u32, u64)>>,
     kernel_stats_seen: Mutex<[u64; STAT_COUNT as usize]>,
@@ -128,7 +132,7 @@ impl Agent {
         Ok(attached)
     }
 
-    fn analyse(&self, process: &Process) -> Result<Arc<go_http::GoHttpBinary>, Arc<SymbolsError>> {
+    fn analyse(&self, process: &Process) -> Analysis {
         if let Some(cached) = lock(&self.binaries).get(&process.binary) {
             return cached.clone();
         }

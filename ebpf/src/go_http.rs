@@ -30,7 +30,7 @@ use crate::{
 #[uprobe]
 pub fn go_serve_http(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(state) = GO_PROCS.get_ptr_mut(&tgid) else {
+    let Some(state) = GO_PROCS.get_ptr_mut(tgid) else {
         return 0;
     };
     let regs = unsafe { &*ctx.regs };
@@ -46,7 +46,7 @@ pub fn go_serve_http(ctx: ProbeContext) -> u32 {
         response: regs.rcx,
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    if GO_SERVER_STARTS.insert(&key, &now, 0).is_err() {
+    if GO_SERVER_STARTS.insert(key, now, 0).is_err() {
         count(Stat::StartMapErrors);
         return 0;
     }
@@ -57,7 +57,7 @@ pub fn go_serve_http(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_finish_request(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(state) = GO_PROCS.get_ptr_mut(&tgid) else {
+    let Some(state) = GO_PROCS.get_ptr_mut(tgid) else {
         return 0;
     };
     let response = unsafe { (*ctx.regs).rax };
@@ -66,11 +66,11 @@ pub fn go_finish_request(ctx: ProbeContext) -> u32 {
         _pad: 0,
         response,
     };
-    let Some(start) = (unsafe { GO_SERVER_STARTS.get(&key) }).copied() else {
+    let Some(start) = (unsafe { GO_SERVER_STARTS.get(key) }).copied() else {
         count(Stat::RequestsWithoutStart);
         return 0;
     };
-    let _ = GO_SERVER_STARTS.remove(&key);
+    let _ = GO_SERVER_STARTS.remove(key);
     unsafe { (*state).active -= 1 };
     let end = unsafe { bpf_ktime_get_ns() };
 

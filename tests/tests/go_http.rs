@@ -202,7 +202,7 @@ fn active_requests_gauge_counts_in_flight_requests() {
     let handles: Vec<_> = (0..3)
         .map(|_| {
             let u = url.clone();
-            std::thread::spawn(move || ureq::get(&u).call().map(|_| ()))
+            std::thread::spawn(move || ureq::get(&u).call().map(|_| ()).map_err(|e| e.to_string()))
         })
         .collect();
     let seen = wait_for(Duration::from_secs(1), || {

@@ -21,7 +21,7 @@ pub fn normalize_method(method: &[u8]) -> &'static str {
 /// OpenTelemetry's `http.route` wants it (the method is a label of its own).
 pub fn route_from_pattern(pattern: &str) -> Option<String> {
     let pattern = pattern.trim();
-    let path_part = match pattern.split_once(|c: char| c == ' ' || c == '\t') {
+    let path_part = match pattern.split_once([' ', '\t']) {
         Some((_method, rest)) => rest.trim_start(),
         None => pattern,
     };
