@@ -118,7 +118,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let total_requests: u64 = with.iter().map(|l| l.requests).sum();
     let total_cpu: f64 = costs.iter().map(|c| c.cpu_ms).sum();
     let counted: f64 = costs.iter().map(|c| c.counted).sum();
-    let lost: f64 = costs.iter().map(|c| c.lost).sum();
+    let lost: f64 = costs.iter().map(|c| c.lost).sum::<f64>() + 0.0;
     let peak_rss = costs.iter().map(|c| c.peak_rss_kb).max().unwrap_or(0);
     let go_version = output(Command::new(go).arg("version"))?;
     println!();
