@@ -8,13 +8,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use obs_common::stats::{Stat, STAT_COUNT};
+use obs_common::{
+    sockets::{nr, DIR_INGRESS},
+    stats::{Stat, STAT_COUNT},
+};
 
 use crate::{
     events::{DecodeError, Event},
     metrics::{self_metrics_labels::target_labels, Metrics, ServiceLabels},
     probes::{ProbeError, Probes},
-    spans::ServerRequest,
+    spans::{
+        http1::{Dropped, ServerConnections},
+        ServerRequest,
+    },
     symbols::{elf::ElfFile, go_http, SymbolsError},
     target::{self, BinaryId, Process, ProcessError, Selection},
 };
@@ -72,6 +78,8 @@ pub struct Agent {
     /// Processes looked at and not watched, by (pid, start time), so rescans skip them.
     passed_over: Mutex<HashSet<(u32, u64)>>,
     kernel_stats_seen: Mutex<[u64; STAT_COUNT as usize]>,
+    /// Server-side HTTP/1 state of every watched process's sockets.
+    servers: Mutex<HashMap<u32, ServerConnections>>,
 }
 
 impl Agent {
@@ -84,6 +92,7 @@ impl Agent {
             binaries: Mutex::new(HashMap::new()),
             passed_over: Mutex::new(HashSet::new()),
             kernel_stats_seen: Mutex::new([0; STAT_COUNT as usize]),
+            servers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -101,15 +110,16 @@ impl Agent {
                 exe: process.exe_name(),
                 source,
             })?;
-        let attached = lock(&self.probes).attach_go_http(&process, &binary)?;
-        for point in binary.probe_points() {
-            if point.site.kind == crate::symbols::disasm::SiteKind::Entry {
-                log::warn!(
-                    "pid {pid}: {} has no stack-check jump; probing its entry (slow: single-stepped)",
-                    point.function
-                );
-            }
+        let mut connections = ServerConnections::default();
+        for fd in socket_fds(pid) {
+            connections.add_socket(fd);
         }
+        lock(&self.servers).insert(pid, connections);
+        if let Err(e) = lock(&self.probes).watch_sockets(pid) {
+            lock(&self.servers).remove(&pid);
+            return Err(e.into());
+        }
+        let attached = 1;
         log::info!(
             "watching pid {pid} ({}, service {:?}, {}): {attached} probes",
             process.exe_path.display(),
@@ -170,6 +180,7 @@ impl Agent {
         }
         for pid in exited {
             lock(&self.probes).detach(pid);
+            lock(&self.servers).remove(&pid);
             if let Some(w) = write(&self.watched).get_mut(&pid) {
                 log::info!(
                     "pid {pid} ({}) exited; probes detached",
@@ -277,6 +288,62 @@ impl Agent {
                 self.metrics
                     .record_server_request(&w.process.service_name, &request);
             }
+            Event::SockConn(c) => {
+                let mut servers = lock(&self.servers);
+                let Some(conns) = servers.get_mut(&c.tgid) else {
+                    return;
+                };
+                match u64::from(c.syscall) {
+                    nr::ACCEPT | nr::ACCEPT4 => conns.add_socket(c.fd),
+                    nr::CLOSE => {
+                        if let Some(d) = conns.close(c.fd) {
+                            self.count_dropped(d);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Event::SockData(d) => {
+                let data = &d.prefix[..(d.prefix_len as usize).min(d.prefix.len())];
+                let exchange = {
+                    let mut servers = lock(&self.servers);
+                    let Some(conns) = servers.get_mut(&d.tgid) else {
+                        return;
+                    };
+                    if d.direction == DIR_INGRESS {
+                        conns.ingress(d.fd, d.ts_ns, data).map(Err)
+                    } else {
+                        conns.egress(d.fd, d.ts_ns, data).transpose()
+                    }
+                };
+                match exchange {
+                    Some(Ok(e)) => {
+                        let request = ServerRequest::from_exchange(d.tgid, &e);
+                        let watched = read(&self.watched);
+                        if let Some(w) = watched.get(&d.tgid) {
+                            self.metrics
+                                .record_server_request(&w.process.service_name, &request);
+                        }
+                    }
+                    Some(Err(dropped)) => self.count_dropped(dropped),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    fn count_dropped(&self, d: Dropped) {
+        let m = &self.metrics.agent;
+        match d {
+            // Data on files, pipes and terminals is expected: not a loss.
+            Dropped::NotASocket => {}
+            Dropped::UnmatchedResponse => m.decode_error("unmatched_response"),
+            Dropped::Unanswered(n) => {
+                m.lost("unanswered_request").inc_by(n as u64);
+            }
+            Dropped::Overflow => {
+                m.lost("connection_table_full").inc();
+            }
         }
     }
 
@@ -286,8 +353,11 @@ impl Agent {
         let watched = read(&self.watched);
         let mut active: HashMap<&str, i64> = HashMap::new();
         let mut live = 0;
+        let servers = lock(&self.servers);
         for (pid, w) in watched.iter() {
-            *active.entry(&w.process.service_name).or_default() += probes.active_requests(*pid);
+            let in_flight = servers.get(pid).map_or(0, |c| c.in_flight() as i64);
+            *active.entry(&w.process.service_name).or_default() +=
+                probes.active_requests(*pid) + in_flight;
             live += i64::from(w.exited_at.is_none());
         }
         for (service, n) in active {
@@ -336,4 +406,20 @@ fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The descriptors of `pid` that are sockets now (for connections accepted before attach).
+fn socket_fds(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let target = std::fs::read_link(e.path()).ok()?;
+        target
+            .to_str()?
+            .starts_with("socket:")
+            .then(|| e.file_name().to_str()?.parse().ok())?
+    })
+    .collect()
 }

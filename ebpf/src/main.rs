@@ -5,6 +5,7 @@
 mod go_http;
 mod go_mem;
 mod maps;
+mod sockets;
 
 #[cfg(not(test))]
 #[panic_handler]

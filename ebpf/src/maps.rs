@@ -3,12 +3,13 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use obs_common::{
     go_http::{GoProcState, ServerReqKey},
     stats::{Stat, STAT_COUNT},
-    EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, MAX_INFLIGHT_REQUESTS, MAX_WATCHED_PROCESSES,
+    EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_INFLIGHT_REQUESTS,
+    MAX_WATCHED_PROCESSES,
 };
 
 /// All events for user space.
@@ -24,6 +25,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 pub static GO_PROCS: PerCpuHashMap<u32, GoProcState> =
     PerCpuHashMap::with_max_entries(MAX_WATCHED_PROCESSES, 0);
 
+/// Processes whose socket syscalls are captured (tgid -> flags, none yet).
+#[map(name = "WATCHED")]
+pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_WATCHED_PROCESSES, 0);
+
 /// Start time of each in-flight Go server request.
 #[map(name = "GO_SERVER_STARTS")]
 pub static GO_SERVER_STARTS: LruHashMap<ServerReqKey, u64> =
@@ -37,11 +42,12 @@ pub fn count(stat: Stat) {
     }
 }
 
-/// Ring-buffer submit flags: wake the reader only once a batch is waiting; its own timer
-/// drains smaller amounts.
+/// Ring-buffer submit flags: never wake the reader (its timer drains the ring), except from
+/// the event that fills the ring past half, so a burst cannot overflow it unseen.
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= EVENTS_WAKEUP_BYTES {
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if waiting >= EVENTS_WAKEUP_BYTES && waiting < EVENTS_WAKEUP_BYTES + EVENTS_WAKEUP_WINDOW {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

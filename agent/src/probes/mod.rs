@@ -5,10 +5,10 @@
 use std::{collections::HashMap, num::NonZeroU32};
 
 use aya::{
-    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
-        UProbe,
+        RawTracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -44,6 +44,8 @@ pub enum ProbeError {
          CONFIG_UPROBE_EVENTS is not set); Go programs cannot be watched"
     )]
     NoUprobes,
+    #[error("attaching to the raw tracepoint sys_exit ({0}); socket syscalls cannot be seen")]
+    RawTracepoint(String),
     #[error("attaching to {function} in pid {pid}: {source}")]
     Attach {
         pid: u32,
@@ -89,6 +91,18 @@ impl Probes {
                 .load()
                 .map_err(|e| ProbeError::Load(error_chain(&e)))?;
         }
+        // One program sees the socket syscalls of every watched process.
+        let sys_exit: &mut RawTracePoint = ebpf
+            .program_mut(names::PROG_SYS_EXIT)
+            .ok_or(ProbeError::Missing(names::PROG_SYS_EXIT))?
+            .try_into()
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        sys_exit
+            .load()
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        sys_exit
+            .attach("sys_exit")
+            .map_err(|e| ProbeError::RawTracepoint(error_chain(&e)))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| ProbeError::Load(e.to_string()))?;
         Ok(Self {
             ebpf,
@@ -104,6 +118,24 @@ impl Probes {
             .take_map(names::MAP_EVENTS)
             .ok_or(ProbeError::Missing(names::MAP_EVENTS))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Starts capturing the socket syscalls of `pid`.
+    pub fn watch_sockets(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(names::MAP_WATCHED)
+            .ok_or(ProbeError::Missing(names::MAP_WATCHED))?;
+        BpfHashMap::<_, u32, u32>::try_from(map)?.insert(pid, 0, 0)?;
+        Ok(())
+    }
+
+    fn unwatch_sockets(&mut self, pid: u32) {
+        if let Some(map) = self.ebpf.map_mut(names::MAP_WATCHED) {
+            if let Ok(mut m) = BpfHashMap::<_, u32, u32>::try_from(map) {
+                let _ = m.remove(&pid);
+            }
+        }
     }
 
     /// Attaches the net/http server probes to one process. On failure nothing stays attached.
@@ -176,6 +208,7 @@ impl Probes {
 
     /// Detaches everything attached for `pid` and forgets its kernel state.
     pub fn detach(&mut self, pid: u32) {
+        self.unwatch_sockets(pid);
         if let Some(links) = self.links.remove(&pid) {
             self.detach_links(links);
         }
@@ -198,8 +231,9 @@ impl Probes {
         }
     }
 
+    /// Probes attached now: the shared sys_exit program and the per-process uprobes.
     pub fn attached_count(&self) -> usize {
-        self.links.values().map(Vec::len).sum()
+        1 + self.links.values().map(Vec::len).sum::<usize>()
     }
 
     /// Requests in flight in `pid` (summed over CPUs).

@@ -129,3 +129,145 @@ mod tests {
         assert_eq!(collapse_path(""), "/");
     }
 }
+
+/// The start of an HTTP/1.x request: method and path (query dropped later, by the route).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestStart {
+    pub method: &'static str,
+    pub path: String,
+    /// The request line was longer than what was captured: `path` is its beginning.
+    pub truncated: bool,
+}
+
+/// What the start of some bytes a server read is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestParse {
+    Start(RequestStart),
+    /// Could be the beginning of a request line, cut short by the read (Go's server reads the
+    /// first byte of the next request on its own): join it with what is read next.
+    Incomplete,
+    /// Not the start of an HTTP/1.x request (a body, TLS, a binary protocol, garbage).
+    NotRequest,
+}
+
+/// Longest request-line head kept while waiting for the rest of it.
+pub const MAX_INCOMPLETE: usize = 64;
+
+/// Classifies the bytes at the start of a read.
+pub fn classify_request(data: &[u8]) -> RequestParse {
+    let mut headers = [httparse::EMPTY_HEADER; 0];
+    let mut req = httparse::Request::new(&mut headers);
+    // TooManyHeaders only means the request line parsed and headers follow.
+    let partial = match req.parse(data) {
+        Ok(httparse::Status::Partial) => true,
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => false,
+        Err(_) => return RequestParse::NotRequest,
+    };
+    if let (Some(method), Some(path)) = (req.method, req.path) {
+        return RequestParse::Start(RequestStart {
+            method: normalize_method(method.as_bytes()),
+            path: path.to_owned(),
+            truncated: false,
+        });
+    }
+    if let Some(start) = truncated_request_line(data) {
+        return RequestParse::Start(start);
+    }
+    if partial && !data.is_empty() && data.len() <= MAX_INCOMPLETE {
+        RequestParse::Incomplete
+    } else {
+        RequestParse::NotRequest
+    }
+}
+
+/// The request line at the start of `data`, if it is one, complete.
+pub fn parse_request_start(data: &[u8]) -> Option<RequestStart> {
+    match classify_request(data) {
+        RequestParse::Start(r) => Some(r),
+        _ => None,
+    }
+}
+
+/// A request line cut by the capture limit: `METHOD /path-start` with no end in sight. Only a
+/// known method followed by an origin-form path counts, so other protocols are not taken for
+/// HTTP.
+fn truncated_request_line(data: &[u8]) -> Option<RequestStart> {
+    if data.len() < 64 || data.contains(&b'\n') {
+        return None;
+    }
+    let space = data.iter().position(|&b| b == b' ')?;
+    let method = normalize_method(&data[..space]);
+    let path = &data[space + 1..];
+    if method == "_OTHER" || !path.starts_with(b"/") || !path.iter().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    Some(RequestStart {
+        method,
+        path: String::from_utf8_lossy(path).into_owned(),
+        truncated: true,
+    })
+}
+
+/// The status code of an HTTP/1.x response starting at `data`, if it is one.
+pub fn parse_status(data: &[u8]) -> Option<u16> {
+    let mut headers = [httparse::EMPTY_HEADER; 0];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(data) {
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => resp.code,
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    #[test]
+    fn request_lines() {
+        let r = parse_request_start(b"GET /items/1?x=2 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!((r.method, r.path.as_str()), ("GET", "/items/1?x=2"));
+        // A prefix cut inside the headers still gives the request line.
+        let r = parse_request_start(b"PUT /a HTTP/1.1\r\nContent-Le").unwrap();
+        assert_eq!(r.method, "PUT");
+        // Cut inside the request line: not (yet) a request.
+        assert_eq!(parse_request_start(b"GET /very/lo"), None);
+        assert_eq!(parse_request_start(b"\x16\x03\x01\x02\x00"), None);
+        assert_eq!(parse_request_start(b""), None);
+        assert_eq!(parse_request_start(b"HTTP/1.1 200 OK\r\n"), None);
+        assert_eq!(classify_request(b"G"), RequestParse::Incomplete);
+        assert_eq!(classify_request(b"GET /a"), RequestParse::Incomplete);
+        assert_eq!(classify_request(b"{\"a\":1}"), RequestParse::NotRequest);
+        assert_eq!(classify_request(b""), RequestParse::NotRequest);
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(
+            parse_status(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+            Some(201)
+        );
+        assert_eq!(
+            parse_status(b"HTTP/1.1 500 Internal Server Error\r\nConte"),
+            Some(500)
+        );
+        assert_eq!(parse_status(b"HTTP/1.0 404 Not Found\r\n\r\n"), Some(404));
+        assert_eq!(parse_status(b"HTTP/1.1 2"), None);
+        assert_eq!(parse_status(b"GET / HTTP/1.1\r\n"), None);
+        assert_eq!(parse_status(&[0xff; 40]), None);
+    }
+
+    #[test]
+    fn long_request_lines_cut_by_the_capture() {
+        let mut line = b"GET /files/".to_vec();
+        line.extend(std::iter::repeat_n(b'a', 300));
+        let r = parse_request_start(&line[..256]).unwrap();
+        assert!(r.truncated);
+        assert_eq!(r.method, "GET");
+        assert!(r.path.starts_with("/files/aaa"));
+        // Not for unknown methods, non-paths or binary data.
+        let mut other = b"FOO /x".to_vec();
+        other.extend(std::iter::repeat_n(b'a', 100));
+        assert_eq!(parse_request_start(&other), None);
+        assert_eq!(parse_request_start(&[b'G'; 100]), None);
+    }
+}

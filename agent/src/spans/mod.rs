@@ -2,6 +2,8 @@
 //! its labels already in their exported, low-cardinality form except the route, which the
 //! metrics stage caps per service.
 
+pub mod http1;
+
 use std::time::Duration;
 
 use obs_common::go_http::{GoHttpServerRequest, FLAG_PATH_TRUNCATED, FLAG_READ_ERROR};
@@ -28,6 +30,17 @@ pub enum SpanError {
 }
 
 impl ServerRequest {
+    /// A request seen on a socket: the route is the path with its ids collapsed.
+    pub fn from_exchange(pid: u32, e: &http1::Exchange) -> Self {
+        Self {
+            pid,
+            method: e.method,
+            route: collapse_truncated(&e.path, e.truncated),
+            status: e.status,
+            duration: Duration::from_nanos(e.end_ns.saturating_sub(e.start_ns)),
+        }
+    }
+
     pub fn from_go(e: &GoHttpServerRequest) -> Result<Self, SpanError> {
         if e.flags & FLAG_READ_ERROR != 0 {
             return Err(SpanError::TargetRead);
@@ -39,15 +52,7 @@ impl ServerRequest {
         let pattern = String::from_utf8_lossy(bytes(&e.route, e.route_len));
         let route = route_from_pattern(&pattern).unwrap_or_else(|| {
             let path = String::from_utf8_lossy(bytes(&e.path, e.path_len));
-            let mut route = collapse_path(&path);
-            if e.flags & FLAG_PATH_TRUNCATED != 0 {
-                // The tail was cut: its last segment is not a real one.
-                if let Some(i) = route.rfind('/') {
-                    route.truncate(i + 1);
-                }
-                route.push('*');
-            }
-            route
+            collapse_truncated(&path, e.flags & FLAG_PATH_TRUNCATED != 0)
         });
         Ok(Self {
             pid: e.tgid,
@@ -57,6 +62,18 @@ impl ServerRequest {
             duration: Duration::from_nanos(e.end_ns.saturating_sub(e.start_ns)),
         })
     }
+}
+
+/// The route of a path; a path whose tail was cut loses its last (partial) segment to `*`.
+fn collapse_truncated(path: &str, truncated: bool) -> String {
+    let mut route = collapse_path(path);
+    if truncated {
+        if let Some(i) = route.rfind('/') {
+            route.truncate(i + 1);
+        }
+        route.push('*');
+    }
+    route
 }
 
 fn bytes(buf: &[u8], len: u8) -> &[u8] {

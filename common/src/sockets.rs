@@ -1,0 +1,68 @@
+//! Socket syscalls of watched processes, seen at `raw_tracepoint/sys_exit`: data (a bounded
+//! prefix of what was read or written) and connection life (accept, connect, close).
+
+/// Bytes of each read or write copied to user space: enough for a request line with a long
+/// path, or a status line.
+pub const DATA_PREFIX: usize = 256;
+/// Bytes copied of what a process writes: a status line (`HTTP/1.1 200 `) or a request line's
+/// start. Less copying on the hot path.
+pub const EGRESS_PREFIX: usize = 32;
+
+/// x86_64 syscall numbers the program looks at.
+pub mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const CLOSE: u64 = 3;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const CONNECT: u64 = 42;
+    pub const ACCEPT: u64 = 43;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const ACCEPT4: u64 = 288;
+}
+
+pub const DIR_INGRESS: u32 = 0;
+pub const DIR_EGRESS: u32 = 1;
+
+/// Data read from or written to a file descriptor (sockets are told apart in user space).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockData {
+    pub kind: u32,
+    pub tgid: u32,
+    pub fd: u32,
+    pub syscall: u32,
+    pub ts_ns: u64,
+    /// The syscall's result: bytes transferred.
+    pub bytes: i64,
+    pub direction: u32,
+    pub prefix_len: u32,
+    pub prefix: [u8; DATA_PREFIX],
+}
+
+/// A connection accepted, connected or a descriptor closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockConn {
+    pub kind: u32,
+    pub tgid: u32,
+    /// For accept: the new descriptor; otherwise the argument.
+    pub fd: u32,
+    pub syscall: u32,
+    pub ts_ns: u64,
+    pub ret: i64,
+}
+
+const _: () = assert!(core::mem::size_of::<SockData>() == 40 + DATA_PREFIX);
+const _: () = assert!(core::mem::size_of::<SockConn>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for SockData {}
+    unsafe impl aya::Pod for SockConn {}
+}

@@ -1,0 +1,137 @@
+//! Socket syscalls of watched processes, from one `raw_tracepoint/sys_exit` program: any
+//! language, no uprobe, and on kernels without kprobes. At syscall exit the saved user
+//! registers still hold the arguments (rdi, rsi, rdx), so no entry probe is needed.
+//!
+//! Cost for every other process on the machine: one hash lookup of its tgid per syscall.
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use obs_common::{
+    sockets::{nr, SockConn, SockData, DATA_PREFIX, DIR_EGRESS, DIR_INGRESS, EGRESS_PREFIX},
+    stats::Stat,
+    EventKind,
+};
+
+use crate::{
+    go_mem::read,
+    maps::{count, wakeup_flags, EVENTS, WATCHED},
+};
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { WATCHED.get(tgid) }.is_none() {
+        return 0;
+    }
+    let regs: *const pt_regs = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    // Most syscalls of a watched process are not socket I/O: read only the number first.
+    let Ok(syscall) = (unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }) else {
+        count(Stat::TargetReadErrors);
+        return 0;
+    };
+    if !matches!(
+        syscall,
+        nr::READ
+            | nr::WRITE
+            | nr::CLOSE
+            | nr::READV
+            | nr::WRITEV
+            | nr::CONNECT
+            | nr::ACCEPT
+            | nr::SENDTO
+            | nr::RECVFROM
+            | nr::SENDMSG
+            | nr::RECVMSG
+            | nr::ACCEPT4
+    ) {
+        return 0;
+    }
+    let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
+        count(Stat::TargetReadErrors);
+        return 0;
+    };
+    match syscall {
+        nr::READ | nr::RECVFROM if ret > 0 => data(tgid, &regs, ret, DIR_INGRESS, regs.rsi),
+        nr::WRITE | nr::SENDTO if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, regs.rsi),
+        nr::READV if ret > 0 => data(tgid, &regs, ret, DIR_INGRESS, first_iov_base(regs.rsi)),
+        nr::WRITEV if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, first_iov_base(regs.rsi)),
+        // struct msghdr: msg_iov at offset 16.
+        nr::RECVMSG if ret > 0 => data(tgid, &regs, ret, DIR_INGRESS, msg_iov_base(regs.rsi)),
+        nr::SENDMSG if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, msg_iov_base(regs.rsi)),
+        nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => conn(tgid, syscall, ret as u32, ret),
+        nr::CONNECT => conn(tgid, syscall, regs.rdi as u32, ret),
+        nr::CLOSE => conn(tgid, syscall, regs.rdi as u32, ret),
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn first_iov_base(iov: u64) -> u64 {
+    read::<u64>(iov).unwrap_or(0)
+}
+
+#[inline(always)]
+fn msg_iov_base(msghdr: u64) -> u64 {
+    read::<u64>(msghdr + 16).map(first_iov_base).unwrap_or(0)
+}
+
+#[inline(always)]
+fn data(tgid: u32, regs: &pt_regs, ret: i64, direction: u32, buf: u64) {
+    let Some(mut entry) = EVENTS.reserve::<SockData>(0) else {
+        count(Stat::EventsLostRingFull);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // A response is recognised by its status line; a request needs its whole request line.
+    let max = if direction == DIR_EGRESS {
+        EGRESS_PREFIX
+    } else {
+        DATA_PREFIX
+    };
+    let n = if ret as u64 > max as u64 {
+        max
+    } else {
+        ret as usize
+    };
+    unsafe {
+        (*e).kind = EventKind::SockData as u32;
+        (*e).tgid = tgid;
+        (*e).fd = regs.rdi as u32;
+        (*e).syscall = regs.orig_rax as u32;
+        (*e).ts_ns = bpf_ktime_get_ns();
+        (*e).bytes = ret;
+        (*e).direction = direction;
+        (*e).prefix_len = 0;
+        if buf != 0 {
+            if let Some(dst) = (*e).prefix.get_mut(..n) {
+                if aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, dst).is_ok() {
+                    (*e).prefix_len = n as u32;
+                } else {
+                    count(Stat::TargetReadErrors);
+                }
+            }
+        }
+    }
+    entry.submit(wakeup_flags());
+}
+
+#[inline(always)]
+fn conn(tgid: u32, syscall: u64, fd: u32, ret: i64) {
+    let event = SockConn {
+        kind: EventKind::SockConn as u32,
+        tgid,
+        fd,
+        syscall: syscall as u32,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ret,
+    };
+    if EVENTS.output::<SockConn>(&event, wakeup_flags()).is_err() {
+        count(Stat::EventsLostRingFull);
+    }
+}
