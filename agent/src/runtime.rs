@@ -1,10 +1,10 @@
 //! The agent as a whole: decides what to watch (target), analyses binaries once per
-//! (device, inode) (symbols), attaches (probes), turns events into requests (spans) and
-//! records them (metrics). Lifecycle: processes that exit are detached and forgotten.
+//! (device, inode) (symbols), starts socket capture and mux discovery (probes), turns events
+//! into requests (spans) and records them (metrics). Processes that exit are released.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -16,18 +16,30 @@ use obs_common::{
 use crate::{
     events::{DecodeError, Event},
     metrics::{self_metrics_labels::target_labels, Metrics, ServiceLabels},
-    probes::{ProbeError, Probes},
+    probes::{error_chain, ProbeError, Probes},
+    protocols::go_mux::{Pattern, PatternSet},
     spans::{
-        http1::{Dropped, ServerConnections},
+        http1::{Dropped, Exchange, ServerConnections},
         ServerRequest,
     },
-    symbols::{elf::ElfFile, go_http, SymbolsError},
-    target::{self, BinaryId, Process, ProcessError, Selection},
+    symbols::{
+        elf::ElfFile,
+        go_http::{self, MuxLayout, ProbePoint},
+        SymbolsError,
+    },
+    target::{self, memory::ProcessMemory, BinaryId, Process, ProcessError, Selection},
 };
 
-/// How long an exited process's identity is kept, so that its last events (still in the
-/// ring buffer when it exited) are attributed rather than dropped.
+/// How long an exited process's state is kept, so its last events (still in the ring buffer
+/// when it exited) are attributed rather than dropped.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// The mux-discovery uprobe is detached once no new mux has shown up for this long after the
+/// last one: it costs a uprobe hit per request while attached.
+const DISCOVERY_QUIET: Duration = Duration::from_secs(1);
+/// And re-attached this long after, to find muxes a process starts using later.
+const REDISCOVERY: Duration = Duration::from_secs(300);
+/// Registered patterns are re-read this often (routes added after start).
+const PATTERN_REFRESH: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -63,23 +75,64 @@ impl WatchError {
 /// cannot be watched is not analysed again).
 type Analysis = Result<Arc<go_http::GoHttpBinary>, Arc<SymbolsError>>;
 
+/// Discovering a process's ServeMux instances and reading their patterns.
+struct Routes {
+    discovery: Option<(ProbePoint, MuxLayout)>,
+    muxes: Vec<u64>,
+    patterns: PatternSet,
+    /// When the discovery uprobe was attached (None: detached).
+    attached_at: Option<Instant>,
+    last_new_mux: Option<Instant>,
+    detached_at: Option<Instant>,
+    read_at: Option<Instant>,
+}
+
+impl Routes {
+    fn route(&self, exchange: &Exchange) -> Option<String> {
+        self.patterns
+            .route_for(exchange.method, &exchange.path)
+            .map(str::to_owned)
+    }
+
+    /// Re-reads every known mux's patterns from the process's memory.
+    fn read_patterns(&mut self, pid: u32) {
+        let Some((_, layout)) = self.discovery else {
+            return;
+        };
+        self.read_at = Some(Instant::now());
+        let mem = match ProcessMemory::open(pid) {
+            Ok(m) => m,
+            Err(e) => return log::debug!("pid {pid}: cannot open its memory: {e}"),
+        };
+        let mut patterns = Vec::new();
+        for &mux in &self.muxes {
+            match target::go_mux::patterns(&mem, &layout, mux) {
+                Ok(found) => patterns.extend(found.iter().filter_map(|s| Pattern::parse(s))),
+                Err(e) => log::debug!("pid {pid}: mux {mux:#x}: {e}"),
+            }
+        }
+        log::debug!("pid {pid}: {} route patterns", patterns.len());
+        self.patterns = PatternSet::new(patterns);
+    }
+}
+
 struct Watched {
     process: Process,
     go_version: String,
     exited_at: Option<Instant>,
+    connections: ServerConnections,
+    routes: Routes,
 }
 
 pub struct Agent {
     probes: Mutex<Probes>,
     pub metrics: Arc<Metrics>,
     selection: Selection,
-    watched: RwLock<HashMap<u32, Watched>>,
+    watched: Mutex<HashMap<u32, Watched>>,
     binaries: Mutex<HashMap<BinaryId, Analysis>>,
     /// Processes looked at and not watched, by (pid, start time), so rescans skip them.
     passed_over: Mutex<HashSet<(u32, u64)>>,
     kernel_stats_seen: Mutex<[u64; STAT_COUNT as usize]>,
-    /// Server-side HTTP/1 state of every watched process's sockets.
-    servers: Mutex<HashMap<u32, ServerConnections>>,
 }
 
 impl Agent {
@@ -88,11 +141,10 @@ impl Agent {
             probes: Mutex::new(probes),
             metrics,
             selection,
-            watched: RwLock::new(HashMap::new()),
+            watched: Mutex::new(HashMap::new()),
             binaries: Mutex::new(HashMap::new()),
             passed_over: Mutex::new(HashSet::new()),
             kernel_stats_seen: Mutex::new([0; STAT_COUNT as usize]),
-            servers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -101,7 +153,7 @@ impl Agent {
     }
 
     /// Starts watching `pid`. Binary analysis is cached per (device, inode).
-    pub fn watch(&self, pid: u32) -> Result<usize, WatchError> {
+    pub fn watch(&self, pid: u32) -> Result<(), WatchError> {
         let process = Process::inspect(pid)?;
         let binary = self
             .analyse(&process)
@@ -114,32 +166,53 @@ impl Agent {
         for fd in socket_fds(pid) {
             connections.add_socket(fd);
         }
-        lock(&self.servers).insert(pid, connections);
-        if let Err(e) = lock(&self.probes).watch_sockets(pid) {
-            lock(&self.servers).remove(&pid);
-            return Err(e.into());
+        let mut routes = Routes {
+            discovery: binary.mux_discovery,
+            muxes: Vec::new(),
+            patterns: PatternSet::default(),
+            attached_at: None,
+            last_new_mux: None,
+            detached_at: None,
+            read_at: None,
+        };
+        {
+            let mut probes = lock(&self.probes);
+            probes.watch_sockets(pid)?;
+            if let Some((point, _)) = routes.discovery {
+                match probes.attach_mux_discovery(&process, point) {
+                    Ok(()) => routes.attached_at = Some(Instant::now()),
+                    // Routes fall back to collapsed paths; requests are still counted.
+                    Err(e) => log::warn!("pid {pid}: no route patterns: {}", error_chain(&e)),
+                }
+            }
         }
-        let attached = 1;
         log::info!(
-            "watching pid {pid} ({}, service {:?}, {}): {attached} probes",
+            "watching pid {pid} ({}, service {:?}, {}{})",
             process.exe_path.display(),
             process.service_name,
-            binary.build.go_version
+            binary.build.go_version,
+            if routes.discovery.is_some() {
+                ", ServeMux patterns"
+            } else {
+                ""
+            }
         );
         self.metrics
             .agent
             .target_info
             .get_or_create(&target_labels(&process, &binary.build.go_version))
             .set(1);
-        write(&self.watched).insert(
+        lock(&self.watched).insert(
             pid,
             Watched {
                 process,
                 go_version: binary.build.go_version.clone(),
                 exited_at: None,
+                connections,
+                routes,
             },
         );
-        Ok(attached)
+        Ok(())
     }
 
     fn analyse(&self, process: &Process) -> Analysis {
@@ -166,38 +239,35 @@ impl Agent {
         result
     }
 
-    /// Releases processes that exited; in node-wide mode, starts watching new Go processes.
+    /// Releases processes that exited, paces mux discovery, re-reads route patterns; in
+    /// node-wide mode, starts watching new Go processes.
     pub fn reconcile(&self) {
         let now = Instant::now();
-        let mut exited = Vec::new();
-        let mut forget = Vec::new();
-        for (pid, w) in read(&self.watched).iter() {
-            match w.exited_at {
-                None if !w.process.is_alive() => exited.push(*pid),
-                Some(t) if now.duration_since(t) > EXIT_GRACE => forget.push(*pid),
-                _ => {}
-            }
-        }
-        for pid in exited {
-            lock(&self.probes).detach(pid);
-            lock(&self.servers).remove(&pid);
-            if let Some(w) = write(&self.watched).get_mut(&pid) {
-                log::info!(
-                    "pid {pid} ({}) exited; probes detached",
-                    w.process.service_name
-                );
-                w.exited_at = Some(now);
-                self.metrics
-                    .agent
-                    .target_info
-                    .remove(&target_labels(&w.process, &w.go_version));
-            }
-        }
-        if !forget.is_empty() {
-            let mut watched = write(&self.watched);
-            for pid in forget {
-                watched.remove(&pid);
-            }
+        {
+            let mut watched = lock(&self.watched);
+            let mut probes = lock(&self.probes);
+            watched.retain(|pid, w| {
+                match w.exited_at {
+                    Some(t) => return now.duration_since(t) <= EXIT_GRACE,
+                    None if !w.process.is_alive() => {
+                        probes.detach(*pid);
+                        log::info!(
+                            "pid {pid} ({}) exited; probes detached",
+                            w.process.service_name
+                        );
+                        w.exited_at = Some(now);
+                        w.connections = ServerConnections::default();
+                        self.metrics
+                            .agent
+                            .target_info
+                            .remove(&target_labels(&w.process, &w.go_version));
+                        return true;
+                    }
+                    None => {}
+                }
+                pace_discovery(*pid, w, &mut probes, now);
+                true
+            });
         }
         if self.selection == Selection::AllGo {
             self.scan_for_new();
@@ -206,7 +276,7 @@ impl Agent {
     }
 
     fn scan_for_new(&self) {
-        let known: HashSet<u32> = read(&self.watched)
+        let known: HashSet<u32> = lock(&self.watched)
             .iter()
             .filter(|(_, w)| w.exited_at.is_none())
             .map(|(pid, _)| *pid)
@@ -225,20 +295,17 @@ impl Agent {
             if passed_over.contains(&id) {
                 continue;
             }
-            match self.watch(pid) {
-                Ok(_) => {}
-                Err(e) => {
-                    match e.reason() {
-                        "not_go" | "process_unreadable" | "no_such_process" => {
-                            log::trace!("pid {pid}: {e}")
-                        }
-                        _ => {
-                            log::info!("not watching {e}");
-                            self.metrics.agent.attach_failure(e.reason());
-                        }
+            if let Err(e) = self.watch(pid) {
+                match e.reason() {
+                    "not_go" | "process_unreadable" | "no_such_process" => {
+                        log::trace!("pid {pid}: {e}")
                     }
-                    passed_over.insert(id);
+                    _ => {
+                        log::info!("not watching {e}");
+                        self.metrics.agent.attach_failure(e.reason());
+                    }
                 }
+                passed_over.insert(id);
             }
         }
         passed_over.retain(|id| alive.contains(id));
@@ -246,7 +313,7 @@ impl Agent {
 
     /// Drops analyses of binaries no watched process runs any more.
     fn forget_unused_binaries(&self) {
-        let in_use: HashSet<BinaryId> = read(&self.watched)
+        let in_use: HashSet<BinaryId> = lock(&self.watched)
             .values()
             .map(|w| w.process.binary)
             .collect();
@@ -268,62 +335,46 @@ impl Agent {
             Ok(e) => e,
             Err(e) => return m.decode_error(e.reason()),
         };
+        let mut watched = lock(&self.watched);
+        let tgid = match &event {
+            Event::GoMuxSeen(e) => e.tgid,
+            Event::SockConn(e) => e.tgid,
+            Event::SockData(e) => e.tgid,
+        };
+        let Some(w) = watched.get_mut(&tgid) else {
+            m.lost("unknown_process").inc();
+            return;
+        };
         match event {
-            Event::GoHttpServer(raw) => {
-                let request = match ServerRequest::from_go(&raw) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        log::debug!("pid {}: {e}", raw.tgid);
-                        return m.decode_error(match e {
-                            crate::spans::SpanError::TargetRead => "target_read",
-                            crate::spans::SpanError::BadStatus(_) => "bad_status",
-                        });
-                    }
-                };
-                let watched = read(&self.watched);
-                let Some(w) = watched.get(&request.pid) else {
-                    m.lost("unknown_process").inc();
-                    return;
-                };
-                self.metrics
-                    .record_server_request(&w.process.service_name, &request);
-            }
-            Event::SockConn(c) => {
-                let mut servers = lock(&self.servers);
-                let Some(conns) = servers.get_mut(&c.tgid) else {
-                    return;
-                };
-                match u64::from(c.syscall) {
-                    nr::ACCEPT | nr::ACCEPT4 => conns.add_socket(c.fd),
-                    nr::CLOSE => {
-                        if let Some(d) = conns.close(c.fd) {
-                            self.count_dropped(d);
-                        }
-                    }
-                    _ => {}
+            Event::GoMuxSeen(e) => {
+                if !w.routes.muxes.contains(&e.mux) {
+                    w.routes.muxes.push(e.mux);
+                    w.routes.last_new_mux = Some(Instant::now());
+                    w.routes.read_patterns(tgid);
                 }
             }
+            Event::SockConn(c) => match u64::from(c.syscall) {
+                nr::ACCEPT | nr::ACCEPT4 => w.connections.add_socket(c.fd),
+                nr::CLOSE => {
+                    if let Some(d) = w.connections.close(c.fd) {
+                        self.count_dropped(d);
+                    }
+                }
+                _ => {}
+            },
             Event::SockData(d) => {
                 let data = &d.prefix[..(d.prefix_len as usize).min(d.prefix.len())];
-                let exchange = {
-                    let mut servers = lock(&self.servers);
-                    let Some(conns) = servers.get_mut(&d.tgid) else {
-                        return;
-                    };
-                    if d.direction == DIR_INGRESS {
-                        conns.ingress(d.fd, d.ts_ns, data).map(Err)
-                    } else {
-                        conns.egress(d.fd, d.ts_ns, data).transpose()
-                    }
+                let exchange = if d.direction == DIR_INGRESS {
+                    w.connections.ingress(d.fd, d.ts_ns, data).map(Err)
+                } else {
+                    w.connections.egress(d.fd, d.ts_ns, data).transpose()
                 };
                 match exchange {
                     Some(Ok(e)) => {
-                        let request = ServerRequest::from_exchange(d.tgid, &e);
-                        let watched = read(&self.watched);
-                        if let Some(w) = watched.get(&d.tgid) {
-                            self.metrics
-                                .record_server_request(&w.process.service_name, &request);
-                        }
+                        let route = w.routes.route(&e);
+                        let request = ServerRequest::from_exchange(tgid, &e, route);
+                        self.metrics
+                            .record_server_request(&w.process.service_name, &request);
                     }
                     Some(Err(dropped)) => self.count_dropped(dropped),
                     None => {}
@@ -350,14 +401,11 @@ impl Agent {
     /// Brings gauges and kernel-side counters up to date (called before each scrape).
     pub fn refresh(&self) {
         let probes = lock(&self.probes);
-        let watched = read(&self.watched);
+        let watched = lock(&self.watched);
         let mut active: HashMap<&str, i64> = HashMap::new();
         let mut live = 0;
-        let servers = lock(&self.servers);
-        for (pid, w) in watched.iter() {
-            let in_flight = servers.get(pid).map_or(0, |c| c.in_flight() as i64);
-            *active.entry(&w.process.service_name).or_default() +=
-                probes.active_requests(*pid) + in_flight;
+        for w in watched.values() {
+            *active.entry(&w.process.service_name).or_default() += w.connections.in_flight() as i64;
             live += i64::from(w.exited_at.is_none());
         }
         for (service, n) in active {
@@ -391,21 +439,55 @@ impl Agent {
     }
 
     pub fn watched_count(&self) -> usize {
-        read(&self.watched)
+        lock(&self.watched)
             .values()
             .filter(|w| w.exited_at.is_none())
             .count()
     }
 }
 
+/// Detaches the mux-discovery uprobe once discovery has gone quiet, re-attaches it after a
+/// while, and re-reads patterns now and then.
+fn pace_discovery(pid: u32, w: &mut Watched, probes: &mut Probes, now: Instant) {
+    let routes = &mut w.routes;
+    let Some((point, _)) = routes.discovery else {
+        return;
+    };
+    let quiet = routes
+        .last_new_mux
+        .is_some_and(|t| now.duration_since(t) >= DISCOVERY_QUIET);
+    if routes.attached_at.is_some() && quiet {
+        probes.detach_uprobes(pid);
+        routes.attached_at = None;
+        routes.detached_at = Some(now);
+        log::debug!(
+            "pid {pid}: mux discovery done ({} muxes)",
+            routes.muxes.len()
+        );
+    } else if routes.attached_at.is_none()
+        && routes
+            .detached_at
+            .is_some_and(|t| now.duration_since(t) >= REDISCOVERY)
+    {
+        match probes.attach_mux_discovery(&w.process, point) {
+            Ok(()) => {
+                routes.attached_at = Some(now);
+                routes.last_new_mux = Some(now);
+            }
+            Err(e) => log::debug!("pid {pid}: re-attaching mux discovery: {e}"),
+        }
+    }
+    if !routes.muxes.is_empty()
+        && routes
+            .read_at
+            .is_none_or(|t| now.duration_since(t) >= PATTERN_REFRESH)
+    {
+        routes.read_patterns(pid);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|e| e.into_inner())
-}
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The descriptors of `pid` that are sockets now (for connections accepted before attach).

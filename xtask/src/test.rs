@@ -41,6 +41,7 @@ pub fn install_test_tools() -> Result<TestTools> {
             "python3-pip",
             "binutils",
             "util-linux",
+            "bpftool",
         ],
         &[
             "go",
@@ -50,6 +51,7 @@ pub fn install_test_tools() -> Result<TestTools> {
             "curl",
             "objcopy",
             "setpriv",
+            "bpftool",
         ],
     )?;
     let go_old = PathBuf::from(output(Command::new("sh").args(["-c", "command -v go"]))?);

@@ -8,7 +8,7 @@ use std::{mem::size_of, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use obs_common::{
-    go_http::GoHttpServerRequest,
+    go_http::GoMuxSeen,
     sockets::{SockConn, SockData},
     EventKind,
 };
@@ -18,7 +18,7 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
 #[derive(Clone, Debug)]
 pub enum Event {
-    GoHttpServer(GoHttpServerRequest),
+    GoMuxSeen(GoMuxSeen),
     SockData(Box<SockData>),
     SockConn(SockConn),
 }
@@ -56,9 +56,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     let raw_kind = u32::from_ne_bytes(kind_bytes);
     let kind = EventKind::from_u32(raw_kind).ok_or(DecodeError::UnknownKind(raw_kind))?;
     match kind {
-        EventKind::GoHttpServerRequest => {
-            read_pod::<GoHttpServerRequest>(kind, record).map(Event::GoHttpServer)
-        }
+        EventKind::GoMuxSeen => read_pod::<GoMuxSeen>(kind, record).map(Event::GoMuxSeen),
         EventKind::SockData => {
             read_pod::<SockData>(kind, record).map(|d| Event::SockData(Box::new(d)))
         }
@@ -121,9 +119,7 @@ mod tests {
             decode(&99u32.to_ne_bytes()).unwrap_err(),
             DecodeError::UnknownKind(99)
         );
-        let mut rec = (EventKind::GoHttpServerRequest as u32)
-            .to_ne_bytes()
-            .to_vec();
+        let mut rec = (EventKind::SockData as u32).to_ne_bytes().to_vec();
         rec.resize(10, 0);
         assert!(matches!(
             decode(&rec),
@@ -132,13 +128,27 @@ mod tests {
     }
 
     #[test]
-    fn decodes_a_server_request() {
-        let mut rec = vec![0u8; size_of::<GoHttpServerRequest>()];
-        rec[..4].copy_from_slice(&(EventKind::GoHttpServerRequest as u32).to_ne_bytes());
-        rec[4..8].copy_from_slice(&1234u32.to_ne_bytes());
-        let Ok(Event::GoHttpServer(e)) = decode(&rec) else {
-            panic!("not a server request");
+    fn decodes_each_kind() {
+        let record = |kind: EventKind, size: usize| {
+            let mut rec = vec![0u8; size];
+            rec[..4].copy_from_slice(&(kind as u32).to_ne_bytes());
+            rec[4..8].copy_from_slice(&1234u32.to_ne_bytes());
+            rec
+        };
+        let Ok(Event::GoMuxSeen(e)) = decode(&record(EventKind::GoMuxSeen, size_of::<GoMuxSeen>()))
+        else {
+            panic!("not a mux");
         };
         assert_eq!(e.tgid, 1234);
+        let Ok(Event::SockData(d)) = decode(&record(EventKind::SockData, size_of::<SockData>()))
+        else {
+            panic!("not data");
+        };
+        assert_eq!(d.tgid, 1234);
+        let Ok(Event::SockConn(c)) = decode(&record(EventKind::SockConn, size_of::<SockConn>()))
+        else {
+            panic!("not a connection");
+        };
+        assert_eq!(c.tgid, 1234);
     }
 }

@@ -5,21 +5,20 @@
 use std::{collections::HashMap, num::NonZeroU32};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
-        RawTracePoint, UProbe,
+        RawTracePoint, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
 use obs_common::{
-    go_http::GoProcState,
     names,
     stats::{Stat, STAT_COUNT},
 };
 
 use crate::{
-    symbols::go_http::{GoHttpBinary, ProbePoint, FINISH_REQUEST, SERVE_HTTP},
+    symbols::go_http::{ProbePoint, MUX_SERVE_HTTP},
     target::Process,
 };
 
@@ -46,6 +45,13 @@ pub enum ProbeError {
     NoUprobes,
     #[error("attaching to the raw tracepoint sys_exit ({0}); socket syscalls cannot be seen")]
     RawTracepoint(String),
+    #[error("attaching to the tracepoint syscalls:sys_enter_close ({0})")]
+    Tracepoint(String),
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}); \
+         mount it (mount -t tracefs nodev /sys/kernel/tracing) or run obs-agent with CAP_SYS_ADMIN"
+    )]
+    NoTracefs(String),
     #[error("attaching to {function} in pid {pid}: {source}")]
     Attach {
         pid: u32,
@@ -54,8 +60,6 @@ pub enum ProbeError {
     },
     #[error("updating the kernel's map of watched processes: {0}")]
     Map(#[from] aya::maps::MapError),
-    #[error("counting CPUs: {0}")]
-    Cpus(#[from] std::io::Error),
 }
 
 /// One attached probe, to detach later.
@@ -67,7 +71,6 @@ struct Link {
 pub struct Probes {
     ebpf: Ebpf,
     links: HashMap<u32, Vec<Link>>,
-    cpus: usize,
 }
 
 impl Probes {
@@ -81,7 +84,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        for name in [names::PROG_GO_SERVE_HTTP, names::PROG_GO_FINISH_REQUEST] {
+        for name in [names::PROG_GO_MUX_SERVE_HTTP] {
             let program: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::Missing(name))?
@@ -103,11 +106,21 @@ impl Probes {
         sys_exit
             .attach("sys_exit")
             .map_err(|e| ProbeError::RawTracepoint(error_chain(&e)))?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| ProbeError::Load(e.to_string()))?;
+        ensure_tracefs()?;
+        let close: &mut TracePoint = ebpf
+            .program_mut(names::PROG_SYS_ENTER_CLOSE)
+            .ok_or(ProbeError::Missing(names::PROG_SYS_ENTER_CLOSE))?
+            .try_into()
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        close
+            .load()
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        close
+            .attach("syscalls", "sys_enter_close")
+            .map_err(|e| ProbeError::Tracepoint(error_chain(&e)))?;
         Ok(Self {
             ebpf,
             links: HashMap::new(),
-            cpus,
         })
     }
 
@@ -138,37 +151,18 @@ impl Probes {
         }
     }
 
-    /// Attaches the net/http server probes to one process. On failure nothing stays attached.
-    pub fn attach_go_http(
+    /// Attaches the ServeMux-discovery uprobe to one process (until `detach_uprobes`).
+    pub fn attach_mux_discovery(
         &mut self,
         process: &Process,
-        binary: &GoHttpBinary,
-    ) -> Result<usize, ProbeError> {
-        let state = GoProcState {
-            offsets: binary.offsets,
-            response_itab: binary.response_itab.unwrap_or(0),
-            active: 0,
-        };
-        let values = PerCpuValues::try_from(vec![state; self.cpus])?;
-        self.go_procs()?.insert(process.pid, values, 0)?;
-
+        point: ProbePoint,
+    ) -> Result<(), ProbeError> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(process.pid).expect("pids of user processes are never 0"),
         );
-        let mut links = Vec::new();
-        for point in binary.probe_points() {
-            match self.attach_one(point, process, scope) {
-                Ok(link) => links.push(link),
-                Err(e) => {
-                    self.detach_links(links);
-                    let _ = self.go_procs().map(|mut m| m.remove(&process.pid));
-                    return Err(e);
-                }
-            }
-        }
-        let n = links.len();
-        self.links.insert(process.pid, links);
-        Ok(n)
+        let link = self.attach_one(point, process, scope)?;
+        self.links.entry(process.pid).or_default().push(link);
+        Ok(())
     }
 
     fn attach_one(
@@ -178,8 +172,7 @@ impl Probes {
         scope: UProbeScope,
     ) -> Result<Link, ProbeError> {
         let program = match point.function {
-            SERVE_HTTP => names::PROG_GO_SERVE_HTTP,
-            FINISH_REQUEST => names::PROG_GO_FINISH_REQUEST,
+            MUX_SERVE_HTTP => names::PROG_GO_MUX_SERVE_HTTP,
             other => unreachable!("no program for {other}"),
         };
         let uprobe: &mut UProbe = self
@@ -206,15 +199,21 @@ impl Probes {
         Ok(Link { program, id })
     }
 
-    /// Detaches everything attached for `pid` and forgets its kernel state.
-    pub fn detach(&mut self, pid: u32) {
-        self.unwatch_sockets(pid);
+    /// Detaches the uprobes of `pid`, keeping its socket capture.
+    pub fn detach_uprobes(&mut self, pid: u32) {
         if let Some(links) = self.links.remove(&pid) {
             self.detach_links(links);
         }
-        if let Ok(mut procs) = self.go_procs() {
-            let _ = procs.remove(&pid);
-        }
+    }
+
+    pub fn has_uprobes(&self, pid: u32) -> bool {
+        self.links.get(&pid).is_some_and(|l| !l.is_empty())
+    }
+
+    /// Detaches everything attached for `pid` and forgets its kernel state.
+    pub fn detach(&mut self, pid: u32) {
+        self.unwatch_sockets(pid);
+        self.detach_uprobes(pid);
     }
 
     fn detach_links(&mut self, links: Vec<Link>) {
@@ -231,23 +230,9 @@ impl Probes {
         }
     }
 
-    /// Probes attached now: the shared sys_exit program and the per-process uprobes.
+    /// Probes attached now: the two shared syscall programs and the per-process uprobes.
     pub fn attached_count(&self) -> usize {
-        1 + self.links.values().map(Vec::len).sum::<usize>()
-    }
-
-    /// Requests in flight in `pid` (summed over CPUs).
-    pub fn active_requests(&self, pid: u32) -> i64 {
-        let Some(map) = self.ebpf.map(names::MAP_GO_PROCS) else {
-            return 0;
-        };
-        let Ok(procs) = PerCpuHashMap::<_, u32, GoProcState>::try_from(map) else {
-            return 0;
-        };
-        procs
-            .get(&pid, 0)
-            .map(|v| v.iter().map(|s| s.active).sum::<i64>().max(0))
-            .unwrap_or(0)
+        2 + self.links.values().map(Vec::len).sum::<usize>()
     }
 
     /// The kernel programs' counters, summed over CPUs, indexed by `Stat`.
@@ -266,14 +251,36 @@ impl Probes {
         }
         out
     }
+}
 
-    fn go_procs(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, GoProcState>, ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(names::MAP_GO_PROCS)
-            .ok_or(ProbeError::Missing(names::MAP_GO_PROCS))?;
-        Ok(PerCpuHashMap::try_from(map)?)
+/// Tracepoints are found through tracefs; mount it where aya looks if nothing has.
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    for dir in [TRACEFS, "/sys/kernel/debug/tracing"] {
+        if std::path::Path::new(dir).join("events").exists() {
+            return Ok(());
+        }
     }
+    let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
+    let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
+    let source = std::ffi::CString::new("nodev").expect("no NUL");
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::NoTracefs(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    log::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
 }
 
 /// An error with its sources, on one line (aya's errors keep the kernel's reason in sources).

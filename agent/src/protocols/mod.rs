@@ -1,3 +1,4 @@
 //! Pure protocol logic: parsing and normalizing what requests carry. No I/O; fuzzable.
 
+pub mod go_mux;
 pub mod http;

@@ -1,11 +1,9 @@
-//! What the Go net/http server probes need from one binary: where to attach (file offsets of
-//! emulated probe sites) and where the fields they read live (DWARF offsets). No offset is
-//! hard-coded for any Go version.
+//! What obs-agent needs from a Go net/http binary: that it is an HTTP server, where to probe
+//! `(*ServeMux).ServeHTTP` to discover its muxes (an emulated instruction, found by
+//! disassembly), and where a mux keeps its registered patterns (Go 1.22+, from DWARF). No
+//! offset is hard-coded for any Go version.
 
 use std::path::Path;
-
-use object::Object;
-use obs_common::go_http::{GoHttpOffsets, NO_OFFSET};
 
 use super::{
     buildinfo::{self, BuildInfo},
@@ -15,18 +13,22 @@ use super::{
     SymbolsError,
 };
 
-pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
-pub const FINISH_REQUEST: &str = "net/http.(*response).finishRequest";
-/// The itab that makes a `*response` a `ResponseWriter` (Go ≤1.19 and ≥1.20 spellings).
-const RESPONSE_ITABS: [&str; 2] = [
-    "go:itab.*net/http.response,net/http.ResponseWriter",
-    "go.itab.*net/http.response,net/http.ResponseWriter",
-];
+pub const SERVER_HANDLER: &str = "net/http.serverHandler.ServeHTTP";
+pub const MUX_SERVE_HTTP: &str = "net/http.(*ServeMux).ServeHTTP";
 
-const RESPONSE: &str = "net/http.response";
-const REQUEST: &str = "net/http.Request";
-const URL: &str = "net/url.URL";
+const SERVE_MUX: &str = "net/http.ServeMux";
 const PATTERN: &str = "net/http.pattern";
+const ROUTING_NODE: &str = "net/http.routingNode";
+const MAPPING: &str = "net/http.mapping[string,*net/http.routingNode]";
+const ENTRY: &str = "net/http.entry[string,*net/http.routingNode]";
+// Swiss-table maps (Go 1.24+).
+const SWISS_MAP: &str = "internal/runtime/maps.Map";
+const SWISS_TABLE: &str = "internal/runtime/maps.table";
+const SWISS_GROUPS: &str = "internal/runtime/maps.groupsReference";
+const SWISS_GROUP: &str = "noalg.map.group[string]*net/http.routingNode";
+// Bucket maps (Go 1.22, 1.23).
+const HMAP: &str = "runtime.hmap";
+const BUCKET: &str = "map.bucket[string]*net/http.routingNode";
 
 /// Where one probe goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,26 +41,116 @@ pub struct ProbePoint {
     pub site: ProbeSite,
 }
 
+/// Where a Go 1.22+ ServeMux keeps its patterns: in its routing tree, whose nodes hold a
+/// `*pattern` (leaves) and children in a `mapping` (a slice of entries while small, a Go map
+/// beyond that).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MuxLayout {
+    /// `ServeMux.tree` (a routingNode, inline).
+    pub tree: u64,
+    pub node_pattern: u64,
+    pub node_children: u64,
+    pub node_multi_child: u64,
+    pub node_empty_child: u64,
+    /// `mapping.s` ([]entry) and `mapping.m` (map[string]*routingNode).
+    pub mapping_s: u64,
+    pub mapping_m: u64,
+    /// `entry.value` and the size of an entry.
+    pub entry_value: u64,
+    pub entry_size: u64,
+    /// `pattern.str` (string): the pattern as registered.
+    pub pattern_str: u64,
+    pub map: GoMapLayout,
+}
+
+/// The runtime's map layout for `map[string]*routingNode` in this binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoMapLayout {
+    /// Swiss tables (Go 1.24+): a directory of tables of groups of 8 slots with control bytes.
+    Swiss {
+        dir_ptr: u64,
+        dir_len: u64,
+        table_groups: u64,
+        groups_data: u64,
+        groups_mask: u64,
+        group_ctrl: u64,
+        group_slots: u64,
+        /// Offset of the value in a slot, and a slot's size.
+        slot_elem: u64,
+        slot_size: u64,
+    },
+    /// Buckets of 8 (Go 1.22, 1.23), with overflow chains and old buckets while growing.
+    Buckets {
+        log2_buckets: u64,
+        buckets: u64,
+        old_buckets: u64,
+        bucket_tophash: u64,
+        bucket_elems: u64,
+        bucket_overflow: u64,
+    },
+}
+
+/// Size of a Go string header and of a pointer on amd64: the language's layout of
+/// `struct { key string; elem *T }` follows from them.
+const STRING_SIZE: u64 = 16;
+const POINTER_SIZE: u64 = 8;
+
 #[derive(Clone, Debug)]
 pub struct GoHttpBinary {
     pub build: BuildInfo,
-    pub serve_http: ProbePoint,
-    pub finish_request: ProbePoint,
-    pub offsets: GoHttpOffsets,
-    /// Link-time address of the `*response` ResponseWriter itab; only usable as-is for
-    /// position-dependent executables.
-    pub response_itab: Option<u64>,
+    /// The mux-discovery probe, when the binary has ServeMux with patterns (Go 1.22+).
+    pub mux_discovery: Option<(ProbePoint, MuxLayout)>,
 }
 
 impl GoHttpBinary {
-    pub fn probe_points(&self) -> [ProbePoint; 2] {
-        [self.serve_http, self.finish_request]
+    pub fn probe_points(&self) -> Vec<ProbePoint> {
+        self.mux_discovery.iter().map(|(p, _)| *p).collect()
     }
 }
 
 /// Whether the file is a Go program (has Go build info).
 pub fn is_go(elf: &ElfFile) -> bool {
     elf.has_section(".go.buildinfo")
+}
+
+fn mux_layout(l: &dwarf::Layouts) -> Result<MuxLayout, SymbolsError> {
+    let map = if l.contains_key(SWISS_MAP) {
+        let slots = offset_of(l, SWISS_GROUP, "slots")?;
+        GoMapLayout::Swiss {
+            dir_ptr: offset_of(l, SWISS_MAP, "dirPtr")?,
+            dir_len: offset_of(l, SWISS_MAP, "dirLen")?,
+            table_groups: offset_of(l, SWISS_TABLE, "groups")?,
+            groups_data: offset_of(l, SWISS_GROUPS, "data")?,
+            groups_mask: offset_of(l, SWISS_GROUPS, "lengthMask")?,
+            group_ctrl: offset_of(l, SWISS_GROUP, "ctrl")?,
+            group_slots: slots,
+            slot_elem: STRING_SIZE,
+            slot_size: STRING_SIZE + POINTER_SIZE,
+        }
+    } else {
+        GoMapLayout::Buckets {
+            log2_buckets: offset_of(l, HMAP, "B")?,
+            buckets: offset_of(l, HMAP, "buckets")?,
+            old_buckets: offset_of(l, HMAP, "oldbuckets")?,
+            bucket_tophash: offset_of(l, BUCKET, "tophash")?,
+            bucket_elems: offset_of(l, BUCKET, "elems")?,
+            bucket_overflow: offset_of(l, BUCKET, "overflow")?,
+        }
+    };
+    let entry_value = offset_of(l, ENTRY, "value")?;
+    Ok(MuxLayout {
+        tree: offset_of(l, SERVE_MUX, "tree")?,
+        node_pattern: offset_of(l, ROUTING_NODE, "pattern")?,
+        node_children: offset_of(l, ROUTING_NODE, "children")?,
+        node_multi_child: offset_of(l, ROUTING_NODE, "multiChild")?,
+        node_empty_child: offset_of(l, ROUTING_NODE, "emptyChild")?,
+        mapping_s: offset_of(l, MAPPING, "s")?,
+        mapping_m: offset_of(l, MAPPING, "m")?,
+        entry_value,
+        entry_size: entry_value + POINTER_SIZE,
+        pattern_str: offset_of(l, PATTERN, "str")?,
+        map,
+    })
 }
 
 pub fn analyze_path(path: &Path) -> Result<GoHttpBinary, SymbolsError> {
@@ -72,77 +164,67 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
         .and_then(|s| {
             buildinfo::parse(&s).map_err(|e| SymbolsError::BadElf(format!("Go build info: {e}")))
         })?;
-
-    let mut wanted = vec![SERVE_HTTP, FINISH_REQUEST];
-    wanted.extend(RESPONSE_ITABS);
-    let functions = elf.functions(&wanted)?;
+    let functions = elf.functions(&[SERVER_HANDLER, MUX_SERVE_HTTP])?;
     if functions.is_empty() && !elf.has_symbols() {
         return Err(SymbolsError::NoDebugInfo {
             go_version: build.go_version,
         });
     }
-    let probe_point = |name: &'static str| -> Result<ProbePoint, SymbolsError> {
-        let sym = functions
-            .get(name)
-            .ok_or(SymbolsError::NotHttpServer(name))?;
-        let no_site = |reason: &str| SymbolsError::NoProbeSite {
-            function: name,
-            reason: reason.to_owned(),
-        };
-        let code = elf
-            .bytes_at(sym.address, sym.size.clamp(1, 64))
-            .ok_or_else(|| no_site("its address is outside the file's segments"))?;
-        let site = disasm::find_stack_check_jump(code, sym.address).unwrap_or(ProbeSite {
-            offset: 0,
-            kind: SiteKind::Entry,
-        });
-        let file_offset = elf
-            .file_offset(sym.address + site.offset)
-            .ok_or_else(|| no_site("no file offset"))?;
-        Ok(ProbePoint {
-            function: name,
-            address: sym.address + site.offset,
-            file_offset,
-            site,
-        })
+    if !functions.contains_key(SERVER_HANDLER) {
+        return Err(SymbolsError::NotHttpServer(SERVER_HANDLER));
+    }
+    let layouts = dwarf::struct_layouts(
+        elf,
+        &[
+            SERVE_MUX,
+            PATTERN,
+            ROUTING_NODE,
+            MAPPING,
+            ENTRY,
+            SWISS_MAP,
+            SWISS_TABLE,
+            SWISS_GROUPS,
+            SWISS_GROUP,
+            HMAP,
+            BUCKET,
+        ],
+    )?
+    .ok_or_else(|| SymbolsError::NoDebugInfo {
+        go_version: build.go_version.clone(),
+    })?;
+    // Before Go 1.22 a ServeMux has no routing tree: routes are collapsed paths.
+    let layout = mux_layout(&layouts).ok();
+    let mux_discovery = match (layout, functions.get(MUX_SERVE_HTTP)) {
+        (Some(layout), Some(sym)) => {
+            let no_site = |reason: &str| SymbolsError::NoProbeSite {
+                function: MUX_SERVE_HTTP,
+                reason: reason.to_owned(),
+            };
+            let code = elf
+                .bytes_at(sym.address, sym.size.clamp(1, 64))
+                .ok_or_else(|| no_site("its address is outside the file's segments"))?;
+            let site = disasm::find_stack_check_jump(code, sym.address).unwrap_or(ProbeSite {
+                offset: 0,
+                kind: SiteKind::Entry,
+            });
+            let address = sym.address + site.offset;
+            let file_offset = elf
+                .file_offset(address)
+                .ok_or_else(|| no_site("no file offset"))?;
+            Some((
+                ProbePoint {
+                    function: MUX_SERVE_HTTP,
+                    address,
+                    file_offset,
+                    site,
+                },
+                layout,
+            ))
+        }
+        _ => None,
     };
-    let serve_http = probe_point(SERVE_HTTP)?;
-    let finish_request = probe_point(FINISH_REQUEST)?;
-
-    let layouts =
-        dwarf::struct_layouts(elf, &[RESPONSE, REQUEST, URL, PATTERN])?.ok_or_else(|| {
-            SymbolsError::NoDebugInfo {
-                go_version: build.go_version.clone(),
-            }
-        })?;
-    let off = |s, m| offset_of(&layouts, s, m).map(|v| v as u32);
-    let optional = |s, m| off(s, m).unwrap_or(NO_OFFSET);
-    let offsets = GoHttpOffsets {
-        response_req: off(RESPONSE, "req")?,
-        response_status: off(RESPONSE, "status")?,
-        response_wrote_header: off(RESPONSE, "wroteHeader")?,
-        request_method: off(REQUEST, "Method")?,
-        request_url: off(REQUEST, "URL")?,
-        url_path: off(URL, "Path")?,
-        request_pattern: optional(REQUEST, "Pattern"),
-        request_pat: optional(REQUEST, "pat"),
-        pattern_str: optional(PATTERN, "str"),
-        _reserved: 0,
-    };
-    let position_dependent = elf
-        .object()
-        .map(|o| o.kind() == object::ObjectKind::Executable)
-        .unwrap_or(false);
-    let response_itab = RESPONSE_ITABS
-        .iter()
-        .find_map(|n| functions.get(*n))
-        .map(|s| s.address)
-        .filter(|_| position_dependent);
     Ok(GoHttpBinary {
         build,
-        serve_http,
-        finish_request,
-        offsets,
-        response_itab,
+        mux_discovery,
     })
 }

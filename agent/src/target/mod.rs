@@ -1,6 +1,8 @@
 //! Which processes to watch: the `--pid` list, or every Go process on the machine; and what
 //! each one is (executable, binary identity, service name, start time to detect pid reuse).
 
+pub mod go_mux;
+pub mod memory;
 pub mod process;
 
 pub use process::{BinaryId, Process, ProcessError};
