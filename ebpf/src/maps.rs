@@ -40,7 +40,7 @@ pub fn count(stat: Stat) {
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if waiting >= EVENTS_WAKEUP_BYTES && waiting < EVENTS_WAKEUP_BYTES + EVENTS_WAKEUP_WINDOW {
+    if (EVENTS_WAKEUP_BYTES..EVENTS_WAKEUP_BYTES + EVENTS_WAKEUP_WINDOW).contains(&waiting) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -84,16 +84,13 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        for name in [names::PROG_GO_MUX_SERVE_HTTP] {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::Missing(name))?
-                .try_into()
-                .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-            program
-                .load()
-                .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        }
+        // Loaded once; attached per process while discovering muxes.
+        let mux: &mut UProbe = ebpf
+            .program_mut(names::PROG_GO_MUX_SERVE_HTTP)
+            .ok_or(ProbeError::Missing(names::PROG_GO_MUX_SERVE_HTTP))?
+            .try_into()
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        mux.load().map_err(|e| ProbeError::Load(error_chain(&e)))?;
         // One program sees the socket syscalls of every watched process.
         let sys_exit: &mut RawTracePoint = ebpf
             .program_mut(names::PROG_SYS_EXIT)
