@@ -155,6 +155,9 @@ impl PatternSet {
 
     /// The route of the pattern ServeMux would pick for this request, if any.
     pub fn route_for(&self, method: &str, target: &str) -> Option<&str> {
+        if self.patterns.is_empty() {
+            return None;
+        }
         let path = target.split(['?', '#']).next().unwrap_or("");
         let rest = path.strip_prefix('/')?;
         let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
