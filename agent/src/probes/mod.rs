@@ -84,34 +84,20 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        let load = |e: aya::programs::ProgramError| ProbeError::Load(error_chain(&e));
         // Loaded once; attached per process while discovering muxes.
-        let mux: &mut UProbe = ebpf
-            .program_mut(names::PROG_GO_MUX_SERVE_HTTP)
-            .ok_or(ProbeError::Missing(names::PROG_GO_MUX_SERVE_HTTP))?
-            .try_into()
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        mux.load().map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        // One program sees the socket syscalls of every watched process.
-        let sys_exit: &mut RawTracePoint = ebpf
-            .program_mut(names::PROG_SYS_EXIT)
-            .ok_or(ProbeError::Missing(names::PROG_SYS_EXIT))?
-            .try_into()
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        sys_exit
+        program::<UProbe>(&mut ebpf, names::PROG_GO_MUX_SERVE_HTTP)?
             .load()
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+            .map_err(load)?;
+        // One program sees the socket syscalls of every watched process.
+        let sys_exit = program::<RawTracePoint>(&mut ebpf, names::PROG_SYS_EXIT)?;
+        sys_exit.load().map_err(load)?;
         sys_exit
             .attach("sys_exit")
             .map_err(|e| ProbeError::RawTracepoint(error_chain(&e)))?;
         ensure_tracefs()?;
-        let close: &mut TracePoint = ebpf
-            .program_mut(names::PROG_SYS_ENTER_CLOSE)
-            .ok_or(ProbeError::Missing(names::PROG_SYS_ENTER_CLOSE))?
-            .try_into()
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        close
-            .load()
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        let close = program::<TracePoint>(&mut ebpf, names::PROG_SYS_ENTER_CLOSE)?;
+        close.load().map_err(load)?;
         close
             .attach("syscalls", "sys_enter_close")
             .map_err(|e| ProbeError::Tracepoint(error_chain(&e)))?;
@@ -248,6 +234,17 @@ impl Probes {
         }
         out
     }
+}
+
+/// A program of the object, by name, as its kind.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, ProbeError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::Missing(name))?
+        .try_into()
+        .map_err(|e| ProbeError::Load(error_chain(&e)))
 }
 
 /// Tracepoints are found through tracefs; mount it where aya looks if nothing has.

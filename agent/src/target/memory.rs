@@ -45,20 +45,6 @@ impl ProcessMemory {
         self.read(data, &mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
-
-    /// The pointers of a Go `[]*T` at `addr`, up to [`MAX_SLICE`].
-    pub fn go_pointer_slice(&self, addr: u64) -> std::io::Result<Vec<u64>> {
-        let (data, len) = (self.u64(addr)?, self.u64(addr + 8)?);
-        if len > MAX_SLICE {
-            return Err(std::io::Error::other(format!("slice of {len} elements")));
-        }
-        let mut buf = vec![0; len as usize * 8];
-        self.read(data, &mut buf)?;
-        Ok(buf
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect())
-    }
 }
 
 #[cfg(test)]
