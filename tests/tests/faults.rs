@@ -12,7 +12,9 @@ use std::{
 
 use obs_agent::symbols::go_http::analyze_path;
 use obs_integration_tests::{
-    go_app, read_process_memory, wait_for, Agent, GoServer, GoVersion, Proc,
+    go_app,
+    load::{drive, Call},
+    read_process_memory, wait_for, Agent, GoServer, GoVersion, Proc,
 };
 
 const NO_SUCH_PID: u32 = 4_194_305; // above any pid_max
@@ -290,4 +292,96 @@ fn without_root_the_agent_says_so() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("must run as root"), "{stderr}");
+}
+
+#[derive(PartialEq)]
+enum Then {
+    /// Read whatever comes back until the server closes or a second passes.
+    Read,
+    /// Close the write side (the server sees EOF), then read.
+    HalfClose,
+    /// Close at once.
+    Close,
+}
+
+/// Sends raw bytes on a fresh connection.
+fn send_raw(port: u16, bytes: &[u8], then: Then) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    s.write_all(bytes).unwrap();
+    match then {
+        Then::Close => return,
+        Then::HalfClose => s.shutdown(std::net::Shutdown::Write).unwrap(),
+        Then::Read => {}
+    }
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+}
+
+#[test]
+fn garbage_and_truncated_input_make_no_series() {
+    let server = GoServer::start(
+        "goserver",
+        GoVersion::Old,
+        &[("OTEL_SERVICE_NAME", "garbage")],
+    );
+    let agent = Agent::for_pids(&[server.proc.pid()]);
+    let mut seed: u32 = 12345;
+    let garbage: Vec<u8> = (0..600)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (seed >> 16) as u8
+        })
+        .collect();
+    // A TLS ClientHello's first bytes.
+    let tls = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let long_line = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(5000));
+    // Not HTTP: Go answers 400, which answers no request.
+    send_raw(server.port, &garbage, Then::Read);
+    send_raw(server.port, &tls, Then::Read);
+    send_raw(server.port, b"\r\n\r\n\x00\x00\x00", Then::Read);
+    send_raw(server.port, b"BREW /coffee HTCPCP/1.0\r\n\r\n", Then::Read);
+    // A request line cut short, and the client gone.
+    send_raw(server.port, b"GET /hel", Then::Close);
+    // A request cut inside its headers: Go answers it with 400, and so does the agent count it.
+    send_raw(
+        server.port,
+        b"GET /hello HTTP/1.1\r\nHost: x\r\n",
+        Then::HalfClose,
+    );
+    // Real requests, on a connection of their own, after all that.
+    let calls: Vec<Call> = (0..10)
+        .map(|_| Call::new("GET", "/hello", "/hello", 200))
+        .collect();
+    let client = drive(&server.url(""), &calls, 2);
+    assert!(client.failures.is_empty());
+    // A request line longer than the capture: counted under a truncated route.
+    send_raw(server.port, long_line.as_bytes(), Then::Read);
+
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = agent.scrape();
+        (s.server_counts("garbage").values().sum::<u64>() >= 12).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("agent log:\n{}", agent.log()));
+    let counts = s.server_counts("garbage");
+    let want: std::collections::BTreeMap<String, u64> = [
+        ("GET /hello 200", 10),
+        ("GET /hello 400", 1),
+        ("GET /* 404", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(counts, want);
+    // The 400s the server wrote for the garbage answered no request: counted, not exported.
+    assert!(
+        s.sum(
+            "obs_agent_decode_errors_total",
+            &[("reason", "unmatched_response")]
+        ) >= 1.0
+    );
+    assert!(agent.log().lines().all(|l| !l.contains("panicked")));
 }
