@@ -9,7 +9,8 @@ use clap::Parser;
     name = "obs-agent",
     version,
     about = "Zero-instrumentation observability: HTTP request rate, errors and latency of \
-             unmodified Go services, from eBPF uprobes, as Prometheus metrics.",
+             unmodified Go services, from eBPF (socket-syscall tracepoints and uprobes), as \
+             Prometheus metrics.",
     after_help = "Examples:\n  \
         sudo obs-agent                      # every Go process on this machine\n  \
         sudo obs-agent --pid 4242 --pid 4243\n  \

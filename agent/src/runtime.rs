@@ -256,6 +256,10 @@ impl Agent {
                             w.process.service_name
                         );
                         w.exited_at = Some(now);
+                        let unanswered = w.connections.in_flight();
+                        if unanswered > 0 {
+                            self.count_dropped(Dropped::Unanswered(unanswered));
+                        }
                         w.connections = ServerConnections::default();
                         self.metrics
                             .agent

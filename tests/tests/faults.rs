@@ -122,6 +122,14 @@ fn target_exit_mid_request_releases_its_state() {
     .unwrap_or_else(|| panic!("agent still watches the dead pid; log:\n{}", agent.log()));
     // Only the two shared syscall programs remain.
     assert_eq!(s.sum("obs_agent_probes_attached", &[]), 2.0);
+    // The request in flight when it died is counted as unanswered, not silently dropped.
+    assert_eq!(
+        s.sum(
+            "obs_agent_events_lost_total",
+            &[("reason", "unanswered_request")]
+        ),
+        1.0
+    );
     assert_eq!(
         s.matching("obs_agent_target_info", &[("service_name", "exiting")])
             .count(),
