@@ -367,7 +367,7 @@ impl Agent {
                 _ => {}
             },
             Event::SockData(d) => {
-                let data = &d.prefix[..(d.prefix_len as usize).min(d.prefix.len())];
+                let data = d.prefix();
                 let exchange = if d.direction == DIR_INGRESS {
                     w.connections.ingress(d.fd, d.ts_ns, data).map(Err)
                 } else {

@@ -27,6 +27,7 @@ pub enum EventKind {
     GoMuxSeen = 1,
     SockData = 2,
     SockConn = 3,
+    SockDataShort = 4,
 }
 
 impl EventKind {
@@ -35,6 +36,7 @@ impl EventKind {
             1 => Some(Self::GoMuxSeen),
             2 => Some(Self::SockData),
             3 => Some(Self::SockConn),
+            4 => Some(Self::SockDataShort),
             _ => None,
         }
     }

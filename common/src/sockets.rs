@@ -28,10 +28,11 @@ pub mod nr {
 pub const DIR_INGRESS: u32 = 0;
 pub const DIR_EGRESS: u32 = 1;
 
-/// Data read from or written to a file descriptor (sockets are told apart in user space).
+/// Data read from or written to a file descriptor (sockets are told apart in user space),
+/// with the first `N` bytes: [`SockData`] for reads, [`SockDataShort`] for writes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct SockData {
+pub struct SockDataN<const N: usize> {
     pub kind: u32,
     pub tgid: u32,
     pub fd: u32,
@@ -41,8 +42,11 @@ pub struct SockData {
     pub bytes: i64,
     pub direction: u32,
     pub prefix_len: u32,
-    pub prefix: [u8; DATA_PREFIX],
+    pub prefix: [u8; N],
 }
+
+pub type SockData = SockDataN<DATA_PREFIX>;
+pub type SockDataShort = SockDataN<EGRESS_PREFIX>;
 
 /// A connection accepted, connected or a descriptor closed.
 #[repr(C)]
@@ -58,11 +62,12 @@ pub struct SockConn {
 }
 
 const _: () = assert!(core::mem::size_of::<SockData>() == 40 + DATA_PREFIX);
+const _: () = assert!(core::mem::size_of::<SockDataShort>() == 40 + EGRESS_PREFIX);
 const _: () = assert!(core::mem::size_of::<SockConn>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    unsafe impl aya::Pod for SockData {}
+    unsafe impl<const N: usize> aya::Pod for SockDataN<N> {}
     unsafe impl aya::Pod for SockConn {}
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use obs_common::{
-    sockets::{nr, SockConn, SockData, DATA_PREFIX, DIR_EGRESS, DIR_INGRESS, EGRESS_PREFIX},
+    sockets::{nr, SockConn, SockDataN, DATA_PREFIX, DIR_EGRESS, DIR_INGRESS, EGRESS_PREFIX},
     stats::Stat,
     EventKind,
 };
@@ -97,26 +97,37 @@ fn msg_iov_base(msghdr: u64) -> u64 {
     read::<u64>(msghdr + 16).map(first_iov_base).unwrap_or(0)
 }
 
+/// Reads get a long prefix (a whole request line); writes a short one (a status line).
 #[inline(always)]
 fn data(tgid: u32, regs: &pt_regs, ret: i64, direction: u32, buf: u64) {
-    let Some(mut entry) = EVENTS.reserve::<SockData>(0) else {
+    if direction == DIR_EGRESS {
+        data_n::<EGRESS_PREFIX>(EventKind::SockDataShort, tgid, regs, ret, direction, buf)
+    } else {
+        data_n::<DATA_PREFIX>(EventKind::SockData, tgid, regs, ret, direction, buf)
+    }
+}
+
+#[inline(always)]
+fn data_n<const N: usize>(
+    kind: EventKind,
+    tgid: u32,
+    regs: &pt_regs,
+    ret: i64,
+    direction: u32,
+    buf: u64,
+) {
+    let Some(mut entry) = EVENTS.reserve::<SockDataN<N>>(0) else {
         count(Stat::EventsLostRingFull);
         return;
     };
     let e = entry.as_mut_ptr();
-    // A response is recognised by its status line; a request needs its whole request line.
-    let max = if direction == DIR_EGRESS {
-        EGRESS_PREFIX
-    } else {
-        DATA_PREFIX
-    };
-    let n = if ret as u64 > max as u64 {
-        max
+    let n = if ret as u64 > N as u64 {
+        N
     } else {
         ret as usize
     };
     unsafe {
-        (*e).kind = EventKind::SockData as u32;
+        (*e).kind = kind as u32;
         (*e).tgid = tgid;
         (*e).fd = regs.rdi as u32;
         (*e).syscall = regs.orig_rax as u32;

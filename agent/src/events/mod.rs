@@ -9,17 +9,52 @@ use std::{mem::size_of, time::Duration};
 use aya::maps::{MapData, RingBuf};
 use obs_common::{
     go_http::GoMuxSeen,
-    sockets::{SockConn, SockData},
+    sockets::{SockConn, SockData, SockDataN, SockDataShort, DATA_PREFIX},
     EventKind,
 };
 use tokio::io::unix::AsyncFd;
 
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Socket data, long (read) or short (written) prefix alike, without a heap allocation.
 #[derive(Clone, Debug)]
+pub struct Data {
+    pub tgid: u32,
+    pub fd: u32,
+    pub ts_ns: u64,
+    pub direction: u32,
+    len: usize,
+    prefix: [u8; DATA_PREFIX],
+}
+
+impl Data {
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix[..self.len]
+    }
+
+    fn from_record<const N: usize>(d: &SockDataN<N>) -> Self {
+        let len = (d.prefix_len as usize).min(N).min(DATA_PREFIX);
+        let mut prefix = [0; DATA_PREFIX];
+        prefix[..len].copy_from_slice(&d.prefix[..len]);
+        Self {
+            tgid: d.tgid,
+            fd: d.fd,
+            ts_ns: d.ts_ns,
+            direction: d.direction,
+            len,
+            prefix,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved by value, never stored: no allocation per event"
+)]
 pub enum Event {
     GoMuxSeen(GoMuxSeen),
-    SockData(Box<SockData>),
+    SockData(Data),
     SockConn(SockConn),
 }
 
@@ -58,7 +93,10 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     match kind {
         EventKind::GoMuxSeen => read_pod::<GoMuxSeen>(kind, record).map(Event::GoMuxSeen),
         EventKind::SockData => {
-            read_pod::<SockData>(kind, record).map(|d| Event::SockData(Box::new(d)))
+            read_pod::<SockData>(kind, record).map(|d| Event::SockData(Data::from_record(&d)))
+        }
+        EventKind::SockDataShort => {
+            read_pod::<SockDataShort>(kind, record).map(|d| Event::SockData(Data::from_record(&d)))
         }
         EventKind::SockConn => read_pod::<SockConn>(kind, record).map(Event::SockConn),
     }
