@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Which Go builds the server: "old" (1.19) or "new".
     #[arg(long, default_value = "old")]
     go: String,
+    /// Pin the server to CPU 0 and wrk to CPU 1 (less noise; the agent runs where it can).
+    #[arg(long)]
+    pin: bool,
 }
 
 struct Load {
@@ -60,8 +63,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let server_bin = build_go_app(go, "gohello")?;
     let port = 18080 + (std::process::id() % 1000) as u16;
     let addr = format!("127.0.0.1:{port}");
-    let mut server = ChildGuard(
+    let mut server_cmd = if args.pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(&server_bin);
+        c
+    } else {
         Command::new(&server_bin)
+    };
+    let mut server = ChildGuard(
+        server_cmd
             .args(["-addr", &addr])
             .spawn()
             .context("starting gohello")?,
@@ -69,7 +79,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     wait_http(&format!("http://{addr}/"))?;
     let url = format!("http://{addr}/");
     // Warm up the server (and the Go runtime's heap) once.
-    wrk(&url, 2, args.connections)?;
+    wrk(&url, 2, args.connections, args.pin)?;
 
     let mut with = Vec::new();
     let mut without = Vec::new();
@@ -91,7 +101,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 with.push(load);
                 costs.push(cost);
             } else {
-                let load = wrk(&url, args.seconds, args.connections)?;
+                let load = wrk(&url, args.seconds, args.connections, args.pin)?;
                 eprintln!(
                     "round {round}: without agent {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
                     load.rps, load.p50_us, load.p99_us
@@ -178,7 +188,7 @@ fn with_agent(
     wait_http(&metrics_url)?;
     let before = scrape_sum(&metrics_url, "http_server_request_duration_seconds_count")?;
     let cpu_before = cpu_ticks(child.0.id())?;
-    let load = wrk(url, args.seconds, args.connections)?;
+    let load = wrk(url, args.seconds, args.connections, args.pin)?;
     // Let the reader drain the ring before counting.
     sleep(Duration::from_millis(300));
     let cpu_after = cpu_ticks(child.0.id())?;
@@ -222,8 +232,15 @@ pub fn build_go_app(go: &Path, app: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn wrk(url: &str, seconds: u32, connections: u32) -> Result<Load> {
-    let out = output(Command::new("wrk").args([
+fn wrk(url: &str, seconds: u32, connections: u32, pin: bool) -> Result<Load> {
+    let mut cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", "wrk"]);
+        c
+    } else {
+        Command::new("wrk")
+    };
+    let out = output(cmd.args([
         "-t1",
         &format!("-c{connections}"),
         &format!("-d{seconds}s"),
