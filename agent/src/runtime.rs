@@ -80,8 +80,6 @@ struct Routes {
     discovery: Option<(ProbePoint, MuxLayout)>,
     muxes: Vec<u64>,
     patterns: PatternSet,
-    /// When the discovery uprobe was attached (None: detached).
-    attached_at: Option<Instant>,
     last_new_mux: Option<Instant>,
     detached_at: Option<Instant>,
     read_at: Option<Instant>,
@@ -148,10 +146,6 @@ impl Agent {
         }
     }
 
-    pub fn selection(&self) -> &Selection {
-        &self.selection
-    }
-
     /// Starts watching `pid`. Binary analysis is cached per (device, inode).
     pub fn watch(&self, pid: u32) -> Result<(), WatchError> {
         let process = Process::inspect(pid)?;
@@ -166,11 +160,10 @@ impl Agent {
         for fd in socket_fds(pid) {
             connections.add_socket(fd);
         }
-        let mut routes = Routes {
+        let routes = Routes {
             discovery: binary.mux_discovery,
             muxes: Vec::new(),
             patterns: PatternSet::default(),
-            attached_at: None,
             last_new_mux: None,
             detached_at: None,
             read_at: None,
@@ -179,10 +172,9 @@ impl Agent {
             let mut probes = lock(&self.probes);
             probes.watch_sockets(pid)?;
             if let Some((point, _)) = routes.discovery {
-                match probes.attach_mux_discovery(&process, point) {
-                    Ok(()) => routes.attached_at = Some(Instant::now()),
-                    // Routes fall back to collapsed paths; requests are still counted.
-                    Err(e) => log::warn!("pid {pid}: no route patterns: {}", error_chain(&e)),
+                // Without it, routes fall back to collapsed paths; requests are still counted.
+                if let Err(e) = probes.attach_mux_discovery(&process, point) {
+                    log::warn!("pid {pid}: no route patterns: {}", error_chain(&e));
                 }
             }
         }
@@ -376,7 +368,7 @@ impl Agent {
                 match exchange {
                     Some(Ok(e)) => {
                         let route = w.routes.route(&e);
-                        let request = ServerRequest::from_exchange(tgid, &e, route);
+                        let request = ServerRequest::from_exchange(&e, route);
                         self.metrics
                             .record_server_request(&w.process.service_name, &request);
                     }
@@ -460,24 +452,21 @@ fn pace_discovery(pid: u32, w: &mut Watched, probes: &mut Probes, now: Instant) 
     let quiet = routes
         .last_new_mux
         .is_some_and(|t| now.duration_since(t) >= DISCOVERY_QUIET);
-    if routes.attached_at.is_some() && quiet {
+    let attached = probes.has_uprobes(pid);
+    if attached && quiet {
         probes.detach_uprobes(pid);
-        routes.attached_at = None;
         routes.detached_at = Some(now);
         log::debug!(
             "pid {pid}: mux discovery done ({} muxes)",
             routes.muxes.len()
         );
-    } else if routes.attached_at.is_none()
+    } else if !attached
         && routes
             .detached_at
             .is_some_and(|t| now.duration_since(t) >= REDISCOVERY)
     {
         match probes.attach_mux_discovery(&w.process, point) {
-            Ok(()) => {
-                routes.attached_at = Some(now);
-                routes.last_new_mux = Some(now);
-            }
+            Ok(()) => routes.last_new_mux = Some(now),
             Err(e) => log::debug!("pid {pid}: re-attaching mux discovery: {e}"),
         }
     }

@@ -3,9 +3,9 @@
 #![no_main]
 
 mod go_http;
-mod go_mem;
 mod maps;
 mod sockets;
+mod user_mem;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -17,8 +17,8 @@ use obs_common::{
 };
 
 use crate::{
-    go_mem::read,
     maps::{count, wakeup_flags, EVENTS, WATCHED},
+    user_mem::read,
 };
 
 #[raw_tracepoint(tracepoint = "sys_exit")]

@@ -102,6 +102,19 @@ pub fn test(args: TestArgs) -> Result<()> {
     let tools = install_test_tools()?;
     let agent = build()?;
     let (obj_var, obj) = ebpf_object_env();
+    // The fuzz targets live outside the workspace (they need libFuzzer to run); type-check
+    // them here so they cannot fall behind the code they fuzz.
+    run(Command::new("cargo")
+        .current_dir(workspace_root())
+        .args([
+            "check",
+            "--quiet",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--bins",
+        ])
+        .env(obj_var, &obj))
+    .context("the fuzz targets do not build")?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root())
         .args(["test", "--release", "--workspace", "--no-fail-fast"])

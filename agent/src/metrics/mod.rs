@@ -110,7 +110,6 @@ mod tests {
     fn records_and_encodes() {
         let m = Metrics::new(2);
         let req = |route: &str| ServerRequest {
-            pid: 1,
             method: "GET",
             route: route.to_owned(),
             status: 200,

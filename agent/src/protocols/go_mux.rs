@@ -145,14 +145,6 @@ impl PatternSet {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.patterns.len()
-    }
-
     /// The route of the pattern ServeMux would pick for this request, if any.
     pub fn route_for(&self, method: &str, target: &str) -> Option<&str> {
         if self.patterns.is_empty() {

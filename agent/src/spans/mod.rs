@@ -11,7 +11,6 @@ use crate::protocols::http::collapse_path;
 /// One HTTP request a watched process served.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerRequest {
-    pub pid: u32,
     pub method: &'static str,
     /// The matched route pattern, else the collapsed path.
     pub route: String,
@@ -22,9 +21,8 @@ pub struct ServerRequest {
 impl ServerRequest {
     /// A request seen on a socket; `route` is the pattern it matched, if the process's router
     /// is known, else the path with its ids collapsed.
-    pub fn from_exchange(pid: u32, e: &http1::Exchange, route: Option<String>) -> Self {
+    pub fn from_exchange(e: &http1::Exchange, route: Option<String>) -> Self {
         Self {
-            pid,
             method: e.method,
             route: route.unwrap_or_else(|| collapse_truncated(&e.path, e.truncated)),
             status: e.status,
@@ -63,7 +61,6 @@ mod tests {
     #[test]
     fn pattern_wins_over_path() {
         let r = ServerRequest::from_exchange(
-            7,
             &exchange("/v2/items/9", false),
             Some("/v2/items/{name}".into()),
         );
@@ -73,14 +70,14 @@ mod tests {
 
     #[test]
     fn path_is_collapsed_without_pattern() {
-        let r = ServerRequest::from_exchange(7, &exchange("/items/77?x=1", false), None);
+        let r = ServerRequest::from_exchange(&exchange("/items/77?x=1", false), None);
         assert_eq!(r.route, "/items/{id}");
     }
 
     #[test]
     fn truncated_path_ends_in_wildcard() {
         let long = format!("/a/{}", "x".repeat(300));
-        let r = ServerRequest::from_exchange(7, &exchange(&long, true), None);
+        let r = ServerRequest::from_exchange(&exchange(&long, true), None);
         assert_eq!(r.route, "/a/*");
     }
 }

@@ -124,10 +124,4 @@ impl ElfFile {
             .map(|o| o.section_by_name(name).is_some())
             .unwrap_or(false)
     }
-
-    /// Reads a little-endian u64 at a virtual address.
-    pub fn u64_at(&self, vaddr: u64) -> Option<u64> {
-        let b = self.bytes_at(vaddr, 8)?;
-        Some(u64::from_le_bytes(b.try_into().ok()?))
-    }
 }

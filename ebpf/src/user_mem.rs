@@ -1,4 +1,4 @@
-//! Reading Go values out of the target's memory (read-only, through bpf_probe_read_user).
+//! Reading the target's memory (read-only, through bpf_probe_read_user).
 
 use aya_ebpf::helpers::bpf_probe_read_user;
 
