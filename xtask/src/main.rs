@@ -8,6 +8,7 @@
 
 mod bench;
 mod build;
+mod go;
 mod setup;
 mod test;
 mod tools;

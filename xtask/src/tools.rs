@@ -70,6 +70,14 @@ pub fn apt_install(packages: &[&str], checks: &[&str]) -> Result<()> {
     if !is_root() {
         bail!("missing {checks:?}: install Debian packages {packages:?} (needs root)");
     }
+    apt_get_install(packages)
+}
+
+/// `apt-get update` then `apt-get install -y` of the packages, non-interactively.
+pub fn apt_get_install(packages: &[&str]) -> Result<()> {
+    if !is_root() {
+        bail!("Debian packages {packages:?} are missing: install them (needs root)");
+    }
     eprintln!("xtask: installing {packages:?} with apt-get");
     let apt = |args: &[&str]| {
         let mut c = Command::new("apt-get");
