@@ -2,11 +2,13 @@
 //! Prometheus metrics.
 //!
 //! Data flows one way: `probes` (kernel) → `events` (ring buffer) → `spans` (requests) →
-//! `metrics` → `export`. `target` and `symbols` decide what `probes` attaches where.
+//! `metrics` → `export`. `target` and `symbols` decide what `probes` attaches where;
+//! `inspect` shows what `symbols` makes of a binary.
 
 pub mod cli;
 pub mod events;
 pub mod export;
+pub mod inspect;
 pub mod metrics;
 pub mod probes;
 pub mod protocols;

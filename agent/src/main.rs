@@ -1,13 +1,14 @@
 //! `obs-agent`: parse the command line, load the probes, pick targets, then serve metrics
-//! while events flow. Edges use anyhow; the library's errors say what went wrong.
+//! while events flow; or, with `inspect`, only analyse a binary (no root, no eBPF). Edges use
+//! anyhow; the library's errors say what went wrong.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use obs_agent::{
-    cli::Args,
-    events, export,
+    cli::{Args, Command, InspectArgs},
+    events, export, inspect,
     metrics::Metrics,
     probes::{error_chain, Probes},
     runtime::Agent,
@@ -21,6 +22,13 @@ fn main() {
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .init();
+    if let Some(Command::Inspect(inspect_args)) = &args.command {
+        if let Err(e) = inspect_binary(inspect_args) {
+            eprintln!("obs-agent: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -29,6 +37,17 @@ fn main() {
         eprintln!("obs-agent: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn inspect_binary(args: &InspectArgs) -> anyhow::Result<()> {
+    // The error names the file already.
+    let report = inspect::inspect(&args.binary).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -64,6 +64,7 @@ impl WatchError {
                 SymbolsError::NotGo => "not_go",
                 SymbolsError::NotHttpServer(_) => "not_http_server",
                 SymbolsError::NoDebugInfo { .. } => "no_debug_info",
+                SymbolsError::NoStructOffsets { .. } => "no_struct_offsets",
                 _ => "binary_unreadable",
             },
             WatchError::Probe(_) => "attach_failed",
@@ -189,6 +190,9 @@ impl Agent {
                 ""
             }
         );
+        if let Some(source) = &binary.layout_source {
+            log::debug!("pid {pid}: struct offsets from {source}");
+        }
         self.metrics
             .agent
             .target_info

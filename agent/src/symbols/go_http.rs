@@ -1,7 +1,7 @@
 //! What obs-agent needs from a Go net/http binary: that it is an HTTP server, where to probe
 //! `(*ServeMux).ServeHTTP` to discover its muxes (an emulated instruction, found by
-//! disassembly), and where a mux keeps its registered patterns (Go 1.22+, from DWARF). No
-//! offset is hard-coded for any Go version.
+//! disassembly), and where a mux keeps its registered patterns (Go 1.22+, from DWARF or the
+//! offsets table, see `offsets`). No offset is hard-coded for any Go version.
 
 use std::path::Path;
 
@@ -10,6 +10,7 @@ use super::{
     disasm::{self, ProbeSite, SiteKind},
     dwarf::{self, offset_of},
     elf::ElfFile,
+    offsets::{self, LayoutSource},
     SymbolsError,
 };
 
@@ -29,6 +30,26 @@ const SWISS_GROUP: &str = "noalg.map.group[string]*net/http.routingNode";
 // Bucket maps (Go 1.22, 1.23): DWARF describes them per map type, under these names.
 const HMAP: &str = "hash<string,*net/http.routingNode>";
 const BUCKET: &str = "bucket<string,*net/http.routingNode>";
+
+/// Every struct member the agent reads, by struct: the one list that reading DWARF, the
+/// offsets table (`agent/data/go-offsets.json`) and its generator (`cargo xtask go-offsets`,
+/// through `obs-agent inspect --json`) share. A release holds the structs it has.
+pub const WANTED_FIELDS: &[(&str, &[&str])] = &[
+    (SERVE_MUX, &["tree"]),
+    (PATTERN, &["str"]),
+    (
+        ROUTING_NODE,
+        &["pattern", "children", "multiChild", "emptyChild"],
+    ),
+    (MAPPING, &["s", "m"]),
+    (ENTRY, &["value"]),
+    (SWISS_MAP, &["dirPtr", "dirLen"]),
+    (SWISS_TABLE, &["groups"]),
+    (SWISS_GROUPS, &["data", "lengthMask"]),
+    (SWISS_GROUP, &["ctrl", "slots"]),
+    (HMAP, &["B", "buckets", "oldbuckets"]),
+    (BUCKET, &["tophash", "values", "elems", "overflow"]),
+];
 
 /// Where one probe goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +122,8 @@ pub struct GoHttpBinary {
     pub build: BuildInfo,
     /// The mux-discovery probe, when the binary has ServeMux with patterns (Go 1.22+).
     pub mux_discovery: Option<(ProbePoint, MuxLayout)>,
+    /// Where the mux layout's offsets came from (with `mux_discovery`).
+    pub layout_source: Option<LayoutSource>,
 }
 
 impl GoHttpBinary {
@@ -114,7 +137,7 @@ pub fn is_go(elf: &ElfFile) -> bool {
     elf.has_section(".go.buildinfo")
 }
 
-fn mux_layout(l: &dwarf::Layouts) -> Result<MuxLayout, SymbolsError> {
+pub(crate) fn mux_layout(l: &dwarf::Layouts) -> Result<MuxLayout, SymbolsError> {
     let map = if l.contains_key(SWISS_MAP) {
         let slots = offset_of(l, SWISS_GROUP, "slots")?;
         GoMapLayout::Swiss {
@@ -175,27 +198,16 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
     if !functions.contains_key(SERVER_HANDLER) {
         return Err(SymbolsError::NotHttpServer(SERVER_HANDLER));
     }
-    let layouts = dwarf::struct_layouts(
-        elf,
-        &[
-            SERVE_MUX,
-            PATTERN,
-            ROUTING_NODE,
-            MAPPING,
-            ENTRY,
-            SWISS_MAP,
-            SWISS_TABLE,
-            SWISS_GROUPS,
-            SWISS_GROUP,
-            HMAP,
-            BUCKET,
-        ],
-    )?
-    .ok_or_else(|| SymbolsError::NoDebugInfo {
-        go_version: build.go_version.clone(),
-    })?;
-    // Before Go 1.22 a ServeMux has no routing tree: routes are collapsed paths.
-    let layout = mux_layout(&layouts).ok();
+    // Before Go 1.22 a ServeMux has no routing tree: routes are collapsed paths, and no
+    // layouts are needed.
+    let release = offsets::GoRelease::from_go_version(&build.go_version);
+    let layouts = match functions.get(MUX_SERVE_HTTP) {
+        Some(_) if release.is_none_or(|r| r.has_routing_tree()) => {
+            Some(offsets::layouts_for(elf, &build)?)
+        }
+        _ => None,
+    };
+    let layout = layouts.as_ref().and_then(|(l, _)| mux_layout(l).ok());
     let mux_discovery = match (layout, functions.get(MUX_SERVE_HTTP)) {
         (Some(layout), Some(sym)) => {
             let no_site = |reason: &str| SymbolsError::NoProbeSite {
@@ -225,8 +237,10 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
         }
         _ => None,
     };
+    let layout_source = mux_discovery.and(layouts).map(|(_, source)| source);
     Ok(GoHttpBinary {
         build,
         mux_discovery,
+        layout_source,
     })
 }

@@ -1,5 +1,6 @@
-//! What a binary is: ELF symbols and segments, DWARF struct layouts, Go build info, and the
-//! probe sites found by disassembling functions. Pure file analysis: no process, no kernel.
+//! What a binary is: ELF symbols and segments, struct layouts (DWARF, else the offsets
+//! table), Go build info, and the probe sites found by disassembling functions. Pure file
+//! analysis: no process, no kernel.
 //!
 //! Analysis results are cached per binary (device, inode) by the caller.
 
@@ -8,6 +9,7 @@ pub mod disasm;
 pub mod dwarf;
 pub mod elf;
 pub mod go_http;
+pub mod offsets;
 
 use std::path::PathBuf;
 
@@ -31,8 +33,13 @@ pub enum SymbolsError {
     NoDebugInfo { go_version: String },
     #[error("corrupt DWARF: {0}")]
     BadDwarf(String),
-    #[error("DWARF lacks {0}")]
+    #[error("the struct layouts lack {0}")]
     MissingField(String),
+    #[error("{go_version} without DWARF: no struct offsets for it: {reason}")]
+    NoStructOffsets {
+        go_version: String,
+        reason: offsets::TableMiss,
+    },
     #[error("no probe site in {function}: {reason}")]
     NoProbeSite {
         function: &'static str,

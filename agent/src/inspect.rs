@@ -1,0 +1,237 @@
+//! `obs-agent inspect BINARY`: what the agent makes of a binary, without root and without
+//! loading eBPF: Go version and module, whether it is a net/http server, the probe sites, and
+//! the struct layouts it would read memory with, with their source. The `--json` form is
+//! what `cargo xtask go-offsets` reads its `dwarf_layouts` from.
+
+use std::{collections::BTreeMap, fmt, path::Path};
+
+use serde::Serialize;
+
+use crate::symbols::{
+    disasm::SiteKind,
+    dwarf::Layouts,
+    elf::ElfFile,
+    go_http,
+    offsets::{self, GoRelease, LayoutSource},
+    SymbolsError,
+};
+
+/// Struct -> member -> offset, sorted (stable output).
+pub type SortedLayouts = BTreeMap<String, BTreeMap<String, u64>>;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub binary: String,
+    /// From the Go build info, e.g. `go1.22.12`.
+    pub go_version: Option<String>,
+    /// major.minor, e.g. `1.22`.
+    pub go_release: Option<String>,
+    pub main_module: Option<String>,
+    /// `None` when the analysis stopped before it could tell.
+    pub http_server: Option<bool>,
+    pub probe_sites: Vec<SiteReport>,
+    /// Where the layouts in `layouts` come from; `None` when the agent needs none (no Go 1.22+
+    /// ServeMux) or has none.
+    pub layout_source: Option<SourceReport>,
+    /// The layouts the agent would read this binary's memory with.
+    pub layouts: Option<SortedLayouts>,
+    /// The wanted structs' wanted members as the binary's DWARF has them (`None` without
+    /// DWARF), whatever the agent would use.
+    pub dwarf_layouts: Option<SortedLayouts>,
+    /// Why the agent would not watch processes running this binary.
+    pub refusal: Option<String>,
+    /// Struct -> members the agent reads (`go_http::WANTED_FIELDS`), what `dwarf_layouts`
+    /// and the offsets table cover.
+    pub wanted_fields: BTreeMap<&'static str, &'static [&'static str]>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteReport {
+    pub function: &'static str,
+    pub address: u64,
+    pub file_offset: u64,
+    /// Offset of the probed instruction in the function.
+    pub offset: u64,
+    /// `stack_check_jump` (emulated by the kernel) or `entry` (single-stepped).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceReport {
+    Dwarf,
+    Table {
+        release: String,
+        toolchain: String,
+        assumed: bool,
+    },
+}
+
+impl From<&LayoutSource> for SourceReport {
+    fn from(source: &LayoutSource) -> Self {
+        match source {
+            LayoutSource::Dwarf => SourceReport::Dwarf,
+            LayoutSource::Table {
+                release,
+                toolchain,
+                assumed,
+            } => SourceReport::Table {
+                release: release.to_string(),
+                toolchain: toolchain.clone(),
+                assumed: *assumed,
+            },
+        }
+    }
+}
+
+/// Analyses the binary at `path` as the agent would before watching a process running it.
+/// Fails only when the file cannot be read as an ELF binary.
+pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
+    let elf = ElfFile::open(path)?;
+    let mut report = Report {
+        binary: path.display().to_string(),
+        go_version: None,
+        go_release: None,
+        main_module: None,
+        http_server: None,
+        probe_sites: Vec::new(),
+        layout_source: None,
+        layouts: None,
+        dwarf_layouts: offsets::dwarf_layouts(&elf)?.map(|l| sorted(&l)),
+        refusal: None,
+        wanted_fields: go_http::WANTED_FIELDS.iter().copied().collect(),
+    };
+    if let Some(info) = elf
+        .section(".go.buildinfo")
+        .and_then(|s| crate::symbols::buildinfo::parse(&s).ok())
+    {
+        report.go_release = GoRelease::from_go_version(&info.go_version).map(|r| r.to_string());
+        report.go_version = Some(info.go_version);
+        report.main_module = info.main_module;
+    }
+    match go_http::analyze(&elf) {
+        Ok(binary) => {
+            report.http_server = Some(true);
+            report.probe_sites = binary
+                .probe_points()
+                .iter()
+                .map(|p| SiteReport {
+                    function: p.function,
+                    address: p.address,
+                    file_offset: p.file_offset,
+                    offset: p.site.offset,
+                    kind: match p.site.kind {
+                        SiteKind::StackCheckJump => "stack_check_jump",
+                        SiteKind::Entry => "entry",
+                    },
+                })
+                .collect();
+            if let Some(source) = &binary.layout_source {
+                // The same choice `analyze` made, kept whole for display.
+                let (layouts, _) = offsets::layouts_for(&elf, &binary.build)?;
+                report.layouts = Some(sorted(&layouts));
+                report.layout_source = Some(source.into());
+            }
+        }
+        Err(e) => {
+            report.http_server = match e {
+                SymbolsError::NotGo | SymbolsError::NotHttpServer(_) => Some(false),
+                SymbolsError::NoStructOffsets { .. }
+                | SymbolsError::BadDwarf(_)
+                | SymbolsError::NoProbeSite { .. } => Some(true),
+                _ => None,
+            };
+            report.refusal = Some(e.to_string());
+        }
+    }
+    Ok(report)
+}
+
+fn sorted(layouts: &Layouts) -> SortedLayouts {
+    layouts
+        .iter()
+        .map(|(s, members)| {
+            let members = members.iter().map(|(m, o)| (m.clone(), *o)).collect();
+            (s.clone(), members)
+        })
+        .collect()
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let or = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.to_owned());
+        writeln!(f, "binary:          {}", self.binary)?;
+        let release = self
+            .go_release
+            .as_ref()
+            .map(|r| format!(" (release {r})"))
+            .unwrap_or_default();
+        writeln!(
+            f,
+            "Go:              {}{release}",
+            or(&self.go_version, "none (not a Go program)")
+        )?;
+        if self.go_version.is_some() {
+            writeln!(
+                f,
+                "main module:     {}",
+                or(&self.main_module, "none (GOPATH or non-module build)")
+            )?;
+        }
+        let server = match self.http_server {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        };
+        writeln!(f, "net/http server: {server}")?;
+        if self.probe_sites.is_empty() {
+            writeln!(f, "probe sites:     none")?;
+        }
+        for site in &self.probe_sites {
+            writeln!(
+                f,
+                "probe site:      {}+{:#x} (address {:#x}, file offset {:#x}): {}",
+                site.function,
+                site.offset,
+                site.address,
+                site.file_offset,
+                match site.kind {
+                    "stack_check_jump" => "stack-check jump, emulated by the kernel",
+                    _ => "function entry, single-stepped (slow)",
+                }
+            )?;
+        }
+        let source = match &self.layout_source {
+            None if self.refusal.is_some() => "none".to_owned(),
+            None => "none needed (no Go 1.22+ ServeMux routing tree to read)".to_owned(),
+            Some(SourceReport::Dwarf) => "DWARF".to_owned(),
+            Some(SourceReport::Table {
+                release,
+                toolchain,
+                assumed,
+            }) => format!(
+                "offsets table, Go {release} (generated from {toolchain}){}",
+                if *assumed {
+                    "; assumed for a newer release: the table's two newest releases agree"
+                } else {
+                    ""
+                }
+            ),
+        };
+        writeln!(f, "struct offsets:  {source}")?;
+        for (strukt, members) in self.layouts.iter().flatten() {
+            for (member, offset) in members {
+                writeln!(f, "  {:<60} {offset:>4}", format!("{strukt}.{member}"))?;
+            }
+        }
+        let dwarf = match &self.dwarf_layouts {
+            Some(l) => format!("yes ({} of the wanted structs)", l.len()),
+            None => "no".to_owned(),
+        };
+        writeln!(f, "DWARF:           {dwarf}")?;
+        match &self.refusal {
+            Some(why) => writeln!(f, "would watch it:  no: {why}"),
+            None => writeln!(f, "would watch it:  yes"),
+        }
+    }
+}
