@@ -5,10 +5,12 @@
 //!   cargo xtask run -- ARGS      build, then run the agent as root with ARGS
 //!   cargo xtask test [--full]    install test dependencies, build, run every test
 //!   cargo xtask bench            throughput/latency/CPU of a Go server with and without the agent
+//!   cargo xtask go-offsets       regenerate the Go struct offsets table (--check: compare)
 
 mod bench;
 mod build;
 mod go;
+mod go_offsets;
 mod setup;
 mod test;
 mod tools;
@@ -37,6 +39,9 @@ enum Command {
     Test(test::TestArgs),
     /// Measure the agent's overhead on a Go HTTP server, side by side in one run.
     Bench(bench::BenchArgs),
+    /// Regenerate agent/data/go-offsets.json (struct offsets for binaries without DWARF) from
+    /// probe programs built with every supported Go release; --check only compares.
+    GoOffsets(go_offsets::GoOffsetsArgs),
 }
 
 fn main() {
@@ -47,6 +52,7 @@ fn main() {
         Command::Run { args } => build::build().and_then(|agent| build::run_as_root(&agent, &args)),
         Command::Test(args) => test::test(args),
         Command::Bench(args) => bench::bench(args),
+        Command::GoOffsets(args) => go_offsets::go_offsets(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -1,6 +1,6 @@
-//! `cargo xtask test`: installs what the tests need, builds the agent, runs every test (unit
-//! tests and the privileged integration tests in tests/) with the tools' paths in the
-//! environment.
+//! `cargo xtask test`: installs what the tests need, builds the agent, checks the Go offsets
+//! table, runs every test (unit tests and the privileged integration tests in tests/) with the
+//! tools' paths in the environment.
 
 use std::{path::Path, process::Command};
 
@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use crate::{
     build::{build, ebpf_object_env},
     go::{self, toolchains_env, Toolchain},
+    go_offsets,
     tools::{apt_install, run, workspace_root},
 };
 
@@ -76,6 +77,8 @@ pub fn install_test_tools() -> Result<TestTools> {
 pub fn test(args: TestArgs) -> Result<()> {
     let tools = install_test_tools()?;
     let agent = build()?;
+    // A stale offsets table fails here, before the long tests.
+    go_offsets::check(&agent, &tools.toolchains).context("the Go offsets table is stale")?;
     let (obj_var, obj) = ebpf_object_env();
     // The fuzz targets live outside the workspace (they need libFuzzer to run); type-check
     // them here so they cannot fall behind the code they fuzz.
