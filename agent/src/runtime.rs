@@ -25,6 +25,7 @@ use crate::{
     symbols::{
         elf::ElfFile,
         go_http::{self, MuxLayout, ProbePoint},
+        offsets::LayoutSource,
         SymbolsError,
     },
     target::{self, memory::ProcessMemory, BinaryId, Process, ProcessError, Selection},
@@ -191,7 +192,16 @@ impl Agent {
             }
         );
         if let Some(source) = &binary.layout_source {
-            log::debug!("pid {pid}: struct offsets from {source}");
+            // An assumed layout (a Go release newer than the offsets table) is worth seeing.
+            let level = match source {
+                LayoutSource::Table { assumed: true, .. } => log::Level::Info,
+                _ => log::Level::Debug,
+            };
+            log::log!(
+                level,
+                "pid {pid}: struct offsets from {source} ({})",
+                binary.build.go_version
+            );
         }
         self.metrics
             .agent
@@ -501,4 +511,38 @@ fn socket_fds(pid: u32) -> Vec<u32> {
             .then(|| e.file_name().to_str()?.parse().ok())?
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbols::offsets::{GoRelease, TableMiss};
+
+    #[test]
+    fn missing_struct_offsets_are_counted_under_their_own_reason() {
+        let refused = |source| WatchError::Binary {
+            pid: 42,
+            exe: "server".to_owned(),
+            source: Arc::new(source),
+        };
+        let no_offsets = refused(SymbolsError::NoStructOffsets {
+            go_version: "go1.20.3".to_owned(),
+            reason: TableMiss::NotInTable {
+                release: GoRelease {
+                    major: 1,
+                    minor: 20,
+                },
+            },
+        });
+        assert_eq!(no_offsets.reason(), "no_struct_offsets");
+        let message = no_offsets.to_string();
+        assert!(
+            message.contains("go1.20.3") && message.contains("cargo xtask go-offsets"),
+            "{message}"
+        );
+        let no_debug_info = refused(SymbolsError::NoDebugInfo {
+            go_version: "go1.20.3".to_owned(),
+        });
+        assert_ne!(no_debug_info.reason(), no_offsets.reason());
+    }
 }

@@ -309,14 +309,6 @@ pub fn layouts_for(
         return Err(refuse(TableMiss::Stale));
     }
     let chosen = table.lookup(release).map_err(refuse)?;
-    if chosen.assumed {
-        log::info!(
-            "{} is newer than the offsets table: assuming the layout of Go {} (the table's two \
-             newest releases agree)",
-            build.go_version,
-            chosen.release
-        );
-    }
     Ok((
         chosen.entry.layouts.clone(),
         LayoutSource::Table {
