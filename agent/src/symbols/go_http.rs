@@ -137,7 +137,8 @@ pub fn is_go(elf: &ElfFile) -> bool {
     elf.has_section(".go.buildinfo")
 }
 
-pub(crate) fn mux_layout(l: &dwarf::Layouts) -> Result<MuxLayout, SymbolsError> {
+/// The mux layout from struct layouts (DWARF or the offsets table).
+pub fn mux_layout(l: &dwarf::Layouts) -> Result<MuxLayout, SymbolsError> {
     let map = if l.contains_key(SWISS_MAP) {
         let slots = offset_of(l, SWISS_GROUP, "slots")?;
         GoMapLayout::Swiss {
