@@ -15,7 +15,10 @@ use obs_common::{
 
 use crate::{
     events::{DecodeError, Event},
-    metrics::{self_metrics_labels::target_labels, Metrics, ServiceLabels},
+    metrics::{
+        self_metrics_labels::{module_labels, target_labels},
+        Metrics, ModuleLabels, ServiceLabels, TargetLabels,
+    },
     probes::{error_chain, ProbeError, Probes},
     protocols::go_mux::{Pattern, PatternSet},
     spans::{
@@ -116,7 +119,9 @@ impl Routes {
 
 struct Watched {
     process: Process,
-    go_version: String,
+    /// Its `obs_agent_target_info` and `obs_agent_target_module_info` series, removed at exit.
+    target: TargetLabels,
+    modules: Vec<ModuleLabels>,
     exited_at: Option<Instant>,
     connections: ServerConnections,
     routes: Routes,
@@ -189,16 +194,22 @@ impl Agent {
                 ""
             }
         );
-        self.metrics
-            .agent
-            .target_info
-            .get_or_create(&target_labels(&process, &binary.build.go_version))
-            .set(1);
+        let target = target_labels(&process, &binary.build);
+        let modules = module_labels(&process, &binary.build);
+        self.metrics.agent.target_info.get_or_create(&target).set(1);
+        for m in &modules {
+            self.metrics
+                .agent
+                .target_module_info
+                .get_or_create(m)
+                .set(1);
+        }
         lock(&self.watched).insert(
             pid,
             Watched {
                 process,
-                go_version: binary.build.go_version.clone(),
+                target,
+                modules,
                 exited_at: None,
                 connections,
                 routes,
@@ -253,10 +264,10 @@ impl Agent {
                             self.count_dropped(Dropped::Unanswered(unanswered));
                         }
                         w.connections = ServerConnections::default();
-                        self.metrics
-                            .agent
-                            .target_info
-                            .remove(&target_labels(&w.process, &w.go_version));
+                        self.metrics.agent.target_info.remove(&w.target);
+                        for m in &w.modules {
+                            self.metrics.agent.target_module_info.remove(m);
+                        }
                         return true;
                     }
                     None => {}

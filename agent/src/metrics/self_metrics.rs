@@ -18,7 +18,22 @@ pub struct TargetLabels {
     pub service_name: String,
     pub executable: String,
     pub go_version: String,
+    /// The main module's path and version from the build info ("" when built outside
+    /// module mode).
+    pub module: String,
+    pub module_version: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModuleLabels {
+    pub pid: u32,
+    pub service_name: String,
+    pub module: String,
+    pub version: String,
+}
+
+/// At most this many dependency series per process.
+pub const MAX_MODULE_SERIES: usize = 256;
 
 #[derive(Clone, Default)]
 pub struct SelfMetrics {
@@ -34,6 +49,7 @@ pub struct SelfMetrics {
     pub attach_failures: Family<ReasonLabels, Counter>,
     pub routes_overflowed: Counter,
     pub target_info: Family<TargetLabels, Gauge>,
+    pub target_module_info: Family<ModuleLabels, Gauge>,
 }
 
 impl SelfMetrics {
@@ -81,8 +97,14 @@ impl SelfMetrics {
         );
         r.register(
             "target_info",
-            "One series per watched process: its service and Go version",
+            "One series per watched process: its service, Go version and main module",
             m.target_info.clone(),
+        );
+        r.register(
+            "target_module_info",
+            "One series per module linked into a watched process, with its version (from the \
+             binary's build info; at most 256 per process)",
+            m.target_module_info.clone(),
         );
         m
     }
@@ -114,16 +136,32 @@ impl SelfMetrics {
 
 /// Label sets built from agent types.
 pub mod labels {
-    use super::{ReasonLabels, TargetLabels};
-    use crate::target::Process;
+    use super::{ModuleLabels, ReasonLabels, TargetLabels, MAX_MODULE_SERIES};
+    use crate::{symbols::buildinfo::BuildInfo, target::Process};
 
-    pub fn target_labels(p: &Process, go_version: &str) -> TargetLabels {
+    pub fn target_labels(p: &Process, build: &BuildInfo) -> TargetLabels {
         TargetLabels {
             pid: p.pid,
             service_name: p.service_name.clone(),
             executable: p.exe_name(),
-            go_version: go_version.to_owned(),
+            go_version: build.go_version.clone(),
+            module: build.main_module.clone().unwrap_or_default(),
+            module_version: build.main_version.clone().unwrap_or_default(),
         }
+    }
+
+    pub fn module_labels(p: &Process, build: &BuildInfo) -> Vec<ModuleLabels> {
+        build
+            .deps
+            .iter()
+            .take(MAX_MODULE_SERIES)
+            .map(|m| ModuleLabels {
+                pid: p.pid,
+                service_name: p.service_name.clone(),
+                module: m.path.clone(),
+                version: m.version.clone(),
+            })
+            .collect()
     }
 
     pub fn reason(r: &str) -> ReasonLabels {

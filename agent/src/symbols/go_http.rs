@@ -50,7 +50,9 @@ pub struct MuxLayout {
     pub tree: u64,
     pub node_pattern: u64,
     pub node_children: u64,
-    pub node_multi_child: u64,
+    /// `routingNode.multiChild` (Go 1.23+). In Go 1.22 the `{x...}` child is the `children`
+    /// entry keyed "*", which the walk visits with the others.
+    pub node_multi_child: Option<u64>,
     pub node_empty_child: u64,
     /// `mapping.s` ([]entry) and `mapping.m` (map[string]*routingNode).
     pub mapping_s: u64,
@@ -143,7 +145,7 @@ fn mux_layout(l: &dwarf::Layouts) -> Result<MuxLayout, SymbolsError> {
         tree: offset_of(l, SERVE_MUX, "tree")?,
         node_pattern: offset_of(l, ROUTING_NODE, "pattern")?,
         node_children: offset_of(l, ROUTING_NODE, "children")?,
-        node_multi_child: offset_of(l, ROUTING_NODE, "multiChild")?,
+        node_multi_child: offset_of(l, ROUTING_NODE, "multiChild").ok(),
         node_empty_child: offset_of(l, ROUTING_NODE, "emptyChild")?,
         mapping_s: offset_of(l, MAPPING, "s")?,
         mapping_m: offset_of(l, MAPPING, "m")?,

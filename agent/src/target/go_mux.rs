@@ -26,7 +26,9 @@ pub fn patterns(mem: &ProcessMemory, layout: &MuxLayout, mux: u64) -> std::io::R
         if pattern != 0 {
             out.push(mem.go_string(pattern + layout.pattern_str)?);
         }
-        stack.push(mem.u64(node + layout.node_multi_child)?);
+        if let Some(multi_child) = layout.node_multi_child {
+            stack.push(mem.u64(node + multi_child)?);
+        }
         stack.push(mem.u64(node + layout.node_empty_child)?);
         let mapping = node + layout.node_children;
         let (entries, n) = (
