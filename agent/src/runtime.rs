@@ -48,11 +48,12 @@ const PATTERN_REFRESH: Duration = Duration::from_secs(10);
 pub enum WatchError {
     #[error(transparent)]
     Process(#[from] ProcessError),
-    #[error("pid {pid} ({exe}): {source}")]
+    // Not `source`: the message already includes it, and error chains would repeat it.
+    #[error("pid {pid} ({exe}): {error}")]
     Binary {
         pid: u32,
         exe: String,
-        source: Arc<SymbolsError>,
+        error: Arc<SymbolsError>,
     },
     #[error(transparent)]
     Probe(#[from] ProbeError),
@@ -63,7 +64,7 @@ impl WatchError {
         match self {
             WatchError::Process(ProcessError::NotFound(_)) => "no_such_process",
             WatchError::Process(_) => "process_unreadable",
-            WatchError::Binary { source, .. } => match **source {
+            WatchError::Binary { error, .. } => match **error {
                 SymbolsError::NotGo => "not_go",
                 SymbolsError::NotHttpServer(_) => "not_http_server",
                 SymbolsError::NoDebugInfo { .. } => "no_debug_info",
@@ -154,13 +155,11 @@ impl Agent {
     /// Starts watching `pid`. Binary analysis is cached per (device, inode).
     pub fn watch(&self, pid: u32) -> Result<(), WatchError> {
         let process = Process::inspect(pid)?;
-        let binary = self
-            .analyse(&process)
-            .map_err(|source| WatchError::Binary {
-                pid,
-                exe: process.exe_name(),
-                source,
-            })?;
+        let binary = self.analyse(&process).map_err(|error| WatchError::Binary {
+            pid,
+            exe: process.exe_name(),
+            error,
+        })?;
         let mut connections = ServerConnections::default();
         for fd in socket_fds(pid) {
             connections.add_socket(fd);
@@ -233,11 +232,12 @@ impl Agent {
             })
             .map(Arc::new)
             .map_err(Arc::new);
-        log::debug!(
-            "analysed {} in {:?}",
-            process.exe_path.display(),
-            started.elapsed()
-        );
+        let elapsed = started.elapsed();
+        self.metrics
+            .agent
+            .binary_analysis
+            .observe(elapsed.as_secs_f64());
+        log::debug!("analysed {} in {elapsed:?}", process.exe_path.display());
         lock(&self.binaries).insert(process.binary, result.clone());
         result
     }

@@ -3,7 +3,12 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
     registry::Registry,
 };
 
@@ -22,6 +27,8 @@ pub struct TargetLabels {
     /// module mode).
     pub module: String,
     pub module_version: String,
+    /// The main package's import path (`github.com/x/y/cmd/server`), in any build mode.
+    pub package: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,7 +42,7 @@ pub struct ModuleLabels {
 /// At most this many dependency series per process.
 pub const MAX_MODULE_SERIES: usize = 256;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SelfMetrics {
     pub processes_watched: Gauge,
     pub probes_attached: Gauge,
@@ -50,6 +57,28 @@ pub struct SelfMetrics {
     pub routes_overflowed: Counter,
     pub target_info: Family<TargetLabels, Gauge>,
     pub target_module_info: Family<ModuleLabels, Gauge>,
+    /// Time to analyse one binary (ELF, pclntab, DWARF, disassembly): one observation per
+    /// distinct (device, inode), however many processes run it.
+    pub binary_analysis: Histogram,
+}
+
+impl Default for SelfMetrics {
+    fn default() -> Self {
+        Self {
+            processes_watched: Gauge::default(),
+            probes_attached: Gauge::default(),
+            events_received: Counter::default(),
+            events_lost: Family::default(),
+            decode_errors: Family::default(),
+            kernel_errors: Family::default(),
+            attach_failures: Family::default(),
+            routes_overflowed: Counter::default(),
+            target_info: Family::default(),
+            target_module_info: Family::default(),
+            // 1 ms … ~4 s.
+            binary_analysis: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
+        }
+    }
 }
 
 impl SelfMetrics {
@@ -101,6 +130,11 @@ impl SelfMetrics {
             m.target_info.clone(),
         );
         r.register(
+            "binary_analysis_seconds",
+            "Time to analyse a binary, once per distinct executable file",
+            m.binary_analysis.clone(),
+        );
+        r.register(
             "target_module_info",
             "One series per module linked into a watched process, with its version (from the \
              binary's build info; at most 256 per process)",
@@ -147,6 +181,7 @@ pub mod labels {
             go_version: build.go_version.clone(),
             module: build.main_module.clone().unwrap_or_default(),
             module_version: build.main_version.clone().unwrap_or_default(),
+            package: build.main_package.clone().unwrap_or_default(),
         }
     }
 

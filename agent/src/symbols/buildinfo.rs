@@ -24,8 +24,12 @@ pub struct BuildInfo {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Module {
+    /// The module path as required (`go.mod`'s require line).
     pub path: String,
+    /// The version linked: the replacement's when a `replace` directive applies.
     pub version: String,
+    /// The replacement's path, when a `replace` directive applies (a module or a directory).
+    pub replaced_by: Option<String>,
 }
 
 impl BuildInfo {
@@ -114,10 +118,15 @@ fn parse_modinfo(modinfo: &[u8], info: &mut BuildInfo) {
                 info.main_module = Some(path);
                 info.main_version = Some(version);
             }
-            "dep" => info.deps.push(Module { path, version }),
+            "dep" => info.deps.push(Module {
+                path,
+                version,
+                replaced_by: None,
+            }),
             "=>" => {
                 if let Some(last) = info.deps.last_mut() {
-                    *last = Module { path, version };
+                    last.version = version;
+                    last.replaced_by = Some(path);
                 }
             }
             "build" => {
@@ -183,11 +192,13 @@ mod tests {
             vec![
                 Module {
                     path: "github.com/a/b".into(),
-                    version: "v0.1.0".into()
+                    version: "v0.1.0".into(),
+                    replaced_by: None,
                 },
                 Module {
-                    path: "../d".into(),
-                    version: "(devel)".into()
+                    path: "github.com/c/d".into(),
+                    version: "(devel)".into(),
+                    replaced_by: Some("../d".into()),
                 },
             ]
         );
