@@ -15,7 +15,10 @@ use obs_common::{
 
 use crate::{
     events::{DecodeError, Event},
-    metrics::{self_metrics_labels::target_labels, Metrics, ServiceLabels},
+    metrics::{
+        self_metrics_labels::{module_labels, target_labels},
+        Metrics, ModuleLabels, ServiceLabels, TargetLabels,
+    },
     probes::{error_chain, ProbeError, Probes},
     protocols::go_mux::{Pattern, PatternSet},
     spans::{
@@ -46,11 +49,12 @@ const PATTERN_REFRESH: Duration = Duration::from_secs(10);
 pub enum WatchError {
     #[error(transparent)]
     Process(#[from] ProcessError),
-    #[error("pid {pid} ({exe}): {source}")]
+    // Not `source`: the message already includes it, and error chains would repeat it.
+    #[error("pid {pid} ({exe}): {error}")]
     Binary {
         pid: u32,
         exe: String,
-        source: Arc<SymbolsError>,
+        error: Arc<SymbolsError>,
     },
     #[error(transparent)]
     Probe(#[from] ProbeError),
@@ -61,7 +65,7 @@ impl WatchError {
         match self {
             WatchError::Process(ProcessError::NotFound(_)) => "no_such_process",
             WatchError::Process(_) => "process_unreadable",
-            WatchError::Binary { source, .. } => match **source {
+            WatchError::Binary { error, .. } => match **error {
                 SymbolsError::NotGo => "not_go",
                 SymbolsError::NotHttpServer(_) => "not_http_server",
                 SymbolsError::NoDebugInfo { .. } => "no_debug_info",
@@ -118,7 +122,9 @@ impl Routes {
 
 struct Watched {
     process: Process,
-    go_version: String,
+    /// Its `obs_agent_target_info` and `obs_agent_target_module_info` series, removed at exit.
+    target: TargetLabels,
+    modules: Vec<ModuleLabels>,
     exited_at: Option<Instant>,
     connections: ServerConnections,
     routes: Routes,
@@ -151,13 +157,11 @@ impl Agent {
     /// Starts watching `pid`. Binary analysis is cached per (device, inode).
     pub fn watch(&self, pid: u32) -> Result<(), WatchError> {
         let process = Process::inspect(pid)?;
-        let binary = self
-            .analyse(&process)
-            .map_err(|source| WatchError::Binary {
-                pid,
-                exe: process.exe_name(),
-                source,
-            })?;
+        let binary = self.analyse(&process).map_err(|error| WatchError::Binary {
+            pid,
+            exe: process.exe_name(),
+            error,
+        })?;
         let mut connections = ServerConnections::default();
         for fd in socket_fds(pid) {
             connections.add_socket(fd);
@@ -203,16 +207,22 @@ impl Agent {
                 binary.build.go_version
             );
         }
-        self.metrics
-            .agent
-            .target_info
-            .get_or_create(&target_labels(&process, &binary.build.go_version))
-            .set(1);
+        let target = target_labels(&process, &binary.build);
+        let modules = module_labels(&process, &binary.build);
+        self.metrics.agent.target_info.get_or_create(&target).set(1);
+        for m in &modules {
+            self.metrics
+                .agent
+                .target_module_info
+                .get_or_create(m)
+                .set(1);
+        }
         lock(&self.watched).insert(
             pid,
             Watched {
                 process,
-                go_version: binary.build.go_version.clone(),
+                target,
+                modules,
                 exited_at: None,
                 connections,
                 routes,
@@ -236,11 +246,12 @@ impl Agent {
             })
             .map(Arc::new)
             .map_err(Arc::new);
-        log::debug!(
-            "analysed {} in {:?}",
-            process.exe_path.display(),
-            started.elapsed()
-        );
+        let elapsed = started.elapsed();
+        self.metrics
+            .agent
+            .binary_analysis
+            .observe(elapsed.as_secs_f64());
+        log::debug!("analysed {} in {elapsed:?}", process.exe_path.display());
         lock(&self.binaries).insert(process.binary, result.clone());
         result
     }
@@ -267,10 +278,10 @@ impl Agent {
                             self.count_dropped(Dropped::Unanswered(unanswered));
                         }
                         w.connections = ServerConnections::default();
-                        self.metrics
-                            .agent
-                            .target_info
-                            .remove(&target_labels(&w.process, &w.go_version));
+                        self.metrics.agent.target_info.remove(&w.target);
+                        for m in &w.modules {
+                            self.metrics.agent.target_module_info.remove(m);
+                        }
                         return true;
                     }
                     None => {}
@@ -520,10 +531,10 @@ mod tests {
 
     #[test]
     fn missing_struct_offsets_are_counted_under_their_own_reason() {
-        let refused = |source| WatchError::Binary {
+        let refused = |error| WatchError::Binary {
             pid: 42,
             exe: "server".to_owned(),
-            source: Arc::new(source),
+            error: Arc::new(error),
         };
         let no_offsets = refused(SymbolsError::NoStructOffsets {
             go_version: "go1.20.3".to_owned(),

@@ -179,6 +179,8 @@ pub fn go_build(app: &str, toolchain: &Toolchain, mode: BuildMode) -> PathBuf {
         return out;
     }
     let (args, env) = mode.flags();
+    // Apps with a go.mod build in module mode (their dependencies are local replacements).
+    let modules = src.join("go.mod").exists();
     let status = Command::new(&toolchain.go)
         .current_dir(&src)
         .arg("build")
@@ -186,8 +188,8 @@ pub fn go_build(app: &str, toolchain: &Toolchain, mode: BuildMode) -> PathBuf {
         .arg("-o")
         .arg(&out)
         .arg(".")
-        .env("GO111MODULE", "off")
-        .env("GOFLAGS", "")
+        .env("GO111MODULE", if modules { "on" } else { "off" })
+        .env("GOFLAGS", if modules { "-mod=mod" } else { "" })
         .env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
         .envs(env.iter().copied())
@@ -202,7 +204,8 @@ pub fn go_build(app: &str, toolchain: &Toolchain, mode: BuildMode) -> PathBuf {
     out
 }
 
-/// Whether `out` exists and is newer than every file in `inputs` (directories: their files).
+/// Whether `out` exists and is newer than every file in `inputs` (directories: their files,
+/// one level down).
 fn is_fresh(out: &Path, inputs: &[&Path]) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let Some(built) = modified(out) else {

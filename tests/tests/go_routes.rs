@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use obs_integration_tests::{
+    go_build,
     load::{drive, Call},
-    wait_for, Agent, GoServer, GoVersion,
+    toolchain, wait_for, Agent, BuildMode, GoServer, GoVersion, Toolchain,
 };
 
 fn calls() -> Vec<Call> {
@@ -47,8 +48,13 @@ fn calls() -> Vec<Call> {
 }
 
 fn routes_match_go(version: GoVersion) {
-    let service = format!("patterns-{version:?}").to_lowercase();
-    let server = GoServer::start("gopatterns", version, &[("OTEL_SERVICE_NAME", &service)]);
+    routes_match_go_build(&version.toolchain(), BuildMode::Default);
+}
+
+fn routes_match_go_build(toolchain: &Toolchain, mode: BuildMode) {
+    let service = format!("patterns-go{}-{}", toolchain.minor, mode.name());
+    let bin = go_build("gopatterns", toolchain, mode);
+    let server = GoServer::start_bin(&bin, &[("OTEL_SERVICE_NAME", &service)]);
     let agent = Agent::for_pids(&[server.proc.pid()]);
     let calls = calls();
     let client = drive(&server.url(""), &calls, 8);
@@ -85,4 +91,15 @@ fn routes_match_go_1_23_bucket_maps() {
 #[test]
 fn routes_match_newest_go_swiss_maps() {
     routes_match_go(GoVersion::New);
+}
+
+/// Stripped PIE binaries: functions from .gopclntab, layouts from the offsets table.
+#[test]
+fn routes_match_go_1_23_stripped_pie() {
+    routes_match_go_build(&toolchain("1.23"), BuildMode::Pie);
+}
+
+#[test]
+fn routes_match_newest_go_stripped_cgo_external() {
+    routes_match_go_build(&GoVersion::New.toolchain(), BuildMode::CgoExternal);
 }

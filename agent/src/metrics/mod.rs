@@ -13,7 +13,7 @@ use prometheus_client::{
 };
 
 pub use route_guard::{RouteGuard, OVERFLOW_ROUTE};
-pub use self_metrics::{labels as self_metrics_labels, SelfMetrics};
+pub use self_metrics::{labels as self_metrics_labels, ModuleLabels, SelfMetrics, TargetLabels};
 
 use crate::spans::ServerRequest;
 

@@ -3,7 +3,12 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
     registry::Registry,
 };
 
@@ -18,9 +23,26 @@ pub struct TargetLabels {
     pub service_name: String,
     pub executable: String,
     pub go_version: String,
+    /// The main module's path and version from the build info ("" when built outside
+    /// module mode).
+    pub module: String,
+    pub module_version: String,
+    /// The main package's import path (`github.com/x/y/cmd/server`), in any build mode.
+    pub package: String,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModuleLabels {
+    pub pid: u32,
+    pub service_name: String,
+    pub module: String,
+    pub version: String,
+}
+
+/// At most this many dependency series per process.
+pub const MAX_MODULE_SERIES: usize = 256;
+
+#[derive(Clone)]
 pub struct SelfMetrics {
     pub processes_watched: Gauge,
     pub probes_attached: Gauge,
@@ -34,6 +56,29 @@ pub struct SelfMetrics {
     pub attach_failures: Family<ReasonLabels, Counter>,
     pub routes_overflowed: Counter,
     pub target_info: Family<TargetLabels, Gauge>,
+    pub target_module_info: Family<ModuleLabels, Gauge>,
+    /// Time to analyse one binary (ELF, pclntab, DWARF, disassembly): one observation per
+    /// distinct (device, inode), however many processes run it.
+    pub binary_analysis: Histogram,
+}
+
+impl Default for SelfMetrics {
+    fn default() -> Self {
+        Self {
+            processes_watched: Gauge::default(),
+            probes_attached: Gauge::default(),
+            events_received: Counter::default(),
+            events_lost: Family::default(),
+            decode_errors: Family::default(),
+            kernel_errors: Family::default(),
+            attach_failures: Family::default(),
+            routes_overflowed: Counter::default(),
+            target_info: Family::default(),
+            target_module_info: Family::default(),
+            // 1 ms … ~4 s.
+            binary_analysis: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
+        }
+    }
 }
 
 impl SelfMetrics {
@@ -81,8 +126,19 @@ impl SelfMetrics {
         );
         r.register(
             "target_info",
-            "One series per watched process: its service and Go version",
+            "One series per watched process: its service, Go version and main module",
             m.target_info.clone(),
+        );
+        r.register(
+            "binary_analysis_seconds",
+            "Time to analyse a binary, once per distinct executable file",
+            m.binary_analysis.clone(),
+        );
+        r.register(
+            "target_module_info",
+            "One series per module linked into a watched process, with its version (from the \
+             binary's build info; at most 256 per process)",
+            m.target_module_info.clone(),
         );
         m
     }
@@ -114,16 +170,33 @@ impl SelfMetrics {
 
 /// Label sets built from agent types.
 pub mod labels {
-    use super::{ReasonLabels, TargetLabels};
-    use crate::target::Process;
+    use super::{ModuleLabels, ReasonLabels, TargetLabels, MAX_MODULE_SERIES};
+    use crate::{symbols::buildinfo::BuildInfo, target::Process};
 
-    pub fn target_labels(p: &Process, go_version: &str) -> TargetLabels {
+    pub fn target_labels(p: &Process, build: &BuildInfo) -> TargetLabels {
         TargetLabels {
             pid: p.pid,
             service_name: p.service_name.clone(),
             executable: p.exe_name(),
-            go_version: go_version.to_owned(),
+            go_version: build.go_version.clone(),
+            module: build.main_module.clone().unwrap_or_default(),
+            module_version: build.main_version.clone().unwrap_or_default(),
+            package: build.main_package.clone().unwrap_or_default(),
         }
+    }
+
+    pub fn module_labels(p: &Process, build: &BuildInfo) -> Vec<ModuleLabels> {
+        build
+            .deps
+            .iter()
+            .take(MAX_MODULE_SERIES)
+            .map(|m| ModuleLabels {
+                pid: p.pid,
+                service_name: p.service_name.clone(),
+                module: m.path.clone(),
+                version: m.version.clone(),
+            })
+            .collect()
     }
 
     pub fn reason(r: &str) -> ReasonLabels {

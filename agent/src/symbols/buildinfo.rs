@@ -12,6 +12,34 @@ pub struct BuildInfo {
     pub go_version: String,
     /// Main module path, when built in module mode.
     pub main_module: Option<String>,
+    /// Main module version (`(devel)` for a local build), when built in module mode.
+    pub main_version: Option<String>,
+    /// The main package's import path (`path` line), e.g. `example.com/x/cmd/server`.
+    pub main_package: Option<String>,
+    /// Module dependencies as linked (after `replace` directives), in the binary's order.
+    pub deps: Vec<Module>,
+    /// Build settings (`-buildmode`, `CGO_ENABLED`, `vcs.revision`, ...), in order.
+    pub settings: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Module {
+    /// The module path as required (`go.mod`'s require line).
+    pub path: String,
+    /// The version linked: the replacement's when a `replace` directive applies.
+    pub version: String,
+    /// The replacement's path, when a `replace` directive applies (a module or a directory).
+    pub replaced_by: Option<String>,
+}
+
+impl BuildInfo {
+    /// A build setting's value (`CGO_ENABLED`, `-buildmode`, ...).
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,10 +64,12 @@ pub fn parse(section: &[u8]) -> Result<BuildInfo, BuildInfoError> {
     let mut rest = &section[HEADER_LEN..];
     let version = read_varint_string(&mut rest)?;
     let modinfo = read_varint_string(&mut rest)?;
-    Ok(BuildInfo {
+    let mut info = BuildInfo {
         go_version: String::from_utf8_lossy(version).into_owned(),
-        main_module: main_module(modinfo),
-    })
+        ..BuildInfo::default()
+    };
+    parse_modinfo(modinfo, &mut info);
+    Ok(info)
 }
 
 fn read_varint_string<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], BuildInfoError> {
@@ -66,14 +96,47 @@ fn read_varint_string<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], BuildInfoErro
     Ok(s)
 }
 
-/// The module info is framed by 16 sentinel bytes on each side; its lines are tab-separated
-/// (`path\tcommand/path`, `mod\tmodule/path\tversion\t...`).
-fn main_module(modinfo: &[u8]) -> Option<String> {
+/// The module info (framed by 16 sentinel bytes on each side when present) is lines of
+/// tab-separated fields: `path\tPKG`, `mod\tPATH\tVERSION\tSUM`, `dep\tPATH\tVERSION\tSUM`,
+/// `=>\tPATH\tVERSION\tSUM` (replaces the dep before it), `build\tKEY=VALUE`.
+fn parse_modinfo(modinfo: &[u8], info: &mut BuildInfo) {
+    let framed = modinfo.len() >= 33 && modinfo[modinfo.len() - 17] == b'\n';
+    let modinfo = if framed {
+        &modinfo[16..modinfo.len() - 16]
+    } else {
+        modinfo
+    };
     let text = String::from_utf8_lossy(modinfo);
-    text.lines().find_map(|line| {
+    for line in text.lines() {
         let mut fields = line.split('\t');
-        (fields.next()? == "mod").then(|| fields.next().map(str::to_owned))?
-    })
+        let kind = fields.next().unwrap_or_default();
+        let path = fields.next().unwrap_or_default().to_owned();
+        let version = fields.next().unwrap_or_default().to_owned();
+        match kind {
+            "path" => info.main_package = Some(path),
+            "mod" => {
+                info.main_module = Some(path);
+                info.main_version = Some(version);
+            }
+            "dep" => info.deps.push(Module {
+                path,
+                version,
+                replaced_by: None,
+            }),
+            "=>" => {
+                if let Some(last) = info.deps.last_mut() {
+                    last.version = version;
+                    last.replaced_by = Some(path);
+                }
+            }
+            "build" => {
+                if let Some((k, v)) = path.split_once('=') {
+                    info.settings.push((k.to_owned(), v.to_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -86,7 +149,12 @@ mod tests {
         s.push(FLAG_INLINE_STRINGS);
         s.resize(HEADER_LEN, 0);
         for part in [version, modinfo] {
-            s.push(part.len() as u8);
+            let mut len = part.len();
+            while len >= 0x80 {
+                s.push((len as u8) | 0x80);
+                len >>= 7;
+            }
+            s.push(len as u8);
             s.extend_from_slice(part.as_bytes());
         }
         s
@@ -101,6 +169,42 @@ mod tests {
         .unwrap();
         assert_eq!(info.go_version, "go1.22.5");
         assert_eq!(info.main_module.as_deref(), Some("example.com/x"));
+        assert_eq!(info.main_version.as_deref(), Some("(devel)"));
+        assert_eq!(info.main_package.as_deref(), Some("example.com/x"));
+    }
+
+    #[test]
+    fn parses_deps_replacements_and_settings() {
+        // Framed by 16 sentinel bytes on each side, as the linker writes it.
+        let modinfo = "0123456789abcdefpath\tex.com/x/cmd/s\n\
+                       mod\tex.com/x\tv1.2.3\th1:abc=\n\
+                       dep\tgithub.com/a/b\tv0.1.0\th1:x=\n\
+                       dep\tgithub.com/c/d\tv1.0.0\n\
+                       =>\t../d\t(devel)\t\n\
+                       build\t-buildmode=pie\n\
+                       build\tCGO_ENABLED=1\n\
+                       0123456789abcdef";
+        let info = parse(&section("go1.25.5", modinfo)).unwrap();
+        assert_eq!(info.main_package.as_deref(), Some("ex.com/x/cmd/s"));
+        assert_eq!(info.main_version.as_deref(), Some("v1.2.3"));
+        assert_eq!(
+            info.deps,
+            vec![
+                Module {
+                    path: "github.com/a/b".into(),
+                    version: "v0.1.0".into(),
+                    replaced_by: None,
+                },
+                Module {
+                    path: "github.com/c/d".into(),
+                    version: "(devel)".into(),
+                    replaced_by: Some("../d".into()),
+                },
+            ]
+        );
+        assert_eq!(info.setting("-buildmode"), Some("pie"));
+        assert_eq!(info.setting("CGO_ENABLED"), Some("1"));
+        assert_eq!(info.setting("GOOS"), None);
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub struct MuxLayout {
     pub tree: u64,
     pub node_pattern: u64,
     pub node_children: u64,
-    /// Go 1.23+; Go 1.22 keeps the multi-wildcard child in `children` under "*".
+    /// `routingNode.multiChild` (Go 1.23+). In Go 1.22 the `{x...}` child is the `children`
+    /// entry keyed "*", which the walk visits with the others.
     pub node_multi_child: Option<u64>,
     pub node_empty_child: u64,
     /// `mapping.s` ([]entry) and `mapping.m` (map[string]*routingNode).

@@ -1,0 +1,139 @@
+//! A Go program as a distribution ships it: Debian's Prometheus (/usr/bin/prometheus: built by
+//! Debian's Go 1.19, stripped, cgo, 50 MB). Requests driven at it are counted by the agent
+//! exactly as Prometheus counts them itself (`prometheus_http_requests_total{handler, code}`).
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use obs_integration_tests::{
+    free_port,
+    load::{drive, Call},
+    metrics::parse,
+    tempdir, wait_for, Agent, Proc,
+};
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// Prometheus's own counts: "ROUTE STATUS" -> n, from its /metrics.
+fn own_counts(base: &str) -> BTreeMap<String, u64> {
+    let text = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .unwrap();
+    let mut counts = BTreeMap::new();
+    for s in parse(&text).matching("prometheus_http_requests_total", &[]) {
+        let key = format!("{} {}", s.labels["handler"], s.labels["code"]);
+        *counts.entry(key).or_default() += s.value as u64;
+    }
+    counts
+}
+
+#[test]
+fn debian_prometheus_is_counted_as_it_counts_itself() {
+    let file = std::process::Command::new("file")
+        .arg(PROMETHEUS)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        file.contains("stripped") && !file.contains("not stripped"),
+        "{PROMETHEUS} is expected to be a stripped distribution binary: {file}"
+    );
+
+    let dir = tempdir();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 1h\nscrape_configs: []\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let prometheus = Proc {
+        child: Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .env("OTEL_SERVICE_NAME", "debian-prometheus")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    };
+    let ready = wait_for(Duration::from_secs(30), || {
+        ureq::get(&format!("{base}/-/ready")).call().ok()
+    });
+    assert!(ready.is_some(), "prometheus did not become ready");
+
+    let agent = Agent::for_pids(&[prometheus.pid()]);
+    let before = own_counts(&base);
+
+    let mut calls = Vec::new();
+    for n in 0..40 {
+        calls.push(Call::new(
+            "GET",
+            format!("/api/v1/query?query=up+%2B+{n}"),
+            "/api/v1/query",
+            200,
+        ));
+        calls.push(Call::new("GET", "/-/healthy", "/-/healthy", 200));
+        calls.push(Call::new("GET", "/api/v1/labels", "/api/v1/labels", 200));
+        // No `query` parameter: Prometheus answers 400 (bad_data).
+        calls.push(Call::new("GET", "/api/v1/query", "/api/v1/query", 400));
+        calls.push(Call::new(
+            "GET",
+            "/api/v1/status/buildinfo",
+            "/api/v1/status/buildinfo",
+            200,
+        ));
+    }
+    let client = drive(&base, &calls, 4);
+    assert!(client.failures.is_empty(), "{:?}", client.failures);
+    let after = own_counts(&base);
+
+    // Prometheus counts a request after answering it: `after` includes the first /metrics
+    // request but not itself; the agent saw both.
+    let mut own: BTreeMap<String, u64> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    *own.entry("/metrics 200".into()).or_default() += 1;
+    let total: u64 = own.values().sum();
+
+    let counted = wait_for(Duration::from_secs(10), || {
+        let c = agent.scrape().server_counts("debian-prometheus");
+        (c.values().sum::<u64>() >= total).then_some(c)
+    })
+    .unwrap_or_else(|| agent.scrape().server_counts("debian-prometheus"));
+    // The agent's keys are "METHOD ROUTE STATUS"; Prometheus's have no method.
+    let mut by_route = BTreeMap::new();
+    for (key, n) in counted {
+        let (_, route_status) = key.split_once(' ').unwrap();
+        *by_route.entry(route_status.to_owned()).or_default() += n;
+    }
+    assert_eq!(
+        by_route,
+        own,
+        "agent vs Prometheus's own counters; agent log:\n{}",
+        agent.log()
+    );
+    // And both agree with the client.
+    let client_total: u64 = client.total();
+    assert_eq!(total, client_total + 1);
+
+    let samples = agent.scrape();
+    let with = [("service_name", "debian-prometheus")];
+    let info: Vec<_> = samples.matching("obs_agent_target_info", &with).collect();
+    assert_eq!(info.len(), 1);
+    assert!(info[0].labels["go_version"].starts_with("go1."));
+    // Debian builds in GOPATH mode: a main package, no module.
+    assert_eq!(
+        info[0].labels["package"],
+        "github.com/prometheus/prometheus/cmd/prometheus"
+    );
+    assert_eq!(info[0].labels["module"], "");
+}
