@@ -1,5 +1,5 @@
-//! What a binary is: ELF symbols and segments, DWARF struct layouts, Go build info, and the
-//! probe sites found by disassembling functions. Pure file analysis: no process, no kernel.
+//! What a binary is: ELF symbols and segments, Go's function table (for stripped binaries),
+//! DWARF struct layouts, Go build info, and the probe sites found by disassembling functions. Pure file analysis: no process, no kernel.
 //!
 //! Analysis results are cached per binary (device, inode) by the caller.
 
@@ -8,6 +8,7 @@ pub mod disasm;
 pub mod dwarf;
 pub mod elf;
 pub mod go_http;
+pub mod pclntab;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,8 @@ pub enum SymbolsError {
          read from it"
     )]
     NoDebugInfo { go_version: String },
+    #[error("cannot read Go's function table: {0}")]
+    Pclntab(#[from] pclntab::PclntabError),
     #[error("corrupt DWARF: {0}")]
     BadDwarf(String),
     #[error("DWARF lacks {0}")]
