@@ -1,7 +1,8 @@
 //! What obs-agent needs from a Go net/http binary: that it is an HTTP server, where to probe
 //! `(*ServeMux).ServeHTTP` to discover its muxes (an emulated instruction, found by
 //! disassembly), and where a mux keeps its registered patterns (Go 1.22+, from DWARF). No
-//! offset is hard-coded for any Go version.
+//! offset is hard-coded for any Go version. Functions are found in stripped binaries too (Go's
+//! function table); a stripped Go 1.22+ binary still lacks the patterns' layout.
 
 use std::path::Path;
 
@@ -113,6 +114,22 @@ pub fn is_go(elf: &ElfFile) -> bool {
     elf.has_section(".go.buildinfo")
 }
 
+/// Whether this Go's ServeMux keeps its patterns in a routing tree (Go 1.22+). A version that
+/// cannot be read is assumed to.
+fn mux_has_routing_tree(go_version: &str) -> bool {
+    go_minor_version(go_version).is_none_or(|minor| minor >= 22)
+}
+
+/// 19 for "go1.19.8", 22 for "go1.22rc1", 24 for "devel go1.24-0a1b2c3 ...".
+fn go_minor_version(go_version: &str) -> Option<u32> {
+    let version = go_version.strip_prefix("devel ").unwrap_or(go_version);
+    let rest = version.strip_prefix("go1.")?;
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 fn mux_layout(l: &dwarf::Layouts) -> Result<MuxLayout, SymbolsError> {
     let map = if l.contains_key(SWISS_MAP) {
         let slots = offset_of(l, SWISS_GROUP, "slots")?;
@@ -165,12 +182,7 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
         .and_then(|s| {
             buildinfo::parse(&s).map_err(|e| SymbolsError::BadElf(format!("Go build info: {e}")))
         })?;
-    let functions = elf.functions(&[SERVER_HANDLER, MUX_SERVE_HTTP])?;
-    if functions.is_empty() && !elf.has_symbols() {
-        return Err(SymbolsError::NoDebugInfo {
-            go_version: build.go_version,
-        });
-    }
+    let functions = elf.go_functions(&[SERVER_HANDLER, MUX_SERVE_HTTP])?;
     if !functions.contains_key(SERVER_HANDLER) {
         return Err(SymbolsError::NotHttpServer(SERVER_HANDLER));
     }
@@ -189,10 +201,19 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
             HMAP,
             BUCKET,
         ],
-    )?
-    .ok_or_else(|| SymbolsError::NoDebugInfo {
-        go_version: build.go_version.clone(),
-    })?;
+    )?;
+    let Some(layouts) = layouts else {
+        // Before Go 1.22 a ServeMux has no routing tree: there is no layout to know.
+        if !mux_has_routing_tree(&build.go_version) {
+            return Ok(GoHttpBinary {
+                build,
+                mux_discovery: None,
+            });
+        }
+        return Err(SymbolsError::NoDebugInfo {
+            go_version: build.go_version,
+        });
+    };
     // Before Go 1.22 a ServeMux has no routing tree: routes are collapsed paths.
     let layout = mux_layout(&layouts).ok();
     let mux_discovery = match (layout, functions.get(MUX_SERVE_HTTP)) {
@@ -228,4 +249,21 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
         build,
         mux_discovery,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_versions_with_a_routing_tree() {
+        assert_eq!(go_minor_version("go1.19.8"), Some(19));
+        assert_eq!(go_minor_version("go1.22rc1"), Some(22));
+        assert_eq!(go_minor_version("go1.23.9 X:boringcrypto"), Some(23));
+        assert_eq!(go_minor_version("devel go1.24-0a1b2c3 Tue"), Some(24));
+        assert_eq!(go_minor_version("gccgo"), None);
+        assert!(!mux_has_routing_tree("go1.21.13"));
+        assert!(mux_has_routing_tree("go1.22.0"));
+        assert!(mux_has_routing_tree("unknown"));
+    }
 }
