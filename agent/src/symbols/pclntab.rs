@@ -407,18 +407,21 @@ fn parse_header(data: &[u8]) -> Result<Header<'_>, PclntabError> {
     let (funcnametab, cutab, filetab, pctab, pcln) =
         (offset(3), offset(4), offset(5), offset(6), offset(7));
     // The parts follow the header in this order (the linker lays them out so).
-    if !(HEADER_LEN <= funcnametab
-        && funcnametab <= cutab
-        && cutab <= filetab
-        && filetab <= pctab
-        && pctab <= pcln
-        && pcln <= data.len())
-    {
+    let parts = [
+        HEADER_LEN,
+        funcnametab,
+        cutab,
+        filetab,
+        pctab,
+        pcln,
+        data.len(),
+    ];
+    if !parts.windows(2).all(|w| w[0] <= w[1]) {
         return Err(PclntabError::Corrupt(
             "its parts' offsets are out of order or out of bounds",
         ));
     }
-    let pcln = &data[pcln..];
+    let (pctab, pcln) = (&data[pctab..pcln], &data[pcln..]);
     if nfunc == 0 {
         return Err(PclntabError::Corrupt("it lists no function"));
     }
@@ -457,7 +460,7 @@ fn parse_header(data: &[u8]) -> Result<Header<'_>, PclntabError> {
         text_start,
         funcnametab_offset: funcnametab as u64,
         funcnametab: &data[funcnametab..cutab],
-        pctab: &data[pctab..],
+        pctab,
         pcln,
     };
     check_first_function(&header)?;
