@@ -126,14 +126,18 @@ pub enum BuildMode {
     Pie,
     /// cgo with the external (gcc) linker, stripped: `.text` starts with C code.
     CgoExternal,
+    /// cgo, PIE, external linker, stripped: before Go 1.26 the function table has no section
+    /// of its own (merged into `.data.rel.ro`).
+    PieExternal,
 }
 
 impl BuildMode {
-    pub const ALL: [BuildMode; 4] = [
+    pub const ALL: [BuildMode; 5] = [
         BuildMode::Default,
         BuildMode::Stripped,
         BuildMode::Pie,
         BuildMode::CgoExternal,
+        BuildMode::PieExternal,
     ];
 
     fn flags(
@@ -150,6 +154,10 @@ impl BuildMode {
                 &["-ldflags=-s -w -linkmode=external"],
                 &[("CGO_ENABLED", "1")],
             ),
+            BuildMode::PieExternal => (
+                &["-buildmode=pie", "-ldflags=-s -w -linkmode=external"],
+                &[("CGO_ENABLED", "1")],
+            ),
         }
     }
 
@@ -159,6 +167,7 @@ impl BuildMode {
             BuildMode::Stripped => "stripped",
             BuildMode::Pie => "pie",
             BuildMode::CgoExternal => "cgo-external",
+            BuildMode::PieExternal => "pie-external",
         }
     }
 }

@@ -167,10 +167,9 @@ fn stripped_server_layouts_come_from_the_table() {
     }
 }
 
-/// The whole analysis of a stripped build: needs function lookup without a symbol table
-/// (the `.gopclntab` reader).
+/// The whole analysis of a stripped build: functions from the `.gopclntab`, layouts from the
+/// table.
 #[test]
-#[ignore = "needs the .gopclntab reader to find functions in stripped binaries"]
 fn stripped_server_is_analysed_like_the_default_build() {
     for toolchain in toolchains().into_iter().filter(Toolchain::has_patterns) {
         let release = release(&toolchain);

@@ -37,21 +37,38 @@ fn go_program_without_http_is_refused() {
     }
 }
 
-#[test]
-fn stripped_binary_is_refused_clearly() {
-    let bin = go_app("goserver", GoVersion::Old);
+fn strip(bin: &std::path::Path) -> std::path::PathBuf {
     let stripped = tempdir().join("stripped");
     let status = std::process::Command::new("objcopy")
         .args(["--strip-all"])
-        .arg(&bin)
+        .arg(bin)
         .arg(&stripped)
         .status()
         .expect("objcopy (binutils)");
     assert!(status.success());
-    match go_http::analyze_path(&stripped) {
-        Err(e @ SymbolsError::NoDebugInfo { .. }) => assert!(e.to_string().contains("go1.19")),
-        other => panic!("expected NoDebugInfo, got {other:?}"),
-    }
+    stripped
+}
+
+#[test]
+fn stripped_go_1_19_binary_is_analysed_from_its_function_table() {
+    let bin = go_app("goserver", GoVersion::Old);
+    let stripped = strip(&bin);
+    assert!(!ElfFile::open(&stripped).unwrap().has_symbols());
+    let b = go_http::analyze_path(&stripped).unwrap_or_else(|e| panic!("{e}"));
+    assert!(b.build.go_version.starts_with("go1.19"), "{:?}", b.build);
+    // Go 1.19's ServeMux has no patterns to discover: no layout needed.
+    assert!(b.mux_discovery.is_none());
+}
+
+#[test]
+fn stripped_newer_binary_gets_its_layouts_from_the_offsets_table() {
+    let default = go_http::analyze_path(&go_app("goserver", GoVersion::New)).unwrap();
+    let stripped = strip(&go_app("goserver", GoVersion::New));
+    let b = go_http::analyze_path(&stripped).unwrap_or_else(|e| panic!("{e}"));
+    let (point, layout) = b.mux_discovery.expect("mux discovery from pclntab + table");
+    let (want_point, want_layout) = default.mux_discovery.unwrap();
+    assert_eq!(point, want_point);
+    assert_eq!(layout, want_layout);
 }
 
 #[test]

@@ -1,11 +1,12 @@
-//! ELF access for probe placement: symbols by name, virtual address to file offset (what the
-//! kernel's uprobe API takes), bytes at an address, and sections (possibly compressed).
+//! ELF access for probe placement: symbols by name (from the symbol table, or for Go programs
+//! from Go's function table when stripped), virtual address to file offset (what the kernel's
+//! uprobe API takes), bytes at an address, and sections (possibly compressed).
 
 use std::{borrow::Cow, collections::HashMap, fs::File, path::Path};
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
-use super::SymbolsError;
+use super::{pclntab::Pclntab, SymbolsError};
 
 pub struct ElfFile {
     map: memmap2::Mmap,
@@ -83,6 +84,31 @@ impl ElfFile {
                     },
                 );
             }
+        }
+        Ok(found)
+    }
+
+    /// Looks up Go functions: in the symbol table, then, for the names it lacks (a stripped
+    /// binary has none), in Go's function table, which every Go binary keeps. Same addresses
+    /// and sizes either way. A function table that cannot be read is an error only when there
+    /// is no symbol table to trust instead.
+    pub fn go_functions(
+        &self,
+        wanted: &[&str],
+    ) -> Result<HashMap<String, FunctionSymbol>, SymbolsError> {
+        let mut found = self.functions(wanted)?;
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|name| !found.contains_key(*name))
+            .collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        match Pclntab::parse(self) {
+            Ok(table) => found.extend(table.functions(&missing)),
+            Err(e) if !self.has_symbols() => return Err(e.into()),
+            Err(e) => log::debug!("symbol table lacks {missing:?}; function table: {e}"),
         }
         Ok(found)
     }

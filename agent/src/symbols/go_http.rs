@@ -1,7 +1,8 @@
 //! What obs-agent needs from a Go net/http binary: that it is an HTTP server, where to probe
 //! `(*ServeMux).ServeHTTP` to discover its muxes (an emulated instruction, found by
 //! disassembly), and where a mux keeps its registered patterns (Go 1.22+, from DWARF or the
-//! offsets table, see `offsets`). No offset is hard-coded for any Go version.
+//! offsets table, see `offsets`). No offset is hard-coded for any Go version. Functions are
+//! found in stripped binaries too (Go's function table, see `pclntab`).
 
 use std::path::Path;
 
@@ -191,12 +192,7 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
         .and_then(|s| {
             buildinfo::parse(&s).map_err(|e| SymbolsError::BadElf(format!("Go build info: {e}")))
         })?;
-    let functions = elf.functions(&[SERVER_HANDLER, MUX_SERVE_HTTP])?;
-    if functions.is_empty() && !elf.has_symbols() {
-        return Err(SymbolsError::NoDebugInfo {
-            go_version: build.go_version,
-        });
-    }
+    let functions = elf.go_functions(&[SERVER_HANDLER, MUX_SERVE_HTTP])?;
     if !functions.contains_key(SERVER_HANDLER) {
         return Err(SymbolsError::NotHttpServer(SERVER_HANDLER));
     }

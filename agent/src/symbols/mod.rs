@@ -1,6 +1,6 @@
-//! What a binary is: ELF symbols and segments, struct layouts (DWARF, else the offsets
-//! table), Go build info, and the probe sites found by disassembling functions. Pure file
-//! analysis: no process, no kernel.
+//! What a binary is: ELF symbols and segments, Go's function table (for stripped binaries),
+//! struct layouts (DWARF, else the offsets table), Go build info, and the probe sites found by
+//! disassembling functions. Pure file analysis: no process, no kernel.
 //!
 //! Analysis results are cached per binary (device, inode) by the caller.
 
@@ -10,6 +10,7 @@ pub mod dwarf;
 pub mod elf;
 pub mod go_http;
 pub mod offsets;
+pub mod pclntab;
 
 use std::path::PathBuf;
 
@@ -26,11 +27,8 @@ pub enum SymbolsError {
     NotGo,
     #[error("a Go program without net/http's server (no {0}): nothing to watch")]
     NotHttpServer(&'static str),
-    #[error(
-        "the binary has no DWARF debug info (stripped?); field offsets for {go_version} cannot be \
-         read from it"
-    )]
-    NoDebugInfo { go_version: String },
+    #[error("cannot read Go's function table: {0}")]
+    Pclntab(#[from] pclntab::PclntabError),
     #[error("corrupt DWARF: {0}")]
     BadDwarf(String),
     #[error("the struct layouts lack {0}")]
