@@ -27,6 +27,16 @@ pub struct Report {
     /// major.minor, e.g. `1.22`.
     pub go_release: Option<String>,
     pub main_module: Option<String>,
+    pub main_module_version: Option<String>,
+    /// The main package's import path.
+    pub main_package: Option<String>,
+    /// Build settings from the build info (`-buildmode`, `CGO_ENABLED`, `-ldflags`, ...).
+    pub build_settings: Vec<(String, String)>,
+    /// Linked modules and their versions (after `replace` directives).
+    pub dependencies: Vec<(String, String)>,
+    /// Whether the binary has an ELF symbol table; without one, functions come from Go's
+    /// function table (`.gopclntab`).
+    pub symbol_table: bool,
     /// `None` when the analysis stopped before it could tell.
     pub http_server: Option<bool>,
     pub probe_sites: Vec<SiteReport>,
@@ -93,6 +103,11 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
         go_version: None,
         go_release: None,
         main_module: None,
+        main_module_version: None,
+        main_package: None,
+        build_settings: Vec::new(),
+        dependencies: Vec::new(),
+        symbol_table: elf.has_symbols(),
         http_server: None,
         probe_sites: Vec::new(),
         layout_source: None,
@@ -108,6 +123,10 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
         report.go_release = GoRelease::from_go_version(&info.go_version).map(|r| r.to_string());
         report.go_version = Some(info.go_version);
         report.main_module = info.main_module;
+        report.main_module_version = info.main_version;
+        report.main_package = info.main_package;
+        report.build_settings = info.settings;
+        report.dependencies = info.deps.into_iter().map(|m| (m.path, m.version)).collect();
     }
     match go_http::analyze(&elf) {
         Ok(binary) => {
@@ -172,10 +191,36 @@ impl fmt::Display for Report {
             or(&self.go_version, "none (not a Go program)")
         )?;
         if self.go_version.is_some() {
+            let version = self
+                .main_module_version
+                .as_ref()
+                .map(|v| format!(" {v}"))
+                .unwrap_or_default();
             writeln!(
                 f,
-                "main module:     {}",
+                "main module:     {}{version}",
                 or(&self.main_module, "none (GOPATH or non-module build)")
+            )?;
+            writeln!(f, "main package:    {}", or(&self.main_package, "unknown"))?;
+            let settings: Vec<String> = self
+                .build_settings
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "-buildmode" | "CGO_ENABLED" | "-ldflags"))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            writeln!(f, "build:           {}", settings.join(" "))?;
+            writeln!(f, "dependencies:    {}", self.dependencies.len())?;
+            for (module, version) in &self.dependencies {
+                writeln!(f, "  {module} {version}")?;
+            }
+            writeln!(
+                f,
+                "functions from:  {}",
+                if self.symbol_table {
+                    "the ELF symbol table"
+                } else {
+                    "Go's function table (.gopclntab; no symbol table)"
+                }
             )?;
         }
         let server = match self.http_server {
