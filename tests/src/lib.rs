@@ -86,11 +86,6 @@ pub fn toolchain(minor: &str) -> Toolchain {
         .unwrap_or_else(|| panic!("no Go {minor} in OBS_GO_TOOLCHAINS"))
 }
 
-/// Whether `cargo xtask test --full` asked for the whole matrix.
-pub fn full_matrix() -> bool {
-    std::env::var("OBS_TEST_FULL").is_ok_and(|v| v == "1")
-}
-
 /// The Go releases the tests pin by role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GoVersion {

@@ -16,7 +16,7 @@ use obs_agent::symbols::{
     go_http,
     pclntab::{Location, Pclntab, PclntabError, TextStartSource},
 };
-use obs_integration_tests::{full_matrix, toolchains, workspace_root, GoVersion};
+use obs_integration_tests::{toolchains, workspace_root, GoVersion};
 
 const APP: &str = "gohello";
 const WANTED: [&str; 4] = [
@@ -25,16 +25,9 @@ const WANTED: [&str; 4] = [
     "runtime.main",
     "main.main",
 ];
-/// Go releases under test: in CI the oldest, the last with bucket maps and the newest; with
-/// `cargo xtask test --full`, every supported release.
+/// Every supported Go release.
 fn versions() -> Vec<PathBuf> {
-    if full_matrix() {
-        return toolchains().into_iter().map(|t| t.go).collect();
-    }
-    [GoVersion::Old, GoVersion::Go123, GoVersion::New]
-        .into_iter()
-        .map(|v| v.toolchain().go)
-        .collect()
+    toolchains().into_iter().map(|t| t.go).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

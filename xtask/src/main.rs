@@ -3,7 +3,7 @@
 //!   cargo xtask setup            install what the kernel-side build needs
 //!   cargo xtask build            build the eBPF object and the agent (release)
 //!   cargo xtask run -- ARGS      build, then run the agent as root with ARGS
-//!   cargo xtask test [--full]    install test dependencies, build, run every test
+//!   cargo xtask test             install test dependencies, build, run every test
 //!   cargo xtask bench            throughput/latency/CPU of a Go server with and without the agent
 //!   cargo xtask go-offsets       regenerate the Go struct offsets table (--check: compare)
 

@@ -15,9 +15,6 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct TestArgs {
-    /// Run the full matrix (every Go version and build mode), not CI's subset.
-    #[arg(long)]
-    full: bool,
     /// Passed to `cargo test` after `--` (e.g. a test name filter).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     rest: Vec<String>,
@@ -104,8 +101,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         .env(
             "OBS_GO_NEW",
             &tools.toolchains.last().context("no Go toolchain")?.go,
-        )
-        .env("OBS_TEST_FULL", if args.full { "1" } else { "0" });
+        );
     cmd.arg("--").args(&args.rest);
     run(&mut cmd).context("tests failed")
 }
