@@ -53,5 +53,17 @@ pub const EVENTS_WAKEUP_WINDOW: u64 = 2048;
 
 /// Most processes watched at once (size of the per-process maps).
 pub const MAX_WATCHED_PROCESSES: u32 = 4096;
+
+/// The watched-process filter is a bitmap over every possible pid (PID_MAX_LIMIT, 2^22 on
+/// 64-bit Linux), 64 pids per array slot: 512 KiB, and a lookup the verifier inlines (an
+/// array index), so every syscall of every other process costs only a few instructions.
+pub const PID_LIMIT: u32 = 1 << 22;
+pub const WATCHED_WORDS: u32 = PID_LIMIT / 64;
+
+/// The slot and bit of a pid in the watched bitmap.
+#[inline(always)]
+pub const fn watched_slot(pid: u32) -> (u32, u64) {
+    (pid / 64, 1u64 << (pid % 64))
+}
 /// (process, mux) pairs remembered as reported (LRU).
 pub const MAX_MUXES: u32 = 4096;

@@ -3,12 +3,13 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use obs_common::{
     go_http::MuxKey,
     stats::{Stat, STAT_COUNT},
-    EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES, MAX_WATCHED_PROCESSES,
+    watched_slot, EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES,
+    WATCHED_WORDS,
 };
 
 /// All events for user space.
@@ -19,9 +20,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
-/// Processes whose socket syscalls are captured (tgid -> flags, none yet).
+/// Processes whose socket syscalls are captured: a bitmap over all pids (see
+/// `obs_common::watched_slot`).
 #[map(name = "WATCHED")]
-pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_WATCHED_PROCESSES, 0);
+pub static WATCHED: Array<u64> = Array::with_max_entries(WATCHED_WORDS, 0);
+
+/// Whether `tgid` is watched: an inlined array lookup and a bit test.
+#[inline(always)]
+pub fn is_watched(tgid: u32) -> bool {
+    let (slot, bit) = watched_slot(tgid);
+    WATCHED.get(slot).is_some_and(|word| word & bit != 0)
+}
 
 /// (process, mux) pairs already reported by `go_mux_serve_http`.
 #[map(name = "GO_MUXES")]

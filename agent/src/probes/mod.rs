@@ -5,7 +5,7 @@
 use std::{collections::HashMap, num::NonZeroU32};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         RawTracePoint, TracePoint, UProbe,
@@ -60,6 +60,8 @@ pub enum ProbeError {
     },
     #[error("updating the kernel's map of watched processes: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("pid {0} is beyond the kernel's pid limit (2^22)")]
+    PidOutOfRange(u32),
 }
 
 /// One attached probe, to detach later.
@@ -122,14 +124,16 @@ impl Probes {
             .ebpf
             .map_mut(names::MAP_WATCHED)
             .ok_or(ProbeError::Missing(names::MAP_WATCHED))?;
-        BpfHashMap::<_, u32, u32>::try_from(map)?.insert(pid, 0, 0)?;
-        Ok(())
+        set_watched(map, pid, true)
     }
 
     fn unwatch_sockets(&mut self, pid: u32) {
         if let Some(map) = self.ebpf.map_mut(names::MAP_WATCHED) {
-            if let Ok(mut m) = BpfHashMap::<_, u32, u32>::try_from(map) {
-                let _ = m.remove(&pid);
+            if let Err(e) = set_watched(map, pid, false) {
+                log::warn!(
+                    "pid {pid}: cannot clear its watched bit: {}",
+                    error_chain(&e)
+                );
             }
         }
     }
@@ -287,4 +291,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// Sets or clears `pid`'s bit in the watched bitmap. Only this thread writes the map, so the
+/// read-modify-write of the word cannot lose another update.
+fn set_watched(map: &mut aya::maps::Map, pid: u32, on: bool) -> Result<(), ProbeError> {
+    if pid >= obs_common::PID_LIMIT {
+        return Err(ProbeError::PidOutOfRange(pid));
+    }
+    let (slot, bit) = obs_common::watched_slot(pid);
+    let mut words = aya::maps::Array::<_, u64>::try_from(map)?;
+    let word = words.get(&slot, 0)?;
+    let word = if on { word | bit } else { word & !bit };
+    words.set(slot, word, 0)?;
+    Ok(())
 }
