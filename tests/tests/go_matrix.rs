@@ -10,6 +10,9 @@
 
 use std::time::Duration;
 
+const SLOW_MS: u64 = 120;
+const SLOW_CALLS: usize = 3;
+
 use obs_integration_tests::{
     go_build,
     load::{drive, Call},
@@ -38,6 +41,14 @@ fn mix(toolchain: &Toolchain) -> Vec<Call> {
                 200,
             ));
         }
+    }
+    for _ in 0..SLOW_CALLS {
+        calls.push(Call::new(
+            "GET",
+            format!("/slow?ms={SLOW_MS}"),
+            "/slow",
+            200,
+        ));
     }
     calls
 }
@@ -78,6 +89,16 @@ fn exact_counts_in_mode(mode: BuildMode) {
             (c.values().sum::<u64>() >= client.total()).then_some(c)
         })
         .unwrap_or_else(|| agent.scrape().server_counts(service));
+        // The server's own count (its /_stats request is not in it, nor in the agent's yet).
+        let served: u64 = server.served().values().sum();
+        if served != client.total() {
+            failures.push(format!(
+                "Go {} {}: server served {served}, client sent {}",
+                toolchain.minor,
+                mode.name(),
+                client.total()
+            ));
+        }
         if counted != client.counts {
             failures.push(format!(
                 "Go {} {}: agent {counted:?}\n  client {:?}",
@@ -87,6 +108,26 @@ fn exact_counts_in_mode(mode: BuildMode) {
             ));
         }
         let samples = agent.scrape();
+        // Slow requests in the right histogram buckets.
+        let bucket = |le: &str| {
+            samples.sum(
+                "http_server_request_duration_seconds_bucket",
+                &[
+                    ("service_name", service.as_str()),
+                    ("http_route", "/slow"),
+                    ("le", le),
+                ],
+            )
+        };
+        if (bucket("0.1"), bucket("0.25")) != (0.0, SLOW_CALLS as f64) {
+            failures.push(format!(
+                "Go {} {}: {SLOW_MS} ms requests in buckets le=0.1: {}, le=0.25: {}",
+                toolchain.minor,
+                mode.name(),
+                bucket("0.1"),
+                bucket("0.25")
+            ));
+        }
         let with = [("service_name", service.as_str())];
         let info: Vec<_> = samples.matching("obs_agent_target_info", &with).collect();
         let go_version = info.first().map(|s| s.labels["go_version"].clone());
