@@ -9,12 +9,12 @@ use std::{
 };
 
 use obs_common::{
-    sockets::{nr, DIR_INGRESS},
+    sockets::{nr, DIR_INGRESS, EINPROGRESS},
     stats::{Stat, STAT_COUNT},
 };
 
 use crate::{
-    events::{DecodeError, Event},
+    events::{peer_address, DecodeError, Event},
     metrics::{
         self_metrics_labels::{module_labels, target_labels},
         Metrics, ModuleLabels, ServiceLabels, TargetLabels,
@@ -22,8 +22,8 @@ use crate::{
     probes::{error_chain, ProbeError, Probes},
     protocols::go_mux::{Pattern, PatternSet},
     spans::{
-        http1::{Dropped, Exchange, ServerConnections},
-        ServerRequest,
+        http1::{Connections, Dropped, Exchange, Role},
+        ClientRequest, ServerRequest,
     },
     symbols::{
         elf::ElfFile,
@@ -125,7 +125,7 @@ struct Watched {
     target: TargetLabels,
     modules: Vec<ModuleLabels>,
     exited_at: Option<Instant>,
-    connections: ServerConnections,
+    connections: Connections,
     routes: Routes,
 }
 
@@ -161,9 +161,9 @@ impl Agent {
             exe: process.exe_name(),
             error,
         })?;
-        let mut connections = ServerConnections::default();
-        for fd in socket_fds(pid) {
-            connections.add_socket(fd);
+        let mut connections = Connections::default();
+        for s in target::sockets::open_sockets(pid) {
+            connections.add_socket(s.fd, s.role, s.peer);
         }
         let routes = Routes {
             discovery: binary.mux_discovery,
@@ -272,11 +272,11 @@ impl Agent {
                             w.process.service_name
                         );
                         w.exited_at = Some(now);
-                        let unanswered = w.connections.in_flight();
+                        let unanswered = w.connections.in_flight_all();
                         if unanswered > 0 {
                             self.count_dropped(Dropped::Unanswered(unanswered));
                         }
-                        w.connections = ServerConnections::default();
+                        w.connections = Connections::default();
                         self.metrics.agent.target_info.remove(&w.target);
                         for m in &w.modules {
                             self.metrics.agent.target_module_info.remove(m);
@@ -374,7 +374,16 @@ impl Agent {
                 }
             }
             Event::SockConn(c) => match u64::from(c.syscall) {
-                nr::ACCEPT | nr::ACCEPT4 => w.connections.add_socket(c.fd),
+                nr::ACCEPT | nr::ACCEPT4 => {
+                    w.connections
+                        .add_socket(c.fd, Some(Role::Server), peer_address(&c))
+                }
+                // Go's sockets are non-blocking: connect says "in progress" and completes
+                // later; a connection that then fails simply carries no requests.
+                nr::CONNECT if c.ret == 0 || c.ret == -EINPROGRESS => {
+                    w.connections
+                        .add_socket(c.fd, Some(Role::Client), peer_address(&c))
+                }
                 nr::CLOSE => {
                     if let Some(d) = w.connections.close(c.fd) {
                         self.count_dropped(d);
@@ -385,19 +394,24 @@ impl Agent {
             Event::SockData(d) => {
                 let data = d.prefix();
                 let exchange = if d.direction == DIR_INGRESS {
-                    w.connections.ingress(d.fd, d.ts_ns, data).map(Err)
+                    w.connections.ingress(d.fd, d.ts_ns, data)
                 } else {
-                    w.connections.egress(d.fd, d.ts_ns, data).transpose()
+                    w.connections.egress(d.fd, d.ts_ns, data, d.captured_all())
                 };
                 match exchange {
-                    Some(Ok(e)) => {
+                    Ok(Some(e)) if e.role == Role::Server => {
                         let route = w.routes.route(&e);
                         let request = ServerRequest::from_exchange(&e, route);
                         self.metrics
                             .record_server_request(&w.process.service_name, &request);
                     }
-                    Some(Err(dropped)) => self.count_dropped(dropped),
-                    None => {}
+                    Ok(Some(e)) => {
+                        let request = ClientRequest::from_exchange(&e);
+                        self.metrics
+                            .record_client_request(&w.process.service_name, &request);
+                    }
+                    Err(dropped) => self.count_dropped(dropped),
+                    Ok(None) => {}
                 }
             }
         }
@@ -508,21 +522,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The descriptors of `pid` that are sockets now (for connections accepted before attach).
-fn socket_fds(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let e = e.ok()?;
-        let target = std::fs::read_link(e.path()).ok()?;
-        target
-            .to_str()?
-            .starts_with("socket:")
-            .then(|| e.file_name().to_str()?.parse().ok())?
-    })
-    .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,11 +59,24 @@ pub struct SockConn {
     pub syscall: u32,
     pub ts_ns: u64,
     pub ret: i64,
+    /// The peer's address as the process passed (connect) or received (accept) it, when it
+    /// is IPv4 or IPv6: `AF_INET`/`AF_INET6`, else 0.
+    pub family: u16,
+    /// Port, host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
 }
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// Go's sockets are non-blocking: `connect` returns this and completes later.
+pub const EINPROGRESS: i64 = 115;
 
 const _: () = assert!(core::mem::size_of::<SockData>() == 40 + DATA_PREFIX);
 const _: () = assert!(core::mem::size_of::<SockDataShort>() == 40 + EGRESS_PREFIX);
-const _: () = assert!(core::mem::size_of::<SockConn>() == 32);
+const _: () = assert!(core::mem::size_of::<SockConn>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -11,7 +11,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use obs_common::{
-    sockets::{nr, SockConn, SockDataN, DATA_PREFIX, DIR_EGRESS, DIR_INGRESS, EGRESS_PREFIX},
+    sockets::{
+        nr, SockConn, SockDataN, AF_INET, AF_INET6, DATA_PREFIX, DIR_EGRESS, DIR_INGRESS,
+        EGRESS_PREFIX,
+    },
     stats::Stat,
     EventKind,
 };
@@ -63,8 +66,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         // struct msghdr: msg_iov at offset 16.
         nr::RECVMSG if ret > 0 => data(tgid, &regs, ret, DIR_INGRESS, msg_iov_base(regs.rsi)),
         nr::SENDMSG if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, msg_iov_base(regs.rsi)),
-        nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => conn(tgid, syscall, ret as u32, ret),
-        nr::CONNECT => conn(tgid, syscall, regs.rdi as u32, ret),
+        // The kernel wrote the peer's address to rsi (if the caller asked for it).
+        nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => conn(tgid, syscall, ret as u32, ret, regs.rsi),
+        nr::CONNECT => conn(tgid, syscall, regs.rdi as u32, ret, regs.rsi),
         _ => {}
     }
     0
@@ -83,8 +87,34 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         count(Stat::TargetReadErrors);
         return 0;
     };
-    conn(tgid, nr::CLOSE, fd as u32, 0);
+    conn(tgid, nr::CLOSE, fd as u32, 0, 0);
     0
+}
+
+/// `struct sockaddr_in` (family, port, 4-byte address) or `sockaddr_in6` (family, port,
+/// flowinfo, 16-byte address), ports in network byte order.
+#[inline(always)]
+fn peer_address(sockaddr: u64, event: &mut SockConn) {
+    let Ok(family) = read::<u16>(sockaddr) else {
+        return;
+    };
+    let Ok(port) = read::<u16>(sockaddr + 2) else {
+        return;
+    };
+    let addr = match family {
+        AF_INET => read::<[u8; 4]>(sockaddr + 4).map(|a| {
+            let mut full = [0; 16];
+            full[..4].copy_from_slice(&a);
+            full
+        }),
+        AF_INET6 => read::<[u8; 16]>(sockaddr + 8),
+        _ => return,
+    };
+    if let Ok(addr) = addr {
+        event.family = family;
+        event.port = u16::from_be(port);
+        event.addr = addr;
+    }
 }
 
 #[inline(always)]
@@ -149,15 +179,22 @@ fn data_n<const N: usize>(
 }
 
 #[inline(always)]
-fn conn(tgid: u32, syscall: u64, fd: u32, ret: i64) {
-    let event = SockConn {
+fn conn(tgid: u32, syscall: u64, fd: u32, ret: i64, sockaddr: u64) {
+    let mut event = SockConn {
         kind: EventKind::SockConn as u32,
         tgid,
         fd,
         syscall: syscall as u32,
         ts_ns: unsafe { bpf_ktime_get_ns() },
         ret,
+        family: 0,
+        port: 0,
+        _pad: 0,
+        addr: [0; 16],
     };
+    if sockaddr != 0 {
+        peer_address(sockaddr, &mut event);
+    }
     if EVENTS.output::<SockConn>(&event, wakeup_flags()).is_err() {
         count(Stat::EventsLostRingFull);
     }

@@ -108,6 +108,25 @@ impl Samples {
         }
         out
     }
+
+    /// The agent's client-side counts for a service: "METHOD STATUS ADDRESS:PORT" -> n.
+    pub fn client_counts(&self, service: &str) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for s in self.matching(
+            "http_client_request_duration_seconds_count",
+            &[("service_name", service)],
+        ) {
+            let key = format!(
+                "{} {} {}:{}",
+                s.labels["http_request_method"],
+                s.labels["http_response_status_code"],
+                s.labels["server_address"],
+                s.labels["server_port"]
+            );
+            *out.entry(key).or_default() += s.value as u64;
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::{mem::size_of, time::Duration};
 use aya::maps::{MapData, RingBuf};
 use obs_common::{
     go_http::GoMuxSeen,
-    sockets::{SockConn, SockData, SockDataN, SockDataShort, DATA_PREFIX},
+    sockets::{SockConn, SockData, SockDataN, SockDataShort, AF_INET, AF_INET6, DATA_PREFIX},
     EventKind,
 };
 use tokio::io::unix::AsyncFd;
@@ -23,6 +23,8 @@ pub struct Data {
     pub fd: u32,
     pub ts_ns: u64,
     pub direction: u32,
+    /// What the syscall transferred (the prefix is at most this).
+    pub bytes: i64,
     len: usize,
     prefix: [u8; DATA_PREFIX],
 }
@@ -30,6 +32,11 @@ pub struct Data {
 impl Data {
     pub fn prefix(&self) -> &[u8] {
         &self.prefix[..self.len]
+    }
+
+    /// Whether the prefix holds everything the syscall transferred.
+    pub fn captured_all(&self) -> bool {
+        self.bytes <= self.len as i64
     }
 
     fn from_record<const N: usize>(d: &SockDataN<N>) -> Self {
@@ -41,6 +48,7 @@ impl Data {
             fd: d.fd,
             ts_ns: d.ts_ns,
             direction: d.direction,
+            bytes: d.bytes,
             len,
             prefix,
         }
@@ -56,6 +64,17 @@ pub enum Event {
     GoMuxSeen(GoMuxSeen),
     SockData(Data),
     SockConn(SockConn),
+}
+
+/// The peer address of an accept or connect, when the process gave or got an IPv4/IPv6 one.
+pub fn peer_address(c: &SockConn) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match c.family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(c.addr[0], c.addr[1], c.addr[2], c.addr[3])),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(c.addr)),
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, c.port))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use prometheus_client::{
 pub use route_guard::{RouteGuard, OVERFLOW_ROUTE};
 pub use self_metrics::{labels as self_metrics_labels, ModuleLabels, SelfMetrics, TargetLabels};
 
-use crate::spans::ServerRequest;
+use crate::spans::{ClientRequest, ServerRequest};
 
 /// OpenTelemetry's recommended buckets for `http.server.request.duration`, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -31,6 +31,16 @@ pub struct HttpServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpClientLabels {
+    pub service_name: String,
+    pub http_request_method: &'static str,
+    pub http_response_status_code: u16,
+    /// The server's IP address ("" when unknown, `_OTHER` past the per-service cap).
+    pub server_address: String,
+    pub server_port: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     pub service_name: String,
 }
@@ -43,8 +53,11 @@ pub struct Metrics {
     pub registry: Registry,
     pub server_duration: Family<HttpServerLabels, Histogram, fn() -> Histogram>,
     pub server_active: Family<ServiceLabels, Gauge>,
+    pub client_duration: Family<HttpClientLabels, Histogram, fn() -> Histogram>,
     pub agent: SelfMetrics,
     routes: Mutex<RouteGuard>,
+    /// The same cap on distinct servers a service calls.
+    peers: Mutex<RouteGuard>,
 }
 
 impl Metrics {
@@ -63,14 +76,48 @@ impl Metrics {
             "HTTP server requests in flight",
             server_active.clone(),
         );
+        let client_duration = Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "http_client_request_duration",
+            "Duration of HTTP client requests, from writing the request to reading the status line",
+            Unit::Seconds,
+            client_duration.clone(),
+        );
         let agent = SelfMetrics::register(registry.sub_registry_with_prefix("obs_agent"));
         Self {
             registry,
             server_duration,
             server_active,
+            client_duration,
             agent,
             routes: Mutex::new(RouteGuard::new(max_routes_per_service)),
+            peers: Mutex::new(RouteGuard::new(max_routes_per_service)),
         }
+    }
+
+    pub fn record_client_request(&self, service_name: &str, req: &ClientRequest) {
+        let (server_address, server_port) = match req.server {
+            None => (String::new(), 0),
+            Some(addr) => {
+                let key = addr.to_string();
+                let mut guard = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                if guard.admit(service_name, &key) == OVERFLOW_ROUTE {
+                    (OVERFLOW_ROUTE.to_owned(), 0)
+                } else {
+                    (addr.ip().to_string(), addr.port())
+                }
+            }
+        };
+        let labels = HttpClientLabels {
+            service_name: service_name.to_owned(),
+            http_request_method: req.method,
+            http_response_status_code: req.status,
+            server_address,
+            server_port,
+        };
+        self.client_duration
+            .get_or_create(&labels)
+            .observe(req.duration.as_secs_f64());
     }
 
     pub fn record_server_request(&self, service_name: &str, req: &ServerRequest) {

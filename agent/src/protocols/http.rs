@@ -192,7 +192,24 @@ pub fn parse_request_start(data: &[u8]) -> Option<RequestStart> {
 /// known method followed by an origin-form path counts, so other protocols are not taken for
 /// HTTP.
 fn truncated_request_line(data: &[u8]) -> Option<RequestStart> {
-    if data.len() < 64 || data.contains(&b'\n') {
+    if data.len() < 64 {
+        return None;
+    }
+    request_line_head(data)
+}
+
+/// The start of a request written by a client when the capture kept only its first bytes
+/// (the request line may be cut anywhere after the method): a complete request line, or a
+/// known method, a space and the beginning of an origin-form path.
+pub fn request_start_prefix(data: &[u8]) -> Option<RequestStart> {
+    match classify_request(data) {
+        RequestParse::Start(r) => Some(r),
+        _ => request_line_head(data),
+    }
+}
+
+fn request_line_head(data: &[u8]) -> Option<RequestStart> {
+    if data.contains(&b'\n') {
         return None;
     }
     let space = data.iter().position(|&b| b == b' ')?;
@@ -221,6 +238,21 @@ pub fn parse_status(data: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod wire_tests {
     use super::*;
+
+    #[test]
+    fn request_starts_cut_by_the_capture() {
+        let r = request_start_prefix(b"PUT /items/12345/parts/abc").unwrap();
+        assert_eq!(
+            (r.method, r.path.as_str(), r.truncated),
+            ("PUT", "/items/12345/parts/abc", true)
+        );
+        let r = request_start_prefix(b"GET /a HTTP/1.1\r\nHost: x").unwrap();
+        assert_eq!((r.path.as_str(), r.truncated), ("/a", false));
+        assert_eq!(request_start_prefix(b"FOO /x"), None);
+        assert_eq!(request_start_prefix(b"GET x"), None);
+        assert_eq!(request_start_prefix(b"GET /a\x00b"), None);
+        assert_eq!(request_start_prefix(b""), None);
+    }
 
     #[test]
     fn request_lines() {

@@ -1,6 +1,7 @@
-//! Turns decoded events into requests: one [`ServerRequest`] per served HTTP request, with
-//! its labels already in their exported, low-cardinality form except the route, which the
-//! metrics stage caps per service.
+//! Turns decoded events into requests: one [`ServerRequest`] per served HTTP request and one
+//! [`ClientRequest`] per HTTP call made, with their labels already in their exported,
+//! low-cardinality form except the route and the peer, which the metrics stage caps per
+//! service.
 
 pub mod http1;
 
@@ -31,6 +32,28 @@ impl ServerRequest {
     }
 }
 
+/// One HTTP call a watched process made (client side).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientRequest {
+    pub method: &'static str,
+    pub status: u16,
+    /// The server's IP address as connected to (no DNS name is seen on the socket), and port;
+    /// `None` for a connection whose peer the agent never learned.
+    pub server: Option<std::net::SocketAddr>,
+    pub duration: Duration,
+}
+
+impl ClientRequest {
+    pub fn from_exchange(e: &http1::Exchange) -> Self {
+        Self {
+            method: e.method,
+            status: e.status,
+            server: e.peer,
+            duration: Duration::from_nanos(e.end_ns.saturating_sub(e.start_ns)),
+        }
+    }
+}
+
 /// The route of a path; a path whose tail was cut loses its last (partial) segment to `*`.
 fn collapse_truncated(path: &str, truncated: bool) -> String {
     let mut route = collapse_path(path);
@@ -49,6 +72,8 @@ mod tests {
 
     fn exchange(path: &str, truncated: bool) -> http1::Exchange {
         http1::Exchange {
+            role: http1::Role::Server,
+            peer: None,
             method: "GET",
             path: path.to_owned(),
             truncated,

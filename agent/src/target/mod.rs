@@ -4,6 +4,7 @@
 pub mod go_mux;
 pub mod memory;
 pub mod process;
+pub mod sockets;
 
 pub use process::{BinaryId, Process, ProcessError};
 
