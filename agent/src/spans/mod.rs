@@ -4,6 +4,7 @@
 //! service.
 
 pub mod http1;
+pub mod trace;
 
 use std::time::Duration;
 
