@@ -23,6 +23,8 @@ use crate::{
     protocols::go_mux::{Pattern, PatternSet},
     spans::{
         http1::{Connections, Dropped, Exchange, Role},
+        trace::{Resource, SpanSink},
+        tracer::Tracer,
         ClientRequest, ServerRequest,
     },
     symbols::{
@@ -121,6 +123,8 @@ impl Routes {
 
 struct Watched {
     process: Process,
+    /// What its spans say of it (OpenTelemetry resource).
+    resource: Arc<Resource>,
     /// Its `obs_agent_target_info` and `obs_agent_target_module_info` series, removed at exit.
     target: TargetLabels,
     modules: Vec<ModuleLabels>,
@@ -138,6 +142,10 @@ pub struct Agent {
     /// Processes looked at and not watched, by (pid, start time), so rescans skip them.
     passed_over: Mutex<HashSet<(u32, u64)>>,
     kernel_stats_seen: Mutex<[u64; STAT_COUNT as usize]>,
+    /// Span identities and links, and where finished spans go (none: no spans are made).
+    tracer: Mutex<Tracer>,
+    span_sink: Mutex<Option<Arc<dyn SpanSink>>>,
+    host_name: String,
 }
 
 impl Agent {
@@ -150,7 +158,19 @@ impl Agent {
             binaries: Mutex::new(HashMap::new()),
             passed_over: Mutex::new(HashSet::new()),
             kernel_stats_seen: Mutex::new([0; STAT_COUNT as usize]),
+            tracer: Mutex::new(Tracer::new(1.0)),
+            span_sink: Mutex::new(None),
+            host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
         }
+    }
+
+    /// Makes spans of every request from now on, sampling new traces with `sample_ratio`
+    /// (0.0–1.0; requests continuing a trace follow its decision), and sends them to `sink`.
+    pub fn enable_tracing(&self, sink: Arc<dyn SpanSink>, sample_ratio: f64) {
+        *lock(&self.tracer) = Tracer::new(sample_ratio);
+        *lock(&self.span_sink) = Some(sink);
     }
 
     /// Starts watching `pid`. Binary analysis is cached per (device, inode).
@@ -216,9 +236,17 @@ impl Agent {
                 .get_or_create(m)
                 .set(1);
         }
+        let resource = Arc::new(Resource {
+            service_name: process.service_name.clone(),
+            instance_id: format!("{}:{}:{}", self.host_name, pid, process.start_time),
+            pid,
+            executable_name: process.exe_name(),
+            host_name: self.host_name.clone(),
+        });
         lock(&self.watched).insert(
             pid,
             Watched {
+                resource,
                 process,
                 target,
                 modules,
@@ -384,6 +412,11 @@ impl Agent {
                     w.connections
                         .add_socket(c.fd, Some(Role::Client), peer_address(&c))
                 }
+                nr::GETSOCKNAME => {
+                    if let Some(local) = peer_address(&c) {
+                        w.connections.set_local(c.fd, local);
+                    }
+                }
                 nr::CLOSE => {
                     if let Some(d) = w.connections.close(c.fd) {
                         self.count_dropped(d);
@@ -398,17 +431,38 @@ impl Agent {
                 } else {
                     w.connections.egress(d.fd, d.ts_ns, data, d.captured_all())
                 };
+                let sink = lock(&self.span_sink).clone();
+                if let (Some(started), Some(_)) = (w.connections.take_started(), &sink) {
+                    let parent = match started.role {
+                        Role::Client => w.connections.sole_server_span(),
+                        Role::Server => None,
+                    };
+                    let ctx = lock(&self.tracer).start(&started, parent);
+                    w.connections.set_span(started.fd, ctx);
+                }
                 match exchange {
                     Ok(Some(e)) if e.role == Role::Server => {
                         let route = w.routes.route(&e);
                         let request = ServerRequest::from_exchange(&e, route);
                         self.metrics
                             .record_server_request(&w.process.service_name, &request);
+                        if let Some(sink) = &sink {
+                            let span =
+                                lock(&self.tracer).finish(&e, Some(&request.route), &w.resource);
+                            if let Some(span) = span {
+                                sink.submit(span);
+                            }
+                        }
                     }
                     Ok(Some(e)) => {
                         let request = ClientRequest::from_exchange(&e);
                         self.metrics
                             .record_client_request(&w.process.service_name, &request);
+                        if let Some(sink) = &sink {
+                            if let Some(span) = lock(&self.tracer).finish(&e, None, &w.resource) {
+                                sink.submit(span);
+                            }
+                        }
                     }
                     Err(dropped) => self.count_dropped(dropped),
                     Ok(None) => {}

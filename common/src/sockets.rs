@@ -17,6 +17,7 @@ pub mod nr {
     pub const WRITEV: u64 = 20;
     pub const SENDFILE: u64 = 40;
     pub const CONNECT: u64 = 42;
+    pub const GETSOCKNAME: u64 = 51;
     pub const ACCEPT: u64 = 43;
     pub const SENDTO: u64 = 44;
     pub const RECVFROM: u64 = 45;

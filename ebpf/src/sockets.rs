@@ -51,6 +51,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             | nr::SENDMSG
             | nr::RECVMSG
             | nr::ACCEPT4
+            | nr::GETSOCKNAME
     ) {
         return 0;
     }
@@ -69,6 +70,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         // The kernel wrote the peer's address to rsi (if the caller asked for it).
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => conn(tgid, syscall, ret as u32, ret, regs.rsi),
         nr::CONNECT => conn(tgid, syscall, regs.rdi as u32, ret, regs.rsi),
+        // The socket's own address (Go asks right after connect and accept): the local end
+        // that links a client span to the server span of the same connection.
+        nr::GETSOCKNAME if ret == 0 => conn(tgid, syscall, regs.rdi as u32, ret, regs.rsi),
         _ => {}
     }
     0

@@ -137,6 +137,78 @@ pub struct RequestStart {
     pub path: String,
     /// The request line was longer than what was captured: `path` is its beginning.
     pub truncated: bool,
+    /// A valid W3C `traceparent` header among the headers captured with the request line.
+    pub traceparent: Option<TraceParent>,
+}
+
+/// A W3C trace context `traceparent` header: `00-<trace id>-<parent span id>-<flags>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub parent_id: [u8; 8],
+    pub sampled: bool,
+}
+
+impl TraceParent {
+    /// Parses a header value; invalid values (wrong lengths, non-hex, all-zero ids, version
+    /// ff) are ignored, as the W3C spec says.
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        let value = value.trim_ascii();
+        let mut parts = value.split(|&b| b == b'-');
+        let version = parts.next()?;
+        let trace = parts.next()?;
+        let parent = parts.next()?;
+        let flags = parts.next()?;
+        // Version 00 has exactly four fields; later versions may append more.
+        if version.len() != 2 || version == b"ff" || (version == b"00" && parts.next().is_some()) {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        let mut parent_id = [0u8; 8];
+        let mut flag = [0u8; 1];
+        decode_hex(trace, &mut trace_id)?;
+        decode_hex(parent, &mut parent_id)?;
+        decode_hex(flags, &mut flag)?;
+        decode_hex(version, &mut [0u8; 1])?;
+        if trace_id == [0; 16] || parent_id == [0; 8] {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            parent_id,
+            sampled: flag[0] & 1 == 1,
+        })
+    }
+}
+
+/// Lowercase hex only, exactly `out.len() * 2` digits.
+fn decode_hex(s: &[u8], out: &mut [u8]) -> Option<()> {
+    if s.len() != out.len() * 2 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    for (o, pair) in out.iter_mut().zip(s.chunks(2)) {
+        *o = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(())
+}
+
+/// The `traceparent` header among the complete header lines of a captured request head.
+fn find_traceparent(head: &[u8]) -> Option<TraceParent> {
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        // The last piece may be cut by the capture: only whole lines count.
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .filter(|line| line.ends_with(b"\r"))
+        .find_map(|line| {
+            let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+            name.eq_ignore_ascii_case(b"traceparent")
+                .then(|| TraceParent::parse(&value[1..]))?
+        })
 }
 
 /// What the start of some bytes a server read is.
@@ -168,6 +240,7 @@ pub fn classify_request(data: &[u8]) -> RequestParse {
             method: normalize_method(method.as_bytes()),
             path: path.to_owned(),
             truncated: false,
+            traceparent: find_traceparent(data),
         });
     }
     if let Some(start) = truncated_request_line(data) {
@@ -222,6 +295,7 @@ fn request_line_head(data: &[u8]) -> Option<RequestStart> {
         method,
         path: String::from_utf8_lossy(path).into_owned(),
         truncated: true,
+        traceparent: None,
     })
 }
 
@@ -238,6 +312,41 @@ pub fn parse_status(data: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod wire_tests {
     use super::*;
+
+    #[test]
+    fn traceparent_headers() {
+        let tp = TraceParent::parse(b" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .unwrap();
+        assert_eq!(tp.trace_id[..2], [0x4b, 0xf9]);
+        assert_eq!(tp.parent_id[7], 0xb7);
+        assert!(tp.sampled);
+        let bad: [&[u8]; 7] = [
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            b"",
+        ];
+        for b in bad {
+            assert_eq!(
+                TraceParent::parse(b),
+                None,
+                "{}",
+                String::from_utf8_lossy(b)
+            );
+        }
+        let head = b"GET /a HTTP/1.1\r\nHost: x\r\nTraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00\r\nAccept: */*\r\n\r\n";
+        let r = parse_request_start(head).unwrap();
+        assert_eq!(r.traceparent.map(|t| t.sampled), Some(false));
+        // Cut by the capture in the middle of the header: not taken.
+        let cut = &head[..60];
+        assert_eq!(parse_request_start(cut).unwrap().traceparent, None);
+        // In the body, not the headers: not taken.
+        let body = b"POST /a HTTP/1.1\r\nHost: x\r\n\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n";
+        assert_eq!(parse_request_start(body).unwrap().traceparent, None);
+    }
 
     #[test]
     fn request_starts_cut_by_the_capture() {

@@ -12,8 +12,29 @@ use std::{
 };
 
 use crate::protocols::http::{
-    classify_request, parse_status, request_start_prefix, RequestParse, RequestStart,
+    classify_request, parse_status, request_start_prefix, RequestParse, RequestStart, TraceParent,
 };
+
+use super::trace::{SpanId, TraceId};
+
+/// A span's identity, given when its request starts (children made while it runs need it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_id: Option<SpanId>,
+    pub sampled: bool,
+}
+
+/// A request that just started on a connection: what a span needs to be given its identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Started {
+    pub fd: u32,
+    pub role: Role,
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub traceparent: Option<TraceParent>,
+}
 
 pub const MAX_PENDING: usize = 64;
 pub const MAX_CONNECTIONS: usize = 65_536;
@@ -23,6 +44,7 @@ pub const MAX_CONNECTIONS: usize = 65_536;
 struct Pending {
     request: RequestStart,
     start_ns: u64,
+    span: Option<SpanContext>,
 }
 
 /// Which end of the connection the watched process is.
@@ -37,6 +59,8 @@ struct Socket {
     /// `None` until known (a socket found open at attach).
     role: Option<Role>,
     peer: Option<SocketAddr>,
+    /// This end's address (from getsockname), when seen.
+    local: Option<SocketAddr>,
 }
 
 #[derive(Default, Debug)]
@@ -54,6 +78,10 @@ pub struct Exchange {
     pub role: Role,
     /// The other end: the client of a server connection, the server of a client connection.
     pub peer: Option<SocketAddr>,
+    /// This end's address, when known.
+    pub local: Option<SocketAddr>,
+    /// The span identity given when the request started.
+    pub span: Option<SpanContext>,
     pub method: &'static str,
     pub path: String,
     pub truncated: bool,
@@ -80,6 +108,8 @@ pub enum Dropped {
 pub struct Connections {
     sockets: HashMap<u32, Socket>,
     connections: HashMap<u32, Connection>,
+    /// The request started by the last call, until taken (`take_started`).
+    started: Option<Started>,
 }
 
 impl Connections {
@@ -88,8 +118,58 @@ impl Connections {
     /// a new connection starts afresh.
     pub fn add_socket(&mut self, fd: u32, role: Option<Role>, peer: Option<SocketAddr>) {
         if self.sockets.len() < MAX_CONNECTIONS || self.sockets.contains_key(&fd) {
-            self.sockets.insert(fd, Socket { role, peer });
+            self.sockets.insert(
+                fd,
+                Socket {
+                    role,
+                    peer,
+                    local: None,
+                },
+            );
             self.connections.remove(&fd);
+        }
+    }
+
+    /// The socket's own address, from getsockname.
+    pub fn set_local(&mut self, fd: u32, local: SocketAddr) {
+        if let Some(s) = self.sockets.get_mut(&fd) {
+            s.local = Some(local);
+        }
+    }
+
+    /// The request the last `ingress`/`egress` call started, if any: give it its span
+    /// identity with `set_span`.
+    pub fn take_started(&mut self) -> Option<Started> {
+        self.started.take()
+    }
+
+    /// Gives the newest request waiting on `fd` its span identity.
+    pub fn set_span(&mut self, fd: u32, span: SpanContext) {
+        if let Some(p) = self
+            .connections
+            .get_mut(&fd)
+            .and_then(|c| c.pending.back_mut())
+        {
+            p.span = Some(span);
+        }
+    }
+
+    /// The span of the server request in flight, if exactly one is: the parent of the calls
+    /// the process makes meanwhile. With several in flight the caller cannot be told apart
+    /// from socket data alone.
+    pub fn sole_server_span(&self) -> Option<SpanContext> {
+        let mut spans = self
+            .connections
+            .iter()
+            .filter(|(fd, _)| {
+                self.sockets
+                    .get(fd)
+                    .is_some_and(|s| s.role == Some(Role::Server))
+            })
+            .flat_map(|(_, c)| c.pending.iter());
+        match (spans.next(), spans.next()) {
+            (Some(p), None) => p.span,
+            _ => None,
         }
     }
 
@@ -122,6 +202,7 @@ impl Connections {
             Socket {
                 role: Some(Role::Client),
                 peer,
+                ..
             } => self.response(fd, ts_ns, data, Role::Client, peer),
             Socket { role: None, .. } => Ok(None),
         }
@@ -145,6 +226,7 @@ impl Connections {
             Socket {
                 role: Some(Role::Server),
                 peer,
+                ..
             } => self.response(fd, ts_ns, data, Role::Server, peer),
             Socket {
                 role: Some(Role::Client),
@@ -209,7 +291,19 @@ impl Connections {
             if conn.pending.len() >= MAX_PENDING {
                 return Err(Dropped::Overflow);
             }
-            conn.pending.push_back(Pending { request, start_ns });
+            let socket = self.sockets.get(&fd).copied().unwrap_or_default();
+            self.started = Some(Started {
+                fd,
+                role,
+                peer: socket.peer,
+                local: socket.local,
+                traceparent: request.traceparent,
+            });
+            conn.pending.push_back(Pending {
+                request,
+                start_ns,
+                span: None,
+            });
         }
         Ok(())
     }
@@ -223,6 +317,7 @@ impl Connections {
         role: Role,
         peer: Option<SocketAddr>,
     ) -> Result<Option<Exchange>, Dropped> {
+        let local = self.sockets.get(&fd).and_then(|s| s.local);
         let Some(status) = parse_status(data) else {
             // The rest of a response (body bytes), or not HTTP.
             return Ok(None);
@@ -238,6 +333,8 @@ impl Connections {
         Ok(Some(Exchange {
             role,
             peer,
+            local,
+            span: pending.span,
             method: pending.request.method,
             path: pending.request.path,
             truncated: pending.request.truncated,

@@ -5,6 +5,7 @@
 
 pub mod http1;
 pub mod trace;
+pub mod tracer;
 
 use std::time::Duration;
 
@@ -75,6 +76,8 @@ mod tests {
         http1::Exchange {
             role: http1::Role::Server,
             peer: None,
+            local: None,
+            span: None,
             method: "GET",
             path: path.to_owned(),
             truncated,

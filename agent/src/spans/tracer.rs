@@ -1,0 +1,351 @@
+//! Span identities and links: which trace a request belongs to and who its parent is.
+//!
+//! - A server request carrying a W3C `traceparent` continues that trace.
+//! - Otherwise, a server request on a connection whose client end is a request in flight from
+//!   another watched process on this machine (same pair of addresses) is that client span's
+//!   child: the agent sees both ends, and writes nothing into either process.
+//! - A client request made while exactly one server request is in flight in the process is
+//!   that request's child. With several in flight, socket data alone cannot tell which
+//!   handler made the call; the call then starts its own trace (a goroutine-aware link is a
+//!   later step).
+//! - Anything else starts a new trace, sampled with the configured ratio; children inherit
+//!   their parent's decision.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+
+use super::{
+    http1::{Exchange, Role, SpanContext, Started},
+    trace::{Resource, Span, SpanKind, Value},
+};
+use crate::protocols::http::collapse_path;
+
+/// Client requests in flight remembered for linking, at most (oldest forgotten first).
+pub const MAX_CLIENT_LINKS: usize = 65_536;
+
+pub struct Tracer {
+    rng: SmallRng,
+    sample_ratio: f64,
+    /// Wall clock minus the kernel's monotonic clock (event timestamps), in nanoseconds.
+    clock_offset_ns: i128,
+    /// Client requests in flight by (client address, server address).
+    client_links: HashMap<(SocketAddr, SocketAddr), SpanContext>,
+}
+
+impl Tracer {
+    pub fn new(sample_ratio: f64) -> Self {
+        Self {
+            rng: SmallRng::from_os_rng(),
+            sample_ratio: sample_ratio.clamp(0.0, 1.0),
+            clock_offset_ns: clock_offset_ns(),
+            client_links: HashMap::new(),
+        }
+    }
+
+    /// The identity of a request that just started. `parent` is the process's sole server
+    /// request in flight, for client requests.
+    pub fn start(&mut self, started: &Started, parent: Option<SpanContext>) -> SpanContext {
+        let span_id = self.span_id();
+        let ctx = match started.role {
+            Role::Server => {
+                if let Some(tp) = started.traceparent {
+                    SpanContext {
+                        trace_id: tp.trace_id,
+                        span_id,
+                        parent_id: Some(tp.parent_id),
+                        sampled: tp.sampled,
+                    }
+                } else if let Some(client) = self.client_at(started.peer, started.local) {
+                    SpanContext {
+                        trace_id: client.trace_id,
+                        span_id,
+                        parent_id: Some(client.span_id),
+                        sampled: client.sampled,
+                    }
+                } else {
+                    self.root(span_id)
+                }
+            }
+            Role::Client => match parent {
+                Some(p) => SpanContext {
+                    trace_id: p.trace_id,
+                    span_id,
+                    parent_id: Some(p.span_id),
+                    sampled: p.sampled,
+                },
+                None => self.root(span_id),
+            },
+        };
+        if started.role == Role::Client {
+            if let (Some(local), Some(peer)) = (started.local, started.peer) {
+                if self.client_links.len() >= MAX_CLIENT_LINKS {
+                    self.client_links.clear();
+                }
+                self.client_links.insert((local, peer), ctx);
+            }
+        }
+        ctx
+    }
+
+    /// The finished span of an exchange, if it was sampled. `route` is the server route
+    /// (pattern or collapsed path).
+    pub fn finish(
+        &mut self,
+        e: &Exchange,
+        route: Option<&str>,
+        resource: &Arc<Resource>,
+    ) -> Option<Span> {
+        if e.role == Role::Client {
+            if let (Some(local), Some(peer)) = (e.local, e.peer) {
+                self.client_links.remove(&(local, peer));
+            }
+        }
+        let ctx = e.span?;
+        if !ctx.sampled {
+            return None;
+        }
+        let path = e.path.split(['?', '#']).next().unwrap_or("").to_owned();
+        let mut attributes = vec![
+            ("http.request.method", Value::Str(e.method.to_owned())),
+            ("http.response.status_code", Value::Int(e.status.into())),
+            ("url.path", Value::Str(path)),
+            ("network.protocol.version", Value::Str("1.1".to_owned())),
+        ];
+        let (kind, name, error) = match e.role {
+            Role::Server => {
+                let route = route
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| collapse_path(&e.path));
+                attributes.push(("http.route", Value::Str(route.clone())));
+                push_addr(&mut attributes, "server", e.local);
+                push_addr(&mut attributes, "client", e.peer);
+                (
+                    SpanKind::Server,
+                    format!("{} {route}", e.method),
+                    e.status >= 500,
+                )
+            }
+            Role::Client => {
+                push_addr(&mut attributes, "server", e.peer);
+                (SpanKind::Client, e.method.to_owned(), e.status >= 400)
+            }
+        };
+        Some(Span {
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            parent_span_id: ctx.parent_id,
+            sampled: true,
+            kind,
+            name,
+            start_unix_nanos: self.wall(e.start_ns),
+            end_unix_nanos: self.wall(e.end_ns),
+            error,
+            attributes,
+            resource: resource.clone(),
+        })
+    }
+
+    fn client_at(
+        &self,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> Option<SpanContext> {
+        self.client_links.get(&(peer?, local?)).copied()
+    }
+
+    fn root(&mut self, span_id: [u8; 8]) -> SpanContext {
+        let mut trace_id = [0u8; 16];
+        while trace_id == [0; 16] {
+            self.rng.fill(&mut trace_id);
+        }
+        SpanContext {
+            trace_id,
+            span_id,
+            parent_id: None,
+            sampled: self.sample_ratio >= 1.0 || self.rng.random::<f64>() < self.sample_ratio,
+        }
+    }
+
+    fn span_id(&mut self) -> [u8; 8] {
+        let mut id = [0u8; 8];
+        while id == [0; 8] {
+            self.rng.fill(&mut id);
+        }
+        id
+    }
+
+    fn wall(&self, monotonic_ns: u64) -> u64 {
+        u64::try_from(i128::from(monotonic_ns) + self.clock_offset_ns).unwrap_or(0)
+    }
+}
+
+fn push_addr(attrs: &mut Vec<(&'static str, Value)>, side: &str, addr: Option<SocketAddr>) {
+    let Some(addr) = addr else { return };
+    let (address, port) = match side {
+        "server" => ("server.address", "server.port"),
+        _ => ("client.address", "client.port"),
+    };
+    attrs.push((address, Value::Str(addr.ip().to_string())));
+    attrs.push((port, Value::Int(addr.port().into())));
+}
+
+/// CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns), read back to back.
+fn clock_offset_ns() -> i128 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec we own.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    let mono = read(libc::CLOCK_MONOTONIC);
+    let real = read(libc::CLOCK_REALTIME);
+    real - mono
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::http::TraceParent;
+
+    fn resource() -> Arc<Resource> {
+        Arc::new(Resource {
+            service_name: "svc".into(),
+            instance_id: "h:1:2".into(),
+            pid: 1,
+            executable_name: "svc".into(),
+            host_name: "h".into(),
+        })
+    }
+
+    fn started(role: Role, local: &str, peer: &str) -> Started {
+        Started {
+            fd: 3,
+            role,
+            peer: Some(peer.parse().unwrap()),
+            local: Some(local.parse().unwrap()),
+            traceparent: None,
+        }
+    }
+
+    fn exchange(role: Role, span: SpanContext, local: &str, peer: &str, status: u16) -> Exchange {
+        Exchange {
+            role,
+            peer: Some(peer.parse().unwrap()),
+            local: Some(local.parse().unwrap()),
+            span: Some(span),
+            method: "GET",
+            path: "/items/42?x=1".into(),
+            truncated: false,
+            status,
+            start_ns: 1_000,
+            end_ns: 2_000,
+        }
+    }
+
+    #[test]
+    fn traceparent_is_continued() {
+        let mut t = Tracer::new(1.0);
+        let mut s = started(Role::Server, "127.0.0.1:80", "127.0.0.1:5000");
+        s.traceparent = Some(TraceParent {
+            trace_id: [7; 16],
+            parent_id: [9; 8],
+            sampled: false,
+        });
+        let ctx = t.start(&s, None);
+        assert_eq!(
+            (ctx.trace_id, ctx.parent_id, ctx.sampled),
+            ([7; 16], Some([9; 8]), false)
+        );
+        // Not sampled upstream: not exported.
+        let e = exchange(Role::Server, ctx, "127.0.0.1:80", "127.0.0.1:5000", 200);
+        assert_eq!(t.finish(&e, None, &resource()), None);
+    }
+
+    #[test]
+    fn server_span_is_the_child_of_the_client_span_of_its_connection() {
+        let mut t = Tracer::new(1.0);
+        let root = t.start(
+            &started(Role::Server, "127.0.0.1:80", "127.0.0.1:5000"),
+            None,
+        );
+        assert_eq!(root.parent_id, None);
+        // The handler calls another service from 127.0.0.1:6000 to 127.0.0.1:81.
+        let call = t.start(
+            &started(Role::Client, "127.0.0.1:6000", "127.0.0.1:81"),
+            Some(root),
+        );
+        assert_eq!(
+            (call.trace_id, call.parent_id),
+            (root.trace_id, Some(root.span_id))
+        );
+        // The other process serves it: same connection, seen from the other end.
+        let served = t.start(
+            &started(Role::Server, "127.0.0.1:81", "127.0.0.1:6000"),
+            None,
+        );
+        assert_eq!(
+            (served.trace_id, served.parent_id),
+            (root.trace_id, Some(call.span_id))
+        );
+        let server_span = t
+            .finish(
+                &exchange(Role::Server, served, "127.0.0.1:81", "127.0.0.1:6000", 503),
+                Some("/items/{id}"),
+                &resource(),
+            )
+            .unwrap();
+        assert_eq!(server_span.name, "GET /items/{id}");
+        assert!(server_span.error);
+        assert_eq!(
+            server_span.attribute("client.port"),
+            Some(&Value::Int(6000))
+        );
+        assert_eq!(
+            server_span.attribute("url.path"),
+            Some(&Value::Str("/items/42".into()))
+        );
+        assert_eq!(
+            server_span.end_unix_nanos - server_span.start_unix_nanos,
+            1_000
+        );
+        // Once the call is answered the link is forgotten.
+        let client_span = t
+            .finish(
+                &exchange(Role::Client, call, "127.0.0.1:6000", "127.0.0.1:81", 404),
+                None,
+                &resource(),
+            )
+            .unwrap();
+        assert_eq!(
+            (client_span.kind, client_span.error),
+            (SpanKind::Client, true)
+        );
+        let again = t.start(
+            &started(Role::Server, "127.0.0.1:81", "127.0.0.1:6000"),
+            None,
+        );
+        assert_eq!(again.parent_id, None);
+    }
+
+    #[test]
+    fn sampling_ratio_applies_to_roots() {
+        let mut never = Tracer::new(0.0);
+        let ctx = never.start(&started(Role::Server, "127.0.0.1:80", "127.0.0.1:1"), None);
+        assert!(!ctx.sampled);
+        let child = never.start(
+            &started(Role::Client, "127.0.0.1:2", "127.0.0.1:3"),
+            Some(ctx),
+        );
+        assert!(!child.sampled);
+        let mut always = Tracer::new(1.0);
+        assert!(
+            always
+                .start(&started(Role::Server, "127.0.0.1:80", "127.0.0.1:1"), None)
+                .sampled
+        );
+    }
+}
