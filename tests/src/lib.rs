@@ -268,6 +268,11 @@ impl GoServer {
 
     /// Starts a built test app (see `go_build`).
     pub fn start_bin(bin: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(bin, &[], env)
+    }
+
+    /// Starts a built test app with extra arguments.
+    pub fn start_with_args(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let app = bin
             .file_name()
             .unwrap_or_default()
@@ -278,6 +283,7 @@ impl GoServer {
         let child = Command::new(bin)
             .args(["-addr", "127.0.0.1:0", "-port-file"])
             .arg(&port_file)
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
