@@ -11,6 +11,7 @@ mod bench;
 mod build;
 mod go;
 mod go_offsets;
+mod manifest_tools;
 mod setup;
 mod test;
 mod tools;

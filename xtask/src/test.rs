@@ -2,14 +2,17 @@
 //! table, runs every test (unit tests and the privileged integration tests in tests/) with the
 //! tools' paths in the environment.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result};
 
 use crate::{
     build::{build, ebpf_object_env},
     go::{self, toolchains_env, Toolchain},
-    go_offsets,
+    go_offsets, manifest_tools,
     tools::{apt_install, run, workspace_root},
 };
 
@@ -23,6 +26,8 @@ pub struct TestArgs {
 pub struct TestTools {
     /// Every supported Go release, oldest first.
     pub toolchains: Vec<Toolchain>,
+    /// yamllint and kubernetes-validate (`bin/`), with this folder as their PYTHONPATH.
+    pub manifest_tools: PathBuf,
 }
 
 impl TestTools {
@@ -41,7 +46,9 @@ impl TestTools {
 }
 
 /// Installs every supported Go release, Prometheus + promtool, wrk, curl, objcopy (to strip
-/// test binaries), gcc (cgo builds), setpriv (to run the agent without root) and bpftool.
+/// test binaries), gcc (cgo builds), setpriv and unshare (to run the agent without root or with
+/// only the deployment's capabilities), bpftool, and the manifest checkers (yamllint,
+/// kubernetes-validate).
 pub fn install_test_tools() -> Result<TestTools> {
     apt_install(
         &[
@@ -63,11 +70,13 @@ pub fn install_test_tools() -> Result<TestTools> {
             "objcopy",
             "gcc",
             "setpriv",
+            "unshare",
             "bpftool",
         ],
     )?;
     Ok(TestTools {
         toolchains: go::install_all()?,
+        manifest_tools: manifest_tools::install()?,
     })
 }
 
@@ -98,6 +107,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         .env("OBS_GO_TOOLCHAINS", toolchains_env(&tools.toolchains))
         .env("OBS_GO_OLD", tools.go("1.19")?)
         .env("OBS_GO_123", tools.go("1.23")?)
+        .env("OBS_MANIFEST_TOOLS", &tools.manifest_tools)
         .env(
             "OBS_GO_NEW",
             &tools.toolchains.last().context("no Go toolchain")?.go,
