@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use obs_agent::{
     cli::{Args, Command, InspectArgs},
-    events, export, inspect,
+    events,
+    export::{self, traces::TraceConfig},
+    inspect,
     metrics::Metrics,
     probes::{error_chain, Probes},
     runtime::Agent,
@@ -62,6 +64,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Selection::Pids(args.pids.clone())
     };
     let metrics = Arc::new(Metrics::new(args.max_routes));
+    let mut trace_config = TraceConfig::from_flags_and_env(
+        args.otlp_endpoint.as_deref(),
+        args.otlp_protocol.as_deref(),
+        |name| std::env::var(name).ok(),
+    )?;
+    trace_config.store_max_spans = args.max_stored_spans;
+    let traces = export::traces::start(&trace_config, &metrics.agent)?;
+    // The span builder's sink: hand `traces.sink()` to whoever assembles spans.
+    let _span_sink = traces.sink();
     let agent = Arc::new(Agent::new(probes, metrics, selection.clone()));
 
     match &selection {
@@ -100,7 +111,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = tokio::task::spawn_blocking(move || a.reconcile()).await;
         }
     });
-    let server = export::serve(args.listen, agent.clone());
+    let server = export::serve(args.listen, agent.clone(), traces.store.clone());
 
     tokio::select! {
         r = server => r.with_context(|| format!("serving metrics on {}", args.listen))?,
