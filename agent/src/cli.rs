@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
-    /// Address to serve /metrics and /healthz on. Example: --listen 0.0.0.0:9464
+    /// Address to serve /metrics, /traces and /healthz on. Example: --listen 0.0.0.0:9464
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
 

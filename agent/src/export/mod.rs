@@ -161,3 +161,92 @@ fn with_trace(
             .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{to_bytes, Body};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::spans::trace::{Resource, Span, SpanKind};
+
+    fn store() -> Arc<TraceStore> {
+        let store = Arc::new(TraceStore::new(100));
+        let resource = Arc::new(Resource {
+            service_name: "front".into(),
+            instance_id: "h-1-1".into(),
+            pid: 1,
+            executable_name: "front".into(),
+            host_name: "h".into(),
+        });
+        for (trace, ms) in [(1u8, 5u64), (2, 50)] {
+            store.insert(Span {
+                trace_id: [trace; 16],
+                span_id: [trace; 8],
+                parent_span_id: None,
+                sampled: true,
+                kind: SpanKind::Server,
+                name: "GET /".into(),
+                start_unix_nanos: u64::from(trace) * 1_000_000_000,
+                end_unix_nanos: u64::from(trace) * 1_000_000_000 + ms * 1_000_000,
+                error: false,
+                attributes: vec![],
+                resource: resource.clone(),
+            });
+        }
+        store
+    }
+
+    async fn get(uri: &str) -> (StatusCode, String) {
+        let response = trace_router(store())
+            .oneshot(axum::http::Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn lists_newest_first_with_filters() {
+        let (status, body) = get("/traces").await;
+        assert_eq!(status, StatusCode::OK);
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(list[0]["trace_id"], "02020202020202020202020202020202");
+        assert_eq!(list.as_array().unwrap().len(), 2);
+        let (_, body) = get("/traces?min_duration_ms=10").await;
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        let (_, body) = get("/traces?limit=1").await;
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_trace_as_json_or_tree() {
+        let id = "01010101010101010101010101010101";
+        let (status, body) = get(&format!("/traces/{id}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let trace: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(trace["spans"][0]["span_id"], "0101010101010101");
+        let tree = format!("trace {id}: 1 span, 5.000 ms\nfront GET / 5.000 ms OK\n");
+        assert_eq!(
+            get(&format!("/traces/{id}/tree")).await,
+            (StatusCode::OK, tree.clone())
+        );
+        assert_eq!(
+            get(&format!("/traces/{}?format=text", id.to_uppercase())).await,
+            (StatusCode::OK, tree)
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_and_malformed_ids() {
+        let (status, body) = get("/traces/0303030303030303030303030303030f").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.starts_with("no trace 0303030303030303030303030303030f in memory"));
+        let (status, body) = get("/traces/xyz/tree").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body, "\"xyz\" is not a trace id: expected 32 hex digits\n");
+    }
+}
