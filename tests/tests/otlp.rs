@@ -11,7 +11,12 @@ use std::{
     time::Duration,
 };
 
-use axum::{body::Bytes, http::header, routing::post, Router};
+use axum::{
+    body::Bytes,
+    http::{header, HeaderMap},
+    routing::post,
+    Router,
+};
 use obs_agent::{
     export::{
         otlp::Protocol,
@@ -39,6 +44,8 @@ type Requests = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
 /// An OTLP receiver in this process, keeping every request it gets.
 struct Receiver {
     requests: Requests,
+    /// Values of the `x-obs-test` header (HTTP receiver).
+    test_headers: Arc<Mutex<Vec<String>>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -82,6 +89,7 @@ impl Receiver {
         });
         Self {
             requests,
+            test_headers: Arc::default(),
             stop: Some(stop),
             task,
         }
@@ -91,12 +99,19 @@ impl Receiver {
         let requests = Requests::default();
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let kept = requests.clone();
+        let test_headers: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (kept, kept_headers) = (requests.clone(), test_headers.clone());
         let app = Router::new().route(
             "/v1/traces",
-            post(move |body: Bytes| async move {
+            post(move |headers: HeaderMap, body: Bytes| async move {
                 let request = ExportTraceServiceRequest::decode(body).unwrap();
                 kept.lock().unwrap().push(request);
+                if let Some(v) = headers.get("x-obs-test") {
+                    kept_headers
+                        .lock()
+                        .unwrap()
+                        .push(v.to_str().unwrap().to_owned());
+                }
                 (
                     [(header::CONTENT_TYPE, "application/x-protobuf")],
                     ExportTraceServiceResponse::default().encode_to_vec(),
@@ -113,6 +128,7 @@ impl Receiver {
         });
         Self {
             requests,
+            test_headers,
             stop: Some(stop),
             task,
         }
@@ -386,6 +402,47 @@ async fn grpc_export_keeps_ids_times_attributes_and_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_export_keeps_ids_times_attributes_and_resources() {
     in_test_receiver_gets_every_field(Protocol::HttpProtobuf).await;
+}
+
+/// Configured by the standard variables alone: endpoint, protocol and headers. (The other
+/// tests give their endpoint and protocol in code, which wins over these variables.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_variables_configure_the_exporter() {
+    let port = free_port();
+    let receiver = Receiver::http(port).await;
+    std::env::set_var(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        format!("http://127.0.0.1:{port}/v1/traces"),
+    );
+    std::env::set_var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf");
+    std::env::set_var("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-obs-test=from-env");
+    let cfg = TraceConfig {
+        batch_timeout: Duration::from_millis(100),
+        ..TraceConfig::from_flags_and_env(None, None, |name| std::env::var(name).ok()).unwrap()
+    };
+    assert_eq!(
+        cfg.otlp,
+        Some(OtlpConfig {
+            protocol: Protocol::HttpProtobuf,
+            endpoint: None
+        })
+    );
+    let metrics = SelfMetrics::default();
+    let traces = start(&cfg, &metrics).unwrap();
+    let sent = request_spans(5);
+    submit_all(&traces, &sent);
+    receiver
+        .wait_for_spans(sent.len(), Duration::from_secs(10))
+        .await;
+    assert!(receiver
+        .test_headers
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|h| h == "from-env"));
+    assert!(!receiver.test_headers.lock().unwrap().is_empty());
+    let requests = receiver.stop().await;
+    check_received(&sent, &requests.lock().unwrap());
 }
 
 /// rotel listening on OTLP gRPC and HTTP, forwarding to an in-test gRPC receiver.
