@@ -50,8 +50,12 @@ struct Receiver {
     task: JoinHandle<()>,
 }
 
+/// Keeps requests, answering each after `delay` (a slow collector).
 #[derive(Clone)]
-struct Collect(Requests);
+struct Collect {
+    requests: Requests,
+    delay: Duration,
+}
 
 #[tonic::async_trait]
 impl TraceService for Collect {
@@ -59,7 +63,8 @@ impl TraceService for Collect {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.lock().unwrap().push(request.into_inner());
+        sleep(self.delay).await;
+        self.requests.lock().unwrap().push(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -70,11 +75,18 @@ impl Receiver {
     }
 
     async fn grpc_into(port: u16, requests: Requests) -> Self {
+        Self::grpc_with(port, requests, Duration::ZERO).await
+    }
+
+    async fn grpc_with(port: u16, requests: Requests, delay: Duration) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         // Collectors forward gzip-compressed (rotel does).
-        let service = TraceServiceServer::new(Collect(requests.clone()))
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let service = TraceServiceServer::new(Collect {
+            requests: requests.clone(),
+            delay,
+        })
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -649,4 +661,62 @@ async fn collector_down_keeps_memory_bounded_and_counts_drops() {
         .map(|s| s.span_id.clone())
         .collect();
     assert!(ids.contains(&after[0].span_id.to_vec()));
+}
+
+/// A collector that takes 300 ms per request: the queue fills, stays at its bound, the excess
+/// is counted, and what was accepted is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_collector_keeps_the_queue_bounded() {
+    const QUEUE: usize = 128;
+    let port = free_port();
+    let receiver = Receiver::grpc_with(port, Requests::default(), Duration::from_millis(300)).await;
+    let metrics = SelfMetrics::default();
+    let cfg = TraceConfig {
+        queue_capacity: QUEUE,
+        max_batch: 32,
+        batch_timeout: Duration::from_millis(20),
+        ..config(Protocol::Grpc, format!("http://127.0.0.1:{port}"))
+    };
+    let traces = start(&cfg, &metrics).unwrap();
+    let mut submitted = 0u64;
+    let mut max_queued = 0;
+    for n in 0..2_000 {
+        for s in request_spans(n) {
+            traces.sink.submit(s);
+            submitted += 1;
+            max_queued = max_queued.max(traces.sink.queued());
+        }
+        if n % 100 == 0 {
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(max_queued <= QUEUE, "queue reached {max_queued}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let accounted = metrics.spans_exported.get()
+            + dropped(&metrics, DROPPED_QUEUE_FULL)
+            + dropped(&metrics, DROPPED_EXPORT_FAILED);
+        if accounted == submitted {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{accounted} of {submitted} spans exported or counted as dropped"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped(&metrics, DROPPED_QUEUE_FULL) > 0);
+    assert_eq!(dropped(&metrics, DROPPED_EXPORT_FAILED), 0);
+    let exported = metrics.spans_exported.get() as usize;
+    assert!(exported > 0);
+    let requests = receiver.stop().await;
+    let received: usize = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    assert_eq!(received, exported, "received what was counted as exported");
 }
