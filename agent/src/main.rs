@@ -118,6 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         r = reader => r.context("event reader stopped")?.context("reading events")?,
         _ = shutdown_signal() => log::info!("shutting down; detaching probes"),
     }
+    traces.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 

@@ -10,7 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::{
+    sync::{
+        mpsc::{self, error::TrySendError},
+        oneshot,
+    },
+    task::JoinHandle,
+};
 
 use super::{
     otlp::{OtlpExporter, Protocol},
@@ -140,11 +146,37 @@ pub trait BatchExporter: Send + 'static {
 pub struct Traces {
     pub sink: Arc<TraceSink>,
     pub store: Arc<TraceStore>,
+    export: Option<ExportTask>,
 }
 
 impl Traces {
     pub fn sink(&self) -> Arc<dyn SpanSink> {
         self.sink.clone()
+    }
+
+    /// At shutdown: stop taking spans for export (later ones count as `exporter_stopped`) and
+    /// send what is queued, waiting at most `timeout`.
+    pub async fn shutdown(self, timeout: Duration) {
+        if let Some(export) = self.export {
+            export.finish(timeout).await;
+        }
+    }
+}
+
+/// The batching task and the signal that makes it drain its queue and end.
+pub struct ExportTask {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl ExportTask {
+    pub async fn finish(self, timeout: Duration) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(timeout, &mut task).await.is_err() {
+            log::warn!("spans still queued for OTLP export after {timeout:?} are not sent");
+            task.abort();
+        }
     }
 }
 
@@ -152,7 +184,7 @@ impl Traces {
 /// Must run inside a tokio runtime.
 pub fn start(config: &TraceConfig, metrics: &SelfMetrics) -> Result<Traces, ConfigError> {
     let store = Arc::new(TraceStore::new(config.store_max_spans));
-    let queue = match &config.otlp {
+    let (queue, export) = match &config.otlp {
         Some(otlp) => {
             let exporter = OtlpExporter::new(otlp).map_err(ConfigError::Build)?;
             log::info!(
@@ -160,11 +192,12 @@ pub fn start(config: &TraceConfig, metrics: &SelfMetrics) -> Result<Traces, Conf
                 otlp.protocol,
                 exporter.endpoint_description()
             );
-            Some(spawn_export(config, metrics.clone(), exporter))
+            let (queue, export) = spawn_export(config, metrics.clone(), exporter);
+            (Some(queue), Some(export))
         }
         None => {
             log::info!("no OTLP collector configured: traces are kept in memory only (/traces)");
-            None
+            (None, None)
         }
     };
     Ok(Traces {
@@ -174,24 +207,27 @@ pub fn start(config: &TraceConfig, metrics: &SelfMetrics) -> Result<Traces, Conf
             metrics: metrics.clone(),
         }),
         store,
+        export,
     })
 }
 
-/// Starts the batching task for `exporter` and returns the sending side of its queue.
+/// Starts the batching task for `exporter`; returns the sending side of its queue.
 pub fn spawn_export<E: BatchExporter>(
     config: &TraceConfig,
     metrics: SelfMetrics,
     exporter: E,
-) -> mpsc::Sender<Span> {
+) -> (mpsc::Sender<Span>, ExportTask) {
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+    let (stop, stopped) = oneshot::channel();
     let batcher = Batcher {
         config: config.clone(),
         metrics,
         exporter,
         rx,
+        stop: Some(stopped),
     };
-    tokio::spawn(batcher.run());
-    tx
+    let task = tokio::spawn(batcher.run());
+    (tx, ExportTask { stop, task })
 }
 
 /// The [`SpanSink`]: never blocks, never grows past its bounds.
@@ -250,6 +286,8 @@ struct Batcher<E> {
     metrics: SelfMetrics,
     exporter: E,
     rx: mpsc::Receiver<Span>,
+    /// Fires at shutdown: the queue is closed, drained, and the task ends.
+    stop: Option<oneshot::Receiver<()>>,
 }
 
 impl<E: BatchExporter> Batcher<E> {
@@ -271,19 +309,35 @@ impl<E: BatchExporter> Batcher<E> {
     /// Waits for a first span, then collects more until the batch is full or its time is up.
     /// False once every sender is gone and the queue is empty.
     async fn fill(&mut self, batch: &mut Vec<Span>, max_batch: usize) -> bool {
-        if self.rx.recv_many(batch, max_batch).await == 0 {
+        if self.receive(batch, max_batch).await == 0 {
             return false;
         }
         let deadline = tokio::time::Instant::now() + self.config.batch_timeout;
         while batch.len() < max_batch {
             let wanted = max_batch - batch.len();
-            match tokio::time::timeout_at(deadline, self.rx.recv_many(batch, wanted)).await {
+            match tokio::time::timeout_at(deadline, self.receive(batch, wanted)).await {
                 Ok(0) => return false,
                 Ok(_) => {}
                 Err(_) => break,
             }
         }
         true
+    }
+
+    /// `recv_many`, and on the stop signal: close the queue so that what is in it is received
+    /// without waiting and then 0 says it is empty.
+    async fn receive(&mut self, batch: &mut Vec<Span>, wanted: usize) -> usize {
+        loop {
+            let Some(stop) = &mut self.stop else {
+                return self.rx.recv_many(batch, wanted).await;
+            };
+            tokio::select! {
+                n = self.rx.recv_many(batch, wanted) => return n,
+                _ = stop => {}
+            }
+            self.stop = None;
+            self.rx.close();
+        }
     }
 
     /// Exports the batch, one call per process (resource), each retried with backoff.
@@ -445,7 +499,7 @@ mod tests {
             max_attempts: 1000,
             ..config()
         };
-        let tx = spawn_export(&cfg, m.clone(), rec.clone());
+        let (tx, _export) = spawn_export(&cfg, m.clone(), rec.clone());
         let sink = TraceSink::new(Arc::new(TraceStore::new(100)), Some(tx), m.clone());
         let r = resource(1);
         for n in 0..100 {
@@ -468,7 +522,7 @@ mod tests {
     async fn batches_by_size_and_time_per_resource() {
         let m = metrics();
         let rec = Recorder::default();
-        let tx = spawn_export(&config(), m.clone(), rec.clone());
+        let (tx, _export) = spawn_export(&config(), m.clone(), rec.clone());
         let sink = TraceSink::new(Arc::new(TraceStore::new(100)), Some(tx), m.clone());
         let (a, b) = (resource(1), resource(2));
         for n in 0..4 {
@@ -494,7 +548,7 @@ mod tests {
         let m = metrics();
         let rec = Recorder::default();
         rec.down.store(true, Ordering::SeqCst);
-        let tx = spawn_export(&config(), m.clone(), rec.clone());
+        let (tx, _export) = spawn_export(&config(), m.clone(), rec.clone());
         let sink = TraceSink::new(Arc::new(TraceStore::new(100)), Some(tx), m.clone());
         let r = resource(1);
         for n in 0..4 {
@@ -510,11 +564,30 @@ mod tests {
         assert_eq!(m.spans_exported.get(), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_sends_what_is_queued_then_refuses() {
+        let m = metrics();
+        let rec = Recorder::default();
+        let (tx, export) = spawn_export(&config(), m.clone(), rec.clone());
+        let sink = TraceSink::new(Arc::new(TraceStore::new(100)), Some(tx), m.clone());
+        let r = resource(1);
+        for n in 0..6 {
+            sink.submit(span(n, &r));
+        }
+        let started = tokio::time::Instant::now();
+        export.finish(Duration::from_secs(5)).await;
+        // Sent at once, without waiting for a batch to fill or time out.
+        assert!(started.elapsed() < config().batch_timeout);
+        assert_eq!(m.spans_exported.get(), 6);
+        sink.submit(span(7, &r));
+        assert_eq!(dropped(&m, DROPPED_EXPORTER_STOPPED), 1);
+    }
+
     #[tokio::test]
     async fn unsampled_spans_are_neither_stored_nor_exported() {
         let m = metrics();
         let rec = Recorder::default();
-        let tx = spawn_export(&config(), m.clone(), rec.clone());
+        let (tx, _export) = spawn_export(&config(), m.clone(), rec.clone());
         let sink = TraceSink::new(Arc::new(TraceStore::new(100)), Some(tx), m.clone());
         let mut s = span(1, &resource(1));
         s.sampled = false;
