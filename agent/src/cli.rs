@@ -15,8 +15,13 @@ use clap::{Parser, Subcommand};
         sudo obs-agent                      # every Go process on this machine\n  \
         sudo obs-agent --pid 4242 --pid 4243\n  \
         sudo obs-agent --listen 0.0.0.0:9464 --log-level debug\n  \
+        sudo obs-agent --otlp-endpoint http://127.0.0.1:4317 --otlp-protocol grpc\n  \
         obs-agent inspect ./my-service      # what the agent makes of a binary (no root)\n\n\
-        Then: curl -s 127.0.0.1:9464/metrics",
+        Then: curl -s 127.0.0.1:9464/metrics\n      \
+        curl -s '127.0.0.1:9464/traces?min_duration_ms=100'   # recent slow traces\n      \
+        curl -s 127.0.0.1:9464/traces/TRACE_ID/tree           # one trace as a tree\n\n\
+        OTLP export also follows the standard variables: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, \
+        _PROTOCOL, _HEADERS, _TIMEOUT, _COMPRESSION, and OTEL_TRACES_EXPORTER=none.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Args {
@@ -29,7 +34,7 @@ pub struct Args {
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
-    /// Address to serve /metrics and /healthz on. Example: --listen 0.0.0.0:9464
+    /// Address to serve /metrics, /traces and /healthz on. Example: --listen 0.0.0.0:9464
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
 
@@ -47,6 +52,38 @@ pub struct Args {
     /// --rescan-ms 500
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub rescan_ms: u64,
+
+    /// Send sampled spans to this OTLP collector (a base URL: /v1/traces is added for
+    /// http/protobuf). Overrides OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; without any, traces stay in memory only (/traces).
+    /// Example: --otlp-endpoint http://127.0.0.1:4318
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: grpc or http/protobuf (the default, as OpenTelemetry specifies).
+    /// Overrides OTEL_EXPORTER_OTLP_TRACES_PROTOCOL and OTEL_EXPORTER_OTLP_PROTOCOL. Example:
+    /// --otlp-protocol grpc
+    #[arg(long, value_name = "PROTOCOL", value_parser = ["grpc", "http/protobuf"])]
+    pub otlp_protocol: Option<String>,
+
+    /// Most spans kept in memory for /traces; the least recently updated traces go first.
+    /// Example: --max-stored-spans 50000
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_stored_spans: usize,
+
+    /// Share of new traces kept (parent-based: a request continuing a trace follows the
+    /// caller's sampled flag), from 0.0 to 1.0. Example: --trace-sample-ratio 0.1
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = sample_ratio)]
+    pub trace_sample_ratio: f64,
+}
+
+fn sample_ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!("{r} is not between 0.0 and 1.0"))
+    }
 }
 
 #[derive(Clone, Debug, Subcommand)]

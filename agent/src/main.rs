@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use obs_agent::{
     cli::{Args, Command, InspectArgs},
-    events, export, inspect,
+    events,
+    export::{self, traces::TraceConfig},
+    inspect,
     metrics::Metrics,
     probes::{error_chain, Probes},
     runtime::Agent,
@@ -62,7 +64,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Selection::Pids(args.pids.clone())
     };
     let metrics = Arc::new(Metrics::new(args.max_routes));
+    let mut trace_config = TraceConfig::from_flags_and_env(
+        args.otlp_endpoint.as_deref(),
+        args.otlp_protocol.as_deref(),
+        |name| std::env::var(name).ok(),
+    )?;
+    trace_config.store_max_spans = args.max_stored_spans;
+    let traces = export::traces::start(&trace_config, &metrics.agent)?;
+    // The span builder's sink: hand `traces.sink()` to whoever assembles spans.
     let agent = Arc::new(Agent::new(probes, metrics, selection.clone()));
+    agent.enable_tracing(traces.sink(), args.trace_sample_ratio);
 
     match &selection {
         Selection::Pids(pids) => {
@@ -100,13 +111,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = tokio::task::spawn_blocking(move || a.reconcile()).await;
         }
     });
-    let server = export::serve(args.listen, agent.clone());
+    let server = export::serve(args.listen, agent.clone(), traces.store.clone());
 
     tokio::select! {
         r = server => r.with_context(|| format!("serving metrics on {}", args.listen))?,
         r = reader => r.context("event reader stopped")?.context("reading events")?,
         _ = shutdown_signal() => log::info!("shutting down; detaching probes"),
     }
+    traces.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 

@@ -1,28 +1,59 @@
-//! Ring-buffer records from arbitrary bytes, through the HTTP/1 pairing of socket data.
+//! Ring-buffer records from arbitrary bytes, through the HTTP/1 pairing of socket data on
+//! both ends of connections (server, client, and role unknown) and span building.
 #![no_main]
 use obs_agent::{
-    events::{decode, Event},
-    spans::{http1::ServerConnections, ServerRequest},
+    events::{decode, peer_address, Event},
+    spans::{
+        http1::{Connections, Role},
+        tracer::Tracer,
+        trace::Resource,
+        ClientRequest, ServerRequest,
+    },
 };
 use obs_common::sockets::DIR_INGRESS;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let mut conns = ServerConnections::default();
-    conns.add_socket(3);
+    let mut conns = Connections::default();
+    let mut tracer = Tracer::new(1.0);
+    let resource = std::sync::Arc::new(Resource {
+        service_name: "fuzz".into(),
+        instance_id: "fuzz".into(),
+        pid: 1,
+        executable_name: "fuzz".into(),
+        host_name: "fuzz".into(),
+    });
+    conns.add_socket(3, Some(Role::Server), None);
+    conns.add_socket(4, Some(Role::Client), None);
+    conns.add_socket(5, None, None);
     // The input is cut into record-sized chunks; most will not decode, some will.
     for chunk in data.chunks(320) {
-        let Ok(Event::SockData(d)) = decode(chunk) else {
-            continue;
+        let d = match decode(chunk) {
+            Ok(Event::SockData(d)) => d,
+            Ok(Event::SockConn(c)) => {
+                let _ = peer_address(&c);
+                continue;
+            }
+            _ => continue,
         };
-        let fd = d.fd % 4;
-        conns.add_socket(fd);
-        if d.direction == DIR_INGRESS {
-            let _ = conns.ingress(fd, d.ts_ns, d.prefix());
-        } else if let Ok(Some(e)) = conns.egress(fd, d.ts_ns, d.prefix()) {
+        let fd = 3 + d.fd % 3;
+        let exchange = if d.direction == DIR_INGRESS {
+            conns.ingress(fd, d.ts_ns, d.prefix())
+        } else {
+            conns.egress(fd, d.ts_ns, d.prefix(), d.captured_all())
+        };
+        if let Some(started) = conns.take_started() {
+            let ctx = tracer.start(&started, conns.sole_server_span());
+            conns.set_span(started.fd, ctx);
+        }
+        if let Ok(Some(e)) = exchange {
             let _ = ServerRequest::from_exchange(&e, None);
+            let _ = ClientRequest::from_exchange(&e);
+            let _ = tracer.finish(&e, None, &resource);
         }
     }
     // The parsers directly, on the raw bytes.
     let _ = conns.ingress(3, 0, data);
-    let _ = conns.egress(3, 1, data);
+    let _ = conns.egress(3, 1, data, true);
+    let _ = conns.egress(4, 2, data, false);
+    let _ = conns.ingress(4, 3, data);
 });

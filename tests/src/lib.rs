@@ -35,6 +35,11 @@ pub fn agent_bin() -> PathBuf {
     env_path("OBS_AGENT_BIN")
 }
 
+/// rotel's `rotel-agent`, a real OTLP collector (PyPI `rotel`, installed by xtask).
+pub fn rotel_bin() -> PathBuf {
+    env_path("OBS_ROTEL")
+}
+
 /// An installed Go release (from OBS_GO_TOOLCHAINS, set by `cargo xtask test`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Toolchain {

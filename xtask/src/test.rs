@@ -7,14 +7,17 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{
     build::{build, ebpf_object_env},
     go::{self, toolchains_env, Toolchain},
     go_offsets, manifest_tools,
-    tools::{apt_install, run, workspace_root},
+    tools::{apt_install, cache_dir, have, run, workspace_root},
 };
+
+/// rotel (a Rust OTLP collector, from PyPI) at this exact version: the OTLP tests export to it.
+const ROTEL_VERSION: &str = "0.0.1a15";
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -28,6 +31,8 @@ pub struct TestTools {
     pub toolchains: Vec<Toolchain>,
     /// yamllint and kubernetes-validate (`bin/`), with this folder as their PYTHONPATH.
     pub manifest_tools: PathBuf,
+    /// rotel's `rotel-agent` executable.
+    pub rotel: PathBuf,
 }
 
 impl TestTools {
@@ -47,8 +52,8 @@ impl TestTools {
 
 /// Installs every supported Go release, Prometheus + promtool, wrk, curl, objcopy (to strip
 /// test binaries), gcc (cgo builds), setpriv and unshare (to run the agent without root or with
-/// only the deployment's capabilities), bpftool, and the manifest checkers (yamllint,
-/// kubernetes-validate).
+/// only the deployment's capabilities), bpftool, the manifest checkers (yamllint,
+/// kubernetes-validate) and the rotel OTLP collector.
 pub fn install_test_tools() -> Result<TestTools> {
     apt_install(
         &[
@@ -77,7 +82,42 @@ pub fn install_test_tools() -> Result<TestTools> {
     Ok(TestTools {
         toolchains: go::install_all()?,
         manifest_tools: manifest_tools::install()?,
+        rotel: install_rotel()?,
     })
+}
+
+/// PyPI's rotel into the cache (once): the wheel carries the collector as one executable.
+pub fn install_rotel() -> Result<PathBuf> {
+    let dir = cache_dir().join(format!("rotel-{ROTEL_VERSION}"));
+    let bin = dir.join("rotel/rotel-agent");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    if !have("python3") {
+        bail!("python3 is missing: it installs the rotel collector from PyPI (apt-get install python3-pip)");
+    }
+    eprintln!("xtask: installing rotel {ROTEL_VERSION} (PyPI)");
+    let tmp = cache_dir().join(format!("rotel-{ROTEL_VERSION}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ])
+        .arg("--target")
+        .arg(&tmp)
+        .arg(format!("rotel=={ROTEL_VERSION}")))
+    .with_context(|| format!("installing rotel {ROTEL_VERSION} from PyPI"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)?;
+    if !bin.exists() {
+        bail!("rotel {ROTEL_VERSION} did not install {}", bin.display());
+    }
+    Ok(bin)
 }
 
 pub fn test(args: TestArgs) -> Result<()> {
@@ -108,6 +148,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         .env("OBS_GO_OLD", tools.go("1.19")?)
         .env("OBS_GO_123", tools.go("1.23")?)
         .env("OBS_MANIFEST_TOOLS", &tools.manifest_tools)
+        .env("OBS_ROTEL", &tools.rotel)
         .env(
             "OBS_GO_NEW",
             &tools.toolchains.last().context("no Go toolchain")?.go,

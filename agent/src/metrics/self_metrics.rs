@@ -60,6 +60,14 @@ pub struct SelfMetrics {
     /// Time to analyse one binary (ELF, pclntab, DWARF, disassembly): one observation per
     /// distinct (device, inode), however many processes run it.
     pub binary_analysis: Histogram,
+    /// Sampled spans sent to the OTLP collector (acknowledged by it).
+    pub spans_exported: Counter,
+    /// Sampled spans never sent, by reason: `queue_full` (the export queue was at its bound,
+    /// the collector being slow or down), `export_failed` (every attempt failed),
+    /// `exporter_stopped` (the export task had ended).
+    pub spans_dropped: Family<ReasonLabels, Counter>,
+    /// Spans waiting in the export queue now.
+    pub spans_queued: Gauge,
 }
 
 impl Default for SelfMetrics {
@@ -77,6 +85,9 @@ impl Default for SelfMetrics {
             target_module_info: Family::default(),
             // 1 ms … ~4 s.
             binary_analysis: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
+            spans_exported: Counter::default(),
+            spans_dropped: Family::default(),
+            spans_queued: Gauge::default(),
         }
     }
 }
@@ -140,7 +151,30 @@ impl SelfMetrics {
              binary's build info; at most 256 per process)",
             m.target_module_info.clone(),
         );
+        r.register(
+            "spans_exported",
+            "Spans the OTLP collector accepted",
+            m.spans_exported.clone(),
+        );
+        r.register(
+            "spans_dropped",
+            "Sampled spans not exported, by reason (queue_full, export_failed, exporter_stopped)",
+            m.spans_dropped.clone(),
+        );
+        r.register(
+            "spans_queued",
+            "Spans waiting in the OTLP export queue",
+            m.spans_queued.clone(),
+        );
         m
+    }
+
+    pub fn span_dropped(&self, reason: &str, count: u64) {
+        self.spans_dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc_by(count);
     }
 
     pub fn lost(&self, reason: &str) -> Counter {

@@ -1,0 +1,267 @@
+//! OTLP export through the opentelemetry-otlp crate, over gRPC (tonic) or HTTP/protobuf.
+//! Spans come from eBPF with their own ids and times, so they are turned into the SDK's
+//! `SpanData` directly and handed to its `SpanExporter`; no SDK tracer is involved. Each call
+//! exports one process's spans under its own resource. The crate's own retries are off: the
+//! batcher retries, so that every attempt and every drop is counted in one place.
+
+use std::{
+    borrow::Cow,
+    fmt,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use opentelemetry::{
+    trace::{SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState},
+    InstrumentationScope, KeyValue,
+};
+use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+
+use super::traces::{BatchExporter, OtlpConfig};
+use crate::spans::trace::{Resource, Span, SpanKind, Value};
+
+/// `telemetry.sdk.name` of everything the agent exports.
+pub const SDK_NAME: &str = "obs-agent";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// The values `OTEL_EXPORTER_OTLP_PROTOCOL` takes (case-insensitive); http/json is not
+    /// supported.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "grpc" => Some(Self::Grpc),
+            "http/protobuf" => Some(Self::HttpProtobuf),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        })
+    }
+}
+
+pub struct OtlpExporter {
+    inner: opentelemetry_otlp::SpanExporter,
+    endpoint: String,
+}
+
+impl OtlpExporter {
+    /// Builds the crate's exporter; it reads `OTEL_EXPORTER_OTLP_[TRACES_]{ENDPOINT,HEADERS,
+    /// TIMEOUT,COMPRESSION}` itself when the configuration leaves them open.
+    pub fn new(config: &OtlpConfig) -> Result<Self, String> {
+        let endpoint = config
+            .endpoint
+            .as_deref()
+            .map(|e| endpoint_url(e, config.protocol));
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        let inner = match config.protocol {
+            Protocol::Grpc => {
+                let mut b = builder
+                    .with_tonic()
+                    .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+                    .with_retry_policy(RetryPolicy::disabled());
+                if let Some(e) = &endpoint {
+                    b = b.with_endpoint(e.clone());
+                }
+                b.build()
+            }
+            Protocol::HttpProtobuf => {
+                let mut b = builder
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_retry_policy(RetryPolicy::disabled());
+                if let Some(e) = &endpoint {
+                    b = b.with_endpoint(e.clone());
+                }
+                b.build()
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            inner,
+            endpoint: endpoint.unwrap_or_else(|| "the OTEL_EXPORTER_OTLP_* endpoint".to_owned()),
+        })
+    }
+
+    pub fn endpoint_description(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+impl BatchExporter for OtlpExporter {
+    async fn export(&mut self, resource: &Resource, spans: &[Span]) -> Result<(), String> {
+        self.inner.set_resource(&sdk_resource(resource));
+        let data = spans.iter().map(span_data).collect();
+        self.inner.export(data).await.map_err(|e| e.to_string())
+    }
+}
+
+/// `--otlp-endpoint` is a base URL like `OTEL_EXPORTER_OTLP_ENDPOINT`: for http/protobuf,
+/// `/v1/traces` is added when it has no path of its own.
+pub fn endpoint_url(base: &str, protocol: Protocol) -> String {
+    let base = base.trim();
+    if protocol == Protocol::Grpc {
+        return base.to_owned();
+    }
+    let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
+    match after_scheme.find('/') {
+        Some(i) if after_scheme[i..] != *"/" => base.to_owned(),
+        _ => format!("{}/v1/traces", base.trim_end_matches('/')),
+    }
+}
+
+/// The resource attributes of one watched process.
+pub fn sdk_resource(r: &Resource) -> opentelemetry_sdk::Resource {
+    opentelemetry_sdk::Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new("service.name", r.service_name.clone()),
+            KeyValue::new("service.instance.id", r.instance_id.clone()),
+            KeyValue::new("process.pid", i64::from(r.pid)),
+            KeyValue::new("process.executable.name", r.executable_name.clone()),
+            KeyValue::new("host.name", r.host_name.clone()),
+            KeyValue::new("telemetry.sdk.name", SDK_NAME),
+            KeyValue::new("telemetry.sdk.language", "rust"),
+            KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ])
+        .build()
+}
+
+fn unix_time(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+/// The SDK's view of a finished span. A server span's parent is remote (an incoming
+/// `traceparent` or a client span of another process); a client span's parent is the server
+/// span of the same process it was made for.
+pub fn span_data(s: &Span) -> SpanData {
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes(s.trace_id),
+            SpanId::from_bytes(s.span_id),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ),
+        parent_span_id: s.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes),
+        parent_span_is_remote: s.parent_span_id.is_some() && s.kind == SpanKind::Server,
+        span_kind: match s.kind {
+            SpanKind::Server => OtelKind::Server,
+            SpanKind::Client => OtelKind::Client,
+        },
+        name: Cow::Owned(s.name.clone()),
+        start_time: unix_time(s.start_unix_nanos),
+        end_time: unix_time(s.end_unix_nanos.max(s.start_unix_nanos)),
+        attributes: s
+            .attributes
+            .iter()
+            .map(|(k, v)| match v {
+                Value::Str(v) => KeyValue::new(*k, v.clone()),
+                Value::Int(v) => KeyValue::new(*k, *v),
+            })
+            .collect(),
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        // OpenTelemetry's HTTP conventions leave the status unset unless it is an error.
+        status: if s.error {
+            Status::error("")
+        } else {
+            Status::Unset
+        },
+        instrumentation_scope: InstrumentationScope::builder(SDK_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn endpoint_urls() {
+        let http = Protocol::HttpProtobuf;
+        assert_eq!(
+            endpoint_url("http://c:4318", http),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            endpoint_url("http://c:4318/", http),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(endpoint_url("http://c:4318/x/y", http), "http://c:4318/x/y");
+        assert_eq!(
+            endpoint_url("http://c:4317", Protocol::Grpc),
+            "http://c:4317"
+        );
+    }
+
+    #[test]
+    fn protocols() {
+        assert_eq!(Protocol::parse("GRPC"), Some(Protocol::Grpc));
+        assert_eq!(
+            Protocol::parse("http/protobuf"),
+            Some(Protocol::HttpProtobuf)
+        );
+        assert_eq!(Protocol::parse("http/json"), None);
+    }
+
+    #[test]
+    fn span_data_keeps_ids_times_and_status() {
+        let s = Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: Some([3; 8]),
+            sampled: true,
+            kind: SpanKind::Server,
+            name: "GET /users/{id}".into(),
+            start_unix_nanos: 1_700_000_000_000_000_001,
+            end_unix_nanos: 1_700_000_000_500_000_001,
+            error: true,
+            attributes: vec![
+                ("http.request.method", Value::Str("GET".into())),
+                ("http.response.status_code", Value::Int(503)),
+            ],
+            resource: Arc::new(Resource {
+                service_name: "users".into(),
+                instance_id: "h-1-2".into(),
+                pid: 1,
+                executable_name: "users".into(),
+                host_name: "h".into(),
+            }),
+        };
+        let d = span_data(&s);
+        assert_eq!(d.span_context.trace_id().to_bytes(), [1; 16]);
+        assert_eq!(d.span_context.span_id().to_bytes(), [2; 8]);
+        assert_eq!(d.parent_span_id.to_bytes(), [3; 8]);
+        assert!(d.parent_span_is_remote);
+        assert_eq!(d.span_kind, OtelKind::Server);
+        assert_eq!(
+            d.end_time.duration_since(d.start_time).unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(d.status, Status::error(""));
+        assert_eq!(
+            d.attributes[1],
+            KeyValue::new("http.response.status_code", 503)
+        );
+        let r = sdk_resource(&s.resource);
+        assert_eq!(
+            r.get(&opentelemetry::Key::new("process.pid")),
+            Some(opentelemetry::Value::I64(1))
+        );
+        assert_eq!(r.len(), 8);
+    }
+}

@@ -1,0 +1,196 @@
+//! Whole traces across three unmodified Go services on loopback, stitched by the agent alone:
+//! front -> middle -> back, the middle fanning out to the back from three goroutines (one
+//! call failing with 500, one slow). Requests are sent one at a time, some carrying the
+//! test's own `traceparent`. For each, the exact span tree is checked: every parent id, the
+//! trace id continued from the test's header, kinds, services, statuses, and durations
+//! nested in their parents'.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use obs_integration_tests::{go_app, wait_for, Agent, GoServer, GoVersion};
+use serde_json::Value;
+
+const SLOW_MS: u64 = 40;
+
+fn trace(agent: &Agent, trace_id: &str, spans: usize) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
+    wait_for(Duration::from_secs(10), || {
+        let body: Value =
+            serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
+        let got = body["spans"].as_array()?.clone();
+        (got.len() >= spans).then_some(got)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "trace {trace_id}: fewer than {spans} spans; agent log:\n{}",
+            agent.log()
+        )
+    })
+}
+
+fn by_id(spans: &[Value]) -> BTreeMap<String, Value> {
+    spans
+        .iter()
+        .map(|s| (s["span_id"].as_str().unwrap().to_owned(), s.clone()))
+        .collect()
+}
+
+fn service(s: &Value) -> &str {
+    s["resource"]["service.name"].as_str().unwrap()
+}
+
+fn children<'a>(spans: &'a [Value], parent: &Value) -> Vec<&'a Value> {
+    spans
+        .iter()
+        .filter(|s| s["parent_span_id"] == parent["span_id"])
+        .collect()
+}
+
+/// `child` runs within `parent` (1 ms of slack for the two processes' event timestamps).
+fn nested(parent: &Value, child: &Value) -> bool {
+    let t = |s: &Value, k: &str| s[k].as_u64().unwrap();
+    t(child, "start_unix_nanos") + 1_000_000 >= t(parent, "start_unix_nanos")
+        && t(child, "end_unix_nanos") <= t(parent, "end_unix_nanos") + 1_000_000
+}
+
+#[test]
+fn three_services_make_one_trace_per_request() {
+    let bin = go_app("gochain", GoVersion::New);
+    let back = GoServer::start_with_args(&bin, &[], &[("OTEL_SERVICE_NAME", "back")]);
+    let back_url = back.url("");
+    let calls = format!("a=1,fail=1,sleep={SLOW_MS}");
+    let middle = GoServer::start_with_args(
+        &bin,
+        &["-downstream", &back_url, "-calls", &calls],
+        &[("OTEL_SERVICE_NAME", "middle")],
+    );
+    let middle_url = middle.url("");
+    let front = GoServer::start_with_args(
+        &bin,
+        &["-downstream", &middle_url, "-calls", "x=1"],
+        &[("OTEL_SERVICE_NAME", "front")],
+    );
+    let agent = Agent::for_pids(&[front.proc.pid(), middle.proc.pid(), back.proc.pid()]);
+
+    for n in 0..4u32 {
+        let trace_id = format!("4bf92f3577b34da6a3ce929d0e0e{n:04x}");
+        let caller = format!("00f067aa0ba9{n:04x}");
+        let answer = ureq::get(&front.url("/work"))
+            .set("traceparent", &format!("00-{trace_id}-{caller}-01"))
+            .call()
+            .expect("front")
+            .into_string()
+            .unwrap();
+        assert_eq!(answer.trim(), "200");
+
+        let spans = trace(&agent, &trace_id, 9);
+        assert_eq!(spans.len(), 9, "{spans:#?}");
+        assert!(spans.iter().all(|s| s["trace_id"] == trace_id.as_str()));
+        let ids = by_id(&spans);
+        assert_eq!(ids.len(), 9, "span ids are unique");
+
+        // front: the server span continues the test's trace, under the test's span.
+        let roots: Vec<_> = spans
+            .iter()
+            .filter(|s| s["parent_span_id"] == caller.as_str())
+            .collect();
+        assert_eq!(roots.len(), 1, "{spans:#?}");
+        let front_server = roots[0];
+        assert_eq!(
+            (service(front_server), front_server["kind"].as_str()),
+            ("front", Some("server"))
+        );
+        assert_eq!(front_server["name"], "GET /work");
+        assert_eq!(front_server["attributes"]["http.route"], "/work");
+        assert_eq!(front_server["status"], "OK");
+
+        // front -> middle: one client span, and the middle's server span under it.
+        let front_calls = children(&spans, front_server);
+        assert_eq!(front_calls.len(), 1, "{spans:#?}");
+        let front_client = front_calls[0];
+        assert_eq!(
+            (service(front_client), front_client["kind"].as_str()),
+            ("front", Some("client"))
+        );
+        assert_eq!(
+            front_client["attributes"]["server.port"],
+            u64::from(middle.port)
+        );
+        let middle_servers = children(&spans, front_client);
+        assert_eq!(middle_servers.len(), 1, "{spans:#?}");
+        let middle_server = middle_servers[0];
+        assert_eq!(
+            (service(middle_server), middle_server["kind"].as_str()),
+            ("middle", Some("server"))
+        );
+
+        // middle -> back, from three goroutines: three client spans, each with its own
+        // server span in the back.
+        let middle_calls = children(&spans, middle_server);
+        assert_eq!(middle_calls.len(), 3, "{spans:#?}");
+        let mut statuses = Vec::new();
+        for call in &middle_calls {
+            assert_eq!(
+                (service(call), call["kind"].as_str()),
+                ("middle", Some("client"))
+            );
+            let served = children(&spans, call);
+            assert_eq!(served.len(), 1, "{spans:#?}");
+            let back_server = served[0];
+            assert_eq!(service(back_server), "back");
+            let status = call["attributes"]["http.response.status_code"].as_u64();
+            assert_eq!(
+                back_server["attributes"]["http.response.status_code"].as_u64(),
+                status
+            );
+            let error = status == Some(500);
+            let want = if error { "ERROR" } else { "OK" };
+            assert_eq!(call["status"], want);
+            assert_eq!(back_server["status"], want);
+            assert!(nested(call, back_server), "{call:#?}\n{back_server:#?}");
+            assert!(nested(middle_server, call));
+            statuses.push((status, back_server["duration_ms"].as_f64().unwrap()));
+        }
+        statuses.sort_by(|a, b| a.1.total_cmp(&b.1));
+        assert_eq!(statuses.iter().filter(|(s, _)| *s == Some(500)).count(), 1);
+        // The slow call is the longest, and at least its sleep.
+        assert!(statuses[2].1 >= SLOW_MS as f64, "{statuses:?}");
+        assert!(nested(front_server, front_client));
+        assert!(nested(front_client, middle_server));
+        // The front request took at least as long as the slow call.
+        assert!(front_server["duration_ms"].as_f64().unwrap() >= SLOW_MS as f64);
+    }
+
+    // Without a traceparent: a new trace rooted at the front's server span.
+    ureq::get(&front.url("/work")).call().expect("front");
+    let url = format!("http://127.0.0.1:{}/traces?limit=20", agent.port);
+    let new_trace = wait_for(Duration::from_secs(10), || {
+        let list: Value =
+            serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
+        list.as_array()?
+            .iter()
+            .filter_map(|t| t["trace_id"].as_str())
+            .find(|id| !id.starts_with("4bf92f3577b34da6a3ce929d0e0e"))
+            .map(str::to_owned)
+    })
+    .expect("a trace without the test's trace id");
+    let spans = trace(&agent, &new_trace, 9);
+    let roots: Vec<_> = spans
+        .iter()
+        .filter(|s| s["parent_span_id"].is_null())
+        .collect();
+    assert_eq!(roots.len(), 1, "{spans:#?}");
+    assert_eq!(service(roots[0]), "front");
+
+    // The tree view shows it, the back indented deepest.
+    let tree = ureq::get(&format!(
+        "http://127.0.0.1:{}/traces/{new_trace}/tree",
+        agent.port
+    ))
+    .call()
+    .unwrap()
+    .into_string()
+    .unwrap();
+    assert!(tree.contains("front"), "{tree}");
+    assert!(tree.contains("ERROR"), "{tree}");
+}
