@@ -450,6 +450,7 @@ impl Agent {
                             let span =
                                 lock(&self.tracer).finish(&e, Some(&request.route), &w.resource);
                             if let Some(span) = span {
+                                self.metrics.agent.spans.inc();
                                 sink.submit(span);
                             }
                         }
@@ -460,6 +461,7 @@ impl Agent {
                             .record_client_request(&w.process.service_name, &request);
                         if let Some(sink) = &sink {
                             if let Some(span) = lock(&self.tracer).finish(&e, None, &w.resource) {
+                                self.metrics.agent.spans.inc();
                                 sink.submit(span);
                             }
                         }

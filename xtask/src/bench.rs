@@ -37,6 +37,11 @@ pub struct BenchArgs {
     /// Pin the server to CPU 0 and wrk to CPU 1 (less noise; the agent runs where it can).
     #[arg(long)]
     pin: bool,
+    /// Traced variant: the server makes one outgoing HTTP call per request to a second
+    /// server (tests/apps/gochain), and the agent watches both (server and client spans,
+    /// linked across the two processes).
+    #[arg(long)]
+    traced: bool,
 }
 
 struct Load {
@@ -51,29 +56,53 @@ struct AgentCost {
     peak_rss_kb: u64,
     lost: f64,
     counted: f64,
+    spans: f64,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     let tools = install_test_tools()?;
     let agent = build()?;
-    let server_bin = build_go_app(tools.go(&args.go)?, "gohello")?;
+    let app = if args.traced { "gochain" } else { "gohello" };
+    let server_bin = build_go_app(tools.go(&args.go)?, app)?;
     let port = 18080 + (std::process::id() % 1000) as u16;
     let addr = format!("127.0.0.1:{port}");
-    let mut server_cmd = if args.pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(&server_bin);
-        c
-    } else {
-        Command::new(&server_bin)
+    let leaf_addr = format!("127.0.0.1:{}", port + 1);
+    let start = |extra: &[&str]| -> Result<ChildGuard> {
+        let mut c = if args.pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(&server_bin);
+            c
+        } else {
+            Command::new(&server_bin)
+        };
+        Ok(ChildGuard(
+            c.args(extra)
+                .stdout(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {app}"))?,
+        ))
     };
-    let mut server = ChildGuard(
-        server_cmd
-            .args(["-addr", &addr])
-            .spawn()
-            .context("starting gohello")?,
-    );
-    wait_http(&format!("http://{addr}/"))?;
-    let url = format!("http://{addr}/");
+    let mut servers = Vec::new();
+    let url = if args.traced {
+        // The leaf first, then the front that calls it once per request.
+        servers.push(start(&["-addr", &leaf_addr])?);
+        wait_http(&format!("http://{leaf_addr}/work"))?;
+        let downstream = format!("http://{leaf_addr}");
+        servers.push(start(&[
+            "-addr",
+            &addr,
+            "-downstream",
+            &downstream,
+            "-calls",
+            "a=1",
+        ])?);
+        format!("http://{addr}/work")
+    } else {
+        servers.push(start(&["-addr", &addr])?);
+        format!("http://{addr}/")
+    };
+    wait_http(&url)?;
+    let pids: Vec<u32> = servers.iter().map(|s| s.0.id()).collect();
     // Warm up the server (and the Go runtime's heap) once.
     wrk(&url, 2, args.connections, args.pin)?;
 
@@ -89,7 +118,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         };
         for attached in order {
             if attached {
-                let (load, cost) = with_agent(&agent, server.0.id(), &url, &args)?;
+                let (load, cost) = with_agent(&agent, &pids, &url, &args)?;
                 eprintln!(
                     "round {round}: with agent    {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  agent cpu {:.1} ms, counted {} of {}",
                     load.rps, load.p50_us, load.p99_us, cost.cpu_ms, cost.counted, load.requests
@@ -106,7 +135,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             }
         }
     }
-    server.0.kill().ok();
+    for mut s in servers {
+        s.0.kill().ok();
+    }
 
     let median = |v: Vec<f64>| -> f64 {
         let mut v = v;
@@ -129,8 +160,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let go_version = version_of(tools.go(&args.go)?)?;
     println!();
     println!(
-        "obs-agent benchmark: gohello ({go_version}), wrk -t1 -c{} -d{}s, {} rounds",
-        args.connections, args.seconds, args.rounds
+        "obs-agent benchmark: {} ({go_version}), wrk -t1 -c{} -d{}s, {} rounds",
+        if args.traced {
+            "gochain front -> leaf, one outgoing call per request, both watched"
+        } else {
+            "gohello"
+        },
+        args.connections,
+        args.seconds,
+        args.rounds
     );
     println!(
         "  throughput ratio (with/without, median of rounds): {:.3}  ({:+.1}%)",
@@ -154,28 +192,38 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         peak_rss as f64 / 1024.0
     );
     println!("  events lost:                                        {lost}");
-    println!("  requests counted by the agent / answered to wrk:    {counted} / {total_requests}");
+    if args.traced {
+        // Each request is served twice (front and leaf) and made once (front's call).
+        let spans: f64 = costs.iter().map(|c| c.spans).sum();
+        println!(
+            "  server requests counted / 2 x answered to wrk:      {counted} / {}",
+            2 * total_requests
+        );
+        println!("  spans made (sampled, to the built-in store):        {spans}");
+    } else {
+        println!(
+            "  requests counted by the agent / answered to wrk:    {counted} / {total_requests}"
+        );
+    }
     Ok(())
 }
 
 fn with_agent(
     agent: &Path,
-    server_pid: u32,
+    server_pids: &[u32],
     url: &str,
     args: &BenchArgs,
 ) -> Result<(Load, AgentCost)> {
     let port = 19464 + (std::process::id() % 500) as u16;
     let listen = format!("127.0.0.1:{port}");
+    let pid_args: Vec<String> = server_pids
+        .iter()
+        .flat_map(|p| ["--pid".to_owned(), p.to_string()])
+        .collect();
     let mut child = ChildGuard(
         Command::new(agent)
-            .args([
-                "--pid",
-                &server_pid.to_string(),
-                "--listen",
-                &listen,
-                "--log-level",
-                "warn",
-            ])
+            .args(&pid_args)
+            .args(["--listen", &listen, "--log-level", "warn"])
             .stdout(Stdio::null())
             .spawn()
             .context("starting obs-agent")?,
@@ -190,6 +238,7 @@ fn with_agent(
     let cpu_after = cpu_ticks(child.0.id())?;
     let counted = scrape_sum(&metrics_url, "http_server_request_duration_seconds_count")? - before;
     let lost = scrape_sum(&metrics_url, "obs_agent_events_lost_total")?;
+    let spans = scrape_sum(&metrics_url, "obs_agent_spans_total").unwrap_or(0.0);
     let peak_rss_kb = peak_rss_kb(child.0.id())?;
     unsafe_kill_term(child.0.id());
     let _ = child.0.wait();
@@ -201,6 +250,7 @@ fn with_agent(
             peak_rss_kb,
             lost,
             counted,
+            spans,
         },
     ))
 }

@@ -60,6 +60,8 @@ pub struct SelfMetrics {
     /// Time to analyse one binary (ELF, pclntab, DWARF, disassembly): one observation per
     /// distinct (device, inode), however many processes run it.
     pub binary_analysis: Histogram,
+    /// Sampled spans finished (handed to the built-in store and, if configured, OTLP).
+    pub spans: Counter,
     /// Sampled spans sent to the OTLP collector (acknowledged by it).
     pub spans_exported: Counter,
     /// Sampled spans never sent, by reason: `queue_full` (the export queue was at its bound,
@@ -85,6 +87,7 @@ impl Default for SelfMetrics {
             target_module_info: Family::default(),
             // 1 ms … ~4 s.
             binary_analysis: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
+            spans: Counter::default(),
             spans_exported: Counter::default(),
             spans_dropped: Family::default(),
             spans_queued: Gauge::default(),
@@ -150,6 +153,11 @@ impl SelfMetrics {
             "One series per module linked into a watched process, with its version (from the \
              binary's build info; at most 256 per process)",
             m.target_module_info.clone(),
+        );
+        r.register(
+            "spans",
+            "Sampled spans finished, server and client",
+            m.spans.clone(),
         );
         r.register(
             "spans_exported",
