@@ -1,5 +1,6 @@
-//! OTLP export, tested on the export module as a library (no kernel, no span builder): spans
-//! go to an in-test receiver built on opentelemetry-proto (gRPC and HTTP/protobuf) that checks
+//! OTLP export. End to end: the real agent watching two Go services exports their spans to
+//! an in-test receiver, the same the built-in store shows. Then the export module as a
+//! library (no kernel, no span builder): spans go to an in-test receiver built on opentelemetry-proto (gRPC and HTTP/protobuf) that checks
 //! every field, through a real collector (rotel) over both protocols, and to a collector that
 //! stops mid-run and comes back, while memory stays bounded and drops are counted.
 
@@ -719,4 +720,98 @@ async fn slow_collector_keeps_the_queue_bounded() {
         .map(|s| s.spans.len())
         .sum();
     assert_eq!(received, exported, "received what was counted as exported");
+}
+
+/// End to end: the real agent watching a chain of two Go services exports each request's
+/// spans to an OTLP receiver over gRPC, the same spans (ids, parents, names) as its built-in
+/// store shows, with each process's resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_exports_traces_of_real_services() {
+    use obs_integration_tests::{go_app, Agent, GoServer, GoVersion};
+
+    let port = free_port();
+    let receiver = Receiver::grpc(port).await;
+    let bin = go_app("gochain", GoVersion::New);
+    let back = GoServer::start_with_args(&bin, &[], &[("OTEL_SERVICE_NAME", "otlp-back")]);
+    let back_url = back.url("");
+    let front = GoServer::start_with_args(
+        &bin,
+        &["-downstream", &back_url, "-calls", "a=1,fail=1"],
+        &[("OTEL_SERVICE_NAME", "otlp-front")],
+    );
+    let args: Vec<String> = [
+        "--pid".to_owned(),
+        front.proc.pid().to_string(),
+        "--pid".to_owned(),
+        back.proc.pid().to_string(),
+        "--otlp-endpoint".to_owned(),
+        format!("http://127.0.0.1:{port}"),
+        "--otlp-protocol".to_owned(),
+        "grpc".to_owned(),
+    ]
+    .to_vec();
+    let agent = tokio::task::spawn_blocking(move || Agent::start(&args))
+        .await
+        .unwrap();
+    let trace_id = "5af7651916cd43dd8448eb211c80319c";
+    let front_url = front.url("/work");
+    tokio::task::spawn_blocking(move || {
+        ureq::get(&front_url)
+            .set("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))
+            .call()
+            .expect("front")
+    })
+    .await
+    .unwrap();
+    // front server, two front clients, two back servers.
+    receiver.wait_for_spans(5, Duration::from_secs(15)).await;
+    let requests = receiver.stop().await;
+    let requests = requests.lock().unwrap().clone();
+
+    let mut exported = BTreeMap::new();
+    for rs in requests.iter().flat_map(|r| &r.resource_spans) {
+        let resource = attributes(&rs.resource.as_ref().unwrap().attributes);
+        for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+            assert_eq!(hex(&span.trace_id), trace_id);
+            exported.insert(
+                hex(&span.span_id),
+                (
+                    hex(&span.parent_span_id),
+                    span.name.clone(),
+                    resource["service.name"].clone(),
+                ),
+            );
+        }
+    }
+    let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
+    let stored: serde_json::Value = tokio::task::spawn_blocking(move || {
+        serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap()
+    })
+    .await
+    .unwrap();
+    let stored: BTreeMap<String, (String, String, Value)> = stored["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["span_id"].as_str().unwrap().to_owned(),
+                (
+                    s["parent_span_id"].as_str().unwrap_or("").to_owned(),
+                    s["name"].as_str().unwrap().to_owned(),
+                    Value::Str(s["resource"]["service.name"].as_str().unwrap().to_owned()),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(exported.len(), 5, "{exported:#?}");
+    assert_eq!(exported, stored);
+    let services: Vec<_> = exported.values().map(|(_, _, s)| s.clone()).collect();
+    assert_eq!(
+        services
+            .iter()
+            .filter(|s| **s == Value::Str("otlp-back".into()))
+            .count(),
+        2
+    );
 }
