@@ -5,8 +5,8 @@ use obs_agent::{
     events::{decode, peer_address, Event},
     spans::{
         http1::{Connections, Role},
-        tracer::Tracer,
         trace::Resource,
+        tracer::Tracer,
         ClientRequest, ServerRequest,
     },
 };
