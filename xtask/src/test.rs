@@ -7,13 +7,13 @@ use std::{
     process::Command,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::{
     build::{build, ebpf_object_env},
     go::{self, toolchains_env, Toolchain},
     go_offsets, manifest_tools,
-    tools::{apt_install, cache_dir, have, run, workspace_root},
+    tools::{apt_install, pip_install_cached, run, workspace_root},
 };
 
 /// rotel (a Rust OTLP collector, from PyPI) at this exact version: the OTLP tests export to it.
@@ -88,36 +88,13 @@ pub fn install_test_tools() -> Result<TestTools> {
 
 /// PyPI's rotel into the cache (once): the wheel carries the collector as one executable.
 pub fn install_rotel() -> Result<PathBuf> {
-    let dir = cache_dir().join(format!("rotel-{ROTEL_VERSION}"));
-    let bin = dir.join("rotel/rotel-agent");
-    if bin.exists() {
-        return Ok(bin);
-    }
-    if !have("python3") {
-        bail!("python3 is missing: it installs the rotel collector from PyPI (apt-get install python3-pip)");
-    }
-    eprintln!("xtask: installing rotel {ROTEL_VERSION} (PyPI)");
-    let tmp = cache_dir().join(format!("rotel-{ROTEL_VERSION}.partial"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    run(Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--disable-pip-version-check",
-        ])
-        .arg("--target")
-        .arg(&tmp)
-        .arg(format!("rotel=={ROTEL_VERSION}")))
-    .with_context(|| format!("installing rotel {ROTEL_VERSION} from PyPI"))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir)?;
-    if !bin.exists() {
-        bail!("rotel {ROTEL_VERSION} did not install {}", bin.display());
-    }
-    Ok(bin)
+    let dir = pip_install_cached(
+        &format!("rotel-{ROTEL_VERSION}"),
+        &[&format!("rotel=={ROTEL_VERSION}")],
+        "rotel/rotel-agent",
+        false,
+    )?;
+    Ok(dir.join("rotel/rotel-agent"))
 }
 
 pub fn test(args: TestArgs) -> Result<()> {

@@ -89,3 +89,47 @@ pub fn apt_get_install(packages: &[&str]) -> Result<()> {
     install.args(packages);
     run(&mut install)
 }
+
+/// Installs PyPI packages with `pip install --target` into `cache_dir()/<name>`, once:
+/// nothing happens when `marker` (a path inside that folder) exists. The install goes to a
+/// `.partial` folder renamed at the end, so an interrupted one is redone. `deps`: also
+/// install the packages' dependencies. Returns the folder.
+pub fn pip_install_cached(
+    name: &str,
+    packages: &[&str],
+    marker: &str,
+    deps: bool,
+) -> Result<PathBuf> {
+    let dir = cache_dir().join(name);
+    if dir.join(marker).exists() {
+        return Ok(dir);
+    }
+    if !have("python3") {
+        bail!(
+            "python3 is missing: it installs {packages:?} from PyPI (apt-get install python3-pip)"
+        );
+    }
+    eprintln!("xtask: installing {packages:?} (PyPI)");
+    let tmp = cache_dir().join(format!("{name}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut pip = Command::new("python3");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+    ]);
+    if !deps {
+        pip.arg("--no-deps");
+    }
+    run(pip.arg("--target").arg(&tmp).args(packages))
+        .with_context(|| format!("installing {packages:?} from PyPI"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)?;
+    if !dir.join(marker).exists() {
+        bail!("pip did not install {}", dir.join(marker).display());
+    }
+    Ok(dir)
+}
