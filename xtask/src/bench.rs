@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// linked across the two processes).
     #[arg(long)]
     traced: bool,
+    /// More arguments for the agent (e.g. --agent-arg=--trace-sample-ratio=0 to measure
+    /// metrics without spans). Repeatable.
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
 }
 
 struct Load {
@@ -160,7 +164,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let go_version = version_of(tools.go(&args.go)?)?;
     println!();
     println!(
-        "obs-agent benchmark: {} ({go_version}), wrk -t1 -c{} -d{}s, {} rounds",
+        "obs-agent benchmark: {} ({go_version}), wrk -t1 -c{} -d{}s, {} rounds, agent args {:?}",
         if args.traced {
             "gochain front -> leaf, one outgoing call per request, both watched"
         } else {
@@ -168,7 +172,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         },
         args.connections,
         args.seconds,
-        args.rounds
+        args.rounds,
+        args.agent_args
     );
     println!(
         "  throughput ratio (with/without, median of rounds): {:.3}  ({:+.1}%)",
@@ -224,6 +229,7 @@ fn with_agent(
         Command::new(agent)
             .args(&pid_args)
             .args(["--listen", &listen, "--log-level", "warn"])
+            .args(&args.agent_args)
             .stdout(Stdio::null())
             .spawn()
             .context("starting obs-agent")?,
