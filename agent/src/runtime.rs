@@ -4,7 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -144,7 +144,8 @@ pub struct Agent {
     kernel_stats_seen: Mutex<[u64; STAT_COUNT as usize]>,
     /// Span identities and links, and where finished spans go (none: no spans are made).
     tracer: Mutex<Tracer>,
-    span_sink: Mutex<Option<Arc<dyn SpanSink>>>,
+    /// Set once at start (`enable_tracing`); read on every event without a lock.
+    span_sink: OnceLock<Arc<dyn SpanSink>>,
     host_name: String,
 }
 
@@ -159,7 +160,7 @@ impl Agent {
             passed_over: Mutex::new(HashSet::new()),
             kernel_stats_seen: Mutex::new([0; STAT_COUNT as usize]),
             tracer: Mutex::new(Tracer::new(1.0)),
-            span_sink: Mutex::new(None),
+            span_sink: OnceLock::new(),
             host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default(),
@@ -170,7 +171,9 @@ impl Agent {
     /// (0.0–1.0; requests continuing a trace follow its decision), and sends them to `sink`.
     pub fn enable_tracing(&self, sink: Arc<dyn SpanSink>, sample_ratio: f64) {
         *lock(&self.tracer) = Tracer::new(sample_ratio);
-        *lock(&self.span_sink) = Some(sink);
+        if self.span_sink.set(sink).is_err() {
+            log::warn!("tracing was already enabled; keeping the first span sink");
+        }
     }
 
     /// Starts watching `pid`. Binary analysis is cached per (device, inode).
@@ -431,43 +434,40 @@ impl Agent {
                 } else {
                     w.connections.egress(d.fd, d.ts_ns, data, d.captured_all())
                 };
-                let sink = lock(&self.span_sink).clone();
-                if let (Some(started), Some(_)) = (w.connections.take_started(), &sink) {
+                // One lock of the tracer per event, and only when tracing is on.
+                let mut tracing = self.span_sink.get().map(|sink| (sink, lock(&self.tracer)));
+                if let (Some(started), Some((_, tracer))) =
+                    (w.connections.take_started(), tracing.as_mut())
+                {
                     let parent = match started.role {
                         Role::Client => w.connections.sole_server_span(),
                         Role::Server => None,
                     };
-                    let ctx = lock(&self.tracer).start(&started, parent);
+                    let ctx = tracer.start(&started, parent);
                     w.connections.set_span(started.fd, ctx);
                 }
-                match exchange {
+                let mut span_route = None;
+                match &exchange {
                     Ok(Some(e)) if e.role == Role::Server => {
-                        let route = w.routes.route(&e);
-                        let request = ServerRequest::from_exchange(&e, route);
+                        let route = w.routes.route(e);
+                        let request = ServerRequest::from_exchange(e, route);
                         self.metrics
                             .record_server_request(&w.process.service_name, &request);
-                        if let Some(sink) = &sink {
-                            let span =
-                                lock(&self.tracer).finish(&e, Some(&request.route), &w.resource);
-                            if let Some(span) = span {
-                                self.metrics.agent.spans.inc();
-                                sink.submit(span);
-                            }
-                        }
+                        span_route = Some(request.route);
                     }
                     Ok(Some(e)) => {
-                        let request = ClientRequest::from_exchange(&e);
+                        let request = ClientRequest::from_exchange(e);
                         self.metrics
                             .record_client_request(&w.process.service_name, &request);
-                        if let Some(sink) = &sink {
-                            if let Some(span) = lock(&self.tracer).finish(&e, None, &w.resource) {
-                                self.metrics.agent.spans.inc();
-                                sink.submit(span);
-                            }
-                        }
                     }
-                    Err(dropped) => self.count_dropped(dropped),
+                    Err(dropped) => self.count_dropped(*dropped),
                     Ok(None) => {}
+                }
+                if let (Ok(Some(e)), Some((sink, tracer))) = (&exchange, tracing.as_mut()) {
+                    if let Some(span) = tracer.finish(e, span_route.as_deref(), &w.resource) {
+                        self.metrics.agent.spans.inc();
+                        sink.submit(span);
+                    }
                 }
             }
         }

@@ -431,3 +431,14 @@ pub fn read_process_memory(pid: u32, addr: u64, len: usize) -> Vec<u8> {
     f.read_exact(&mut buf).expect("read target memory");
     buf
 }
+
+/// A small deterministic generator (xorshift64) for the mutation tests: the same inputs on
+/// every run.
+pub fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}

@@ -16,7 +16,7 @@ use obs_agent::symbols::{
     go_http,
     pclntab::{Location, Pclntab, PclntabError, TextStartSource},
 };
-use obs_integration_tests::{toolchains, workspace_root, GoVersion};
+use obs_integration_tests::{toolchains, workspace_root, xorshift, GoVersion};
 
 const APP: &str = "gohello";
 const WANTED: [&str; 4] = [
@@ -379,13 +379,7 @@ fn corrupt_tables_never_panic() {
         Location::Within { offset, .. } => start + *offset as usize,
         _ => start,
     };
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let mut outcomes = (0, 0);
     let mut tally = |result: Result<Pclntab<'_>, PclntabError>| match result {
         Ok(t) => {

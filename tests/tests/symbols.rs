@@ -3,7 +3,7 @@
 
 use obs_agent::symbols::disasm::SiteKind;
 use obs_agent::symbols::{elf::ElfFile, go_http, SymbolsError};
-use obs_integration_tests::{go_app, tempdir, GoVersion};
+use obs_integration_tests::{go_app, tempdir, xorshift, GoVersion};
 
 #[test]
 fn real_binaries_are_analysed_for_both_go_versions() {
@@ -74,13 +74,7 @@ fn stripped_newer_binary_gets_its_layouts_from_the_offsets_table() {
 #[test]
 fn corrupt_binaries_never_panic() {
     let bytes = std::fs::read(go_app("goserver", GoVersion::Old)).unwrap();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let mut outcomes = (0, 0);
     // Truncations, including inside the headers.
     for len in [
