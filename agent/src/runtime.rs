@@ -453,7 +453,7 @@ impl Agent {
                         let request = ServerRequest::from_exchange(e, route);
                         self.metrics
                             .record_server_request(&w.process.service_name, &request);
-                        span_route = Some(request.route);
+                        span_route = Some(Arc::from(request.route));
                     }
                     Ok(Some(e)) => {
                         let request = ClientRequest::from_exchange(e);
@@ -463,8 +463,8 @@ impl Agent {
                     Err(dropped) => self.count_dropped(*dropped),
                     Ok(None) => {}
                 }
-                if let (Ok(Some(e)), Some((sink, tracer))) = (&exchange, tracing.as_mut()) {
-                    if let Some(span) = tracer.finish(e, span_route.as_deref(), &w.resource) {
+                if let (Ok(Some(e)), Some((sink, tracer))) = (exchange, tracing.as_mut()) {
+                    if let Some(span) = tracer.finish(e, span_route, &w.resource) {
                         self.metrics.agent.spans.inc();
                         sink.submit(span);
                     }

@@ -48,7 +48,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         if let Ok(Some(e)) = exchange {
             let _ = ServerRequest::from_exchange(&e, None);
             let _ = ClientRequest::from_exchange(&e);
-            let _ = tracer.finish(&e, None, &resource);
+            let _ = tracer.finish(e, None, &resource);
         }
     }
     // The parsers directly, on the raw bytes.

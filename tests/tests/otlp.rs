@@ -26,7 +26,7 @@ use obs_agent::{
         },
     },
     metrics::{self_metrics_labels::reason, SelfMetrics},
-    spans::trace::{hex, Resource, Span, SpanKind, SpanSink, Value},
+    spans::trace::{hex, HttpAttributes, Resource, Span, SpanKind, SpanSink, Value},
 };
 use obs_integration_tests::{free_port, rotel_bin, tempdir};
 use opentelemetry_proto::tonic::{
@@ -203,32 +203,31 @@ fn request_spans(n: u32) -> Vec<Span> {
     let mut trace_id = [0xab; 16];
     trace_id[..4].copy_from_slice(&n.to_be_bytes());
     let base = 1_760_000_000_000_000_000 + u64::from(n) * 1_000_000_000;
-    let span = |id: u8, parent: Option<[u8; 8]>, kind, name: &str, start, end, error, r| Span {
-        trace_id,
-        span_id: [id, 2, 3, 4, 5, 6, 7, (n % 251) as u8],
-        parent_span_id: parent,
-        sampled: true,
-        kind,
-        name: name.into(),
-        start_unix_nanos: base + start,
-        end_unix_nanos: base + end,
-        error,
-        attributes: vec![
-            ("http.request.method", Value::Str("GET".into())),
-            (
-                "http.response.status_code",
-                Value::Int(if error { 503 } else { 200 }),
-            ),
-            ("url.path", Value::Str(format!("/users/{n}"))),
-            ("server.port", Value::Int(8080)),
-        ],
-        resource: Arc::clone(r),
-    };
+    let span =
+        |id: u8, parent: Option<[u8; 8]>, kind, route: Option<&str>, start, end, error, r| Span {
+            trace_id,
+            span_id: [id, 2, 3, 4, 5, 6, 7, (n % 251) as u8],
+            parent_span_id: parent,
+            sampled: true,
+            kind,
+            start_unix_nanos: base + start,
+            end_unix_nanos: base + end,
+            error,
+            http: HttpAttributes {
+                method: "GET",
+                status_code: if error { 503 } else { 200 },
+                path: format!("/users/{n}"),
+                route: route.map(Arc::from),
+                server: Some("127.0.0.1:8080".parse().unwrap()),
+                client: (kind == SpanKind::Server).then(|| "127.0.0.1:40000".parse().unwrap()),
+            },
+            resource: Arc::clone(r),
+        };
     let a = span(
         1,
         Some([9; 8]),
         SpanKind::Server,
-        "GET /users/{id}",
+        Some("/users/{id}"),
         0,
         9_000_000,
         false,
@@ -238,7 +237,7 @@ fn request_spans(n: u32) -> Vec<Span> {
         2,
         Some(a.span_id),
         SpanKind::Client,
-        "GET",
+        None,
         1_000_000,
         8_000_000,
         true,
@@ -248,7 +247,7 @@ fn request_spans(n: u32) -> Vec<Span> {
         3,
         Some(b.span_id),
         SpanKind::Server,
-        "GET /u/{id}",
+        Some("/u/{id}"),
         1_500_000,
         7_500_000,
         true,
@@ -316,7 +315,7 @@ fn check_received(sent: &[Span], requests: &[ExportTraceServiceRequest]) {
             want.parent_span_id.map_or(Vec::new(), |p| p.to_vec()),
             "parent of {id}"
         );
-        assert_eq!(got.name, want.name);
+        assert_eq!(got.name, want.name());
         assert_eq!(
             got.kind,
             match want.kind {
@@ -335,9 +334,9 @@ fn check_received(sent: &[Span], requests: &[ExportTraceServiceRequest]) {
         };
         assert_eq!(status, want_status as i32, "status of {id}");
         let want_attributes: BTreeMap<String, Value> = want
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
+            .attributes()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
             .collect();
         assert_eq!(
             attributes(&got.attributes),

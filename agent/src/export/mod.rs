@@ -168,7 +168,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::spans::trace::{Resource, Span, SpanKind};
+    use crate::spans::trace::{HttpAttributes, Resource, Span, SpanKind};
 
     fn store() -> Arc<TraceStore> {
         let store = Arc::new(TraceStore::new(100));
@@ -186,11 +186,17 @@ mod tests {
                 parent_span_id: None,
                 sampled: true,
                 kind: SpanKind::Server,
-                name: "GET /".into(),
                 start_unix_nanos: u64::from(trace) * 1_000_000_000,
                 end_unix_nanos: u64::from(trace) * 1_000_000_000 + ms * 1_000_000,
                 error: false,
-                attributes: vec![],
+                http: HttpAttributes {
+                    method: "GET",
+                    status_code: 200,
+                    path: "/".into(),
+                    route: Some("/".into()),
+                    server: None,
+                    client: None,
+                },
                 resource: resource.clone(),
             });
         }

@@ -12,13 +12,13 @@ use std::{
 
 use opentelemetry::{
     trace::{SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState},
-    InstrumentationScope, KeyValue,
+    InstrumentationScope, KeyValue, StringValue,
 };
 use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
 use super::traces::{BatchExporter, OtlpConfig};
-use crate::spans::trace::{Resource, Span, SpanKind, Value};
+use crate::spans::trace::{AttributeValue, Resource, Span, SpanKind};
 
 /// `telemetry.sdk.name` of everything the agent exports.
 pub const SDK_NAME: &str = "obs-agent";
@@ -158,17 +158,25 @@ pub fn span_data(s: &Span) -> SpanData {
             SpanKind::Server => OtelKind::Server,
             SpanKind::Client => OtelKind::Client,
         },
-        name: Cow::Owned(s.name.clone()),
+        name: match s.kind {
+            SpanKind::Client => Cow::Borrowed(s.http.method),
+            SpanKind::Server => Cow::Owned(s.name()),
+        },
         start_time: unix_time(s.start_unix_nanos),
         end_time: unix_time(s.end_unix_nanos.max(s.start_unix_nanos)),
-        attributes: s
-            .attributes
-            .iter()
-            .map(|(k, v)| match v {
-                Value::Str(v) => KeyValue::new(*k, v.clone()),
-                Value::Int(v) => KeyValue::new(*k, *v),
-            })
-            .collect(),
+        attributes: {
+            let mut attributes = Vec::with_capacity(9);
+            s.for_each_attribute(|k, v| {
+                attributes.push(match v {
+                    AttributeValue::Static(v) => KeyValue::new(k, v),
+                    AttributeValue::Str(v) => KeyValue::new(k, v.to_owned()),
+                    AttributeValue::Shared(v) => KeyValue::new(k, StringValue::from(v.clone())),
+                    AttributeValue::Ip(v) => KeyValue::new(k, v.to_string()),
+                    AttributeValue::Int(v) => KeyValue::new(k, v),
+                })
+            });
+            attributes
+        },
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
         links: SpanLinks::default(),
@@ -189,6 +197,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::spans::trace::HttpAttributes;
 
     #[test]
     fn endpoint_urls() {
@@ -226,14 +235,17 @@ mod tests {
             parent_span_id: Some([3; 8]),
             sampled: true,
             kind: SpanKind::Server,
-            name: "GET /users/{id}".into(),
             start_unix_nanos: 1_700_000_000_000_000_001,
             end_unix_nanos: 1_700_000_000_500_000_001,
             error: true,
-            attributes: vec![
-                ("http.request.method", Value::Str("GET".into())),
-                ("http.response.status_code", Value::Int(503)),
-            ],
+            http: HttpAttributes {
+                method: "GET",
+                status_code: 503,
+                path: "/users/7".into(),
+                route: Some(Arc::from("/users/{id}")),
+                server: Some("127.0.0.1:8080".parse().unwrap()),
+                client: Some("127.0.0.1:5000".parse().unwrap()),
+            },
             resource: Arc::new(Resource {
                 service_name: "users".into(),
                 instance_id: "h-1-2".into(),
@@ -253,9 +265,20 @@ mod tests {
             Duration::from_millis(500)
         );
         assert_eq!(d.status, Status::error(""));
+        assert_eq!(d.name, "GET /users/{id}");
         assert_eq!(
-            d.attributes[1],
-            KeyValue::new("http.response.status_code", 503)
+            d.attributes,
+            [
+                KeyValue::new("http.request.method", "GET"),
+                KeyValue::new("http.response.status_code", 503),
+                KeyValue::new("url.path", "/users/7"),
+                KeyValue::new("network.protocol.version", "1.1"),
+                KeyValue::new("http.route", "/users/{id}"),
+                KeyValue::new("server.address", "127.0.0.1"),
+                KeyValue::new("server.port", 8080),
+                KeyValue::new("client.address", "127.0.0.1"),
+                KeyValue::new("client.port", 5000),
+            ]
         );
         let r = sdk_resource(&s.resource);
         assert_eq!(

@@ -12,30 +12,62 @@ use serde::Serialize;
 
 use crate::spans::trace::{hex, Span, SpanId, SpanKind, TraceId, Value};
 
+/// The index of a span slot or a trace entry; `NIL` for none.
+type Index = u32;
+const NIL: Index = Index::MAX;
+
 pub struct TraceStore {
     max_spans: usize,
     inner: Mutex<Inner>,
 }
 
-#[derive(Default)]
+/// Spans live in `slots`, which never grows past the bound: a slot is reused once its trace
+/// is evicted, so steady operation allocates nothing here. Each trace is an entry of `traces`
+/// (reused the same way) holding a chain of its slots and its place in a list ordered by last
+/// update; the index maps trace ids to entries. Inserting a span and evicting a trace are
+/// O(1) plus the evicted trace's spans.
 struct Inner {
-    traces: HashMap<TraceId, Stored>,
-    /// Last update (a sequence number) to trace id: the first entry is evicted first.
-    by_update: BTreeMap<u64, TraceId>,
-    next_seq: u64,
+    slots: Vec<Slot>,
+    free_slots: Vec<Index>,
+    traces: Vec<Trace>,
+    free_traces: Vec<Index>,
+    index: HashMap<TraceId, Index, foldhash::fast::RandomState>,
+    /// The least recently updated trace (evicted first) and the most recently updated.
+    oldest: Index,
+    newest: Index,
     spans: usize,
 }
 
-struct Stored {
-    seq: u64,
-    spans: Vec<Span>,
+struct Slot {
+    span: Option<Span>,
+    /// The next span of the same trace, in arrival order.
+    next: Index,
+}
+
+struct Trace {
+    id: TraceId,
+    first: Index,
+    last: Index,
+    len: usize,
+    /// Neighbours in update order.
+    older: Index,
+    newer: Index,
 }
 
 impl TraceStore {
     pub fn new(max_spans: usize) -> Self {
         Self {
             max_spans: max_spans.max(1),
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                slots: Vec::new(),
+                free_slots: Vec::new(),
+                traces: Vec::new(),
+                free_traces: Vec::new(),
+                index: HashMap::default(),
+                oldest: NIL,
+                newest: NIL,
+                spans: 0,
+            }),
         }
     }
 
@@ -44,30 +76,35 @@ impl TraceStore {
             return;
         };
         let inner = &mut *inner;
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        let trace_id = span.trace_id;
+        let existing = inner.index.get(&span.trace_id).copied().unwrap_or(NIL);
         // Make room, never evicting the trace this span belongs to.
         while inner.spans >= self.max_spans {
-            let Some((&oldest_seq, &oldest)) =
-                inner.by_update.iter().find(|(_, id)| **id != trace_id)
-            else {
+            let mut victim = inner.oldest;
+            if victim == existing {
+                victim = inner.traces[victim as usize].newer;
+            }
+            if victim == NIL {
                 // This trace alone fills the store: keep its first spans.
                 return;
-            };
-            inner.by_update.remove(&oldest_seq);
-            if let Some(t) = inner.traces.remove(&oldest) {
-                inner.spans -= t.spans.len();
             }
+            inner.evict(victim);
         }
-        let stored = inner.traces.entry(trace_id).or_insert(Stored {
-            seq,
-            spans: Vec::new(),
-        });
-        inner.by_update.remove(&stored.seq);
-        stored.seq = seq;
-        stored.spans.push(span);
-        inner.by_update.insert(seq, trace_id);
+        let trace = if existing == NIL {
+            inner.new_trace(span.trace_id)
+        } else {
+            inner.unlink(existing);
+            existing
+        };
+        inner.link_newest(trace);
+        let slot = inner.new_slot(span);
+        let t = &mut inner.traces[trace as usize];
+        let last = std::mem::replace(&mut t.last, slot);
+        t.len += 1;
+        if last == NIL {
+            t.first = slot;
+        } else {
+            inner.slots[last as usize].next = slot;
+        }
         inner.spans += 1;
     }
 
@@ -76,13 +113,15 @@ impl TraceStore {
     }
 
     pub fn trace_count(&self) -> usize {
-        self.inner.lock().map_or(0, |i| i.traces.len())
+        self.inner.lock().map_or(0, |i| i.index.len())
     }
 
     /// One trace's spans, by start time.
     pub fn trace(&self, id: &TraceId) -> Option<Vec<Span>> {
         let inner = self.inner.lock().ok()?;
-        let mut spans = inner.traces.get(id)?.spans.clone();
+        let &t = inner.index.get(id)?;
+        let mut spans: Vec<Span> = inner.spans_of(t).cloned().collect();
+        drop(inner);
         spans.sort_by_key(|s| (s.start_unix_nanos, s.end_unix_nanos));
         Some(spans)
     }
@@ -93,10 +132,15 @@ impl TraceStore {
         let Ok(inner) = self.inner.lock() else {
             return Vec::new();
         };
+        let mut spans = Vec::new();
         let mut all: Vec<TraceSummary> = inner
-            .traces
+            .index
             .iter()
-            .map(|(id, t)| TraceSummary::of(id, &t.spans))
+            .map(|(id, &t)| {
+                spans.clear();
+                spans.extend(inner.spans_of(t));
+                TraceSummary::of(id, &spans)
+            })
             .filter(|s| s.duration_nanos >= min_duration_nanos)
             .collect();
         drop(inner);
@@ -107,6 +151,108 @@ impl TraceStore {
         });
         all.truncate(limit);
         all
+    }
+
+    /// Slots ever used (at most the bound): tests check that memory does not grow.
+    #[cfg(test)]
+    fn slots_allocated(&self) -> usize {
+        self.inner.lock().map_or(0, |i| i.slots.len())
+    }
+}
+
+impl Inner {
+    fn spans_of(&self, trace: Index) -> impl Iterator<Item = &Span> {
+        let mut at = self.traces[trace as usize].first;
+        std::iter::from_fn(move || {
+            let slot = self.slots.get(at as usize)?;
+            at = slot.next;
+            slot.span.as_ref()
+        })
+    }
+
+    fn new_slot(&mut self, span: Span) -> Index {
+        let slot = Slot {
+            span: Some(span),
+            next: NIL,
+        };
+        match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as Index
+            }
+        }
+    }
+
+    fn new_trace(&mut self, id: TraceId) -> Index {
+        let trace = Trace {
+            id,
+            first: NIL,
+            last: NIL,
+            len: 0,
+            older: NIL,
+            newer: NIL,
+        };
+        let i = match self.free_traces.pop() {
+            Some(i) => {
+                self.traces[i as usize] = trace;
+                i
+            }
+            None => {
+                self.traces.push(trace);
+                (self.traces.len() - 1) as Index
+            }
+        };
+        self.index.insert(id, i);
+        i
+    }
+
+    /// Drops a whole trace; its slots and entry are reused.
+    fn evict(&mut self, trace: Index) {
+        self.unlink(trace);
+        let t = &self.traces[trace as usize];
+        self.index.remove(&t.id);
+        self.spans -= t.len;
+        let mut at = t.first;
+        while at != NIL {
+            let slot = &mut self.slots[at as usize];
+            slot.span = None;
+            self.free_slots.push(at);
+            at = std::mem::replace(&mut slot.next, NIL);
+        }
+        self.free_traces.push(trace);
+    }
+
+    /// Takes a trace out of the update order.
+    fn unlink(&mut self, trace: Index) {
+        let Trace { older, newer, .. } = self.traces[trace as usize];
+        match older {
+            NIL => self.oldest = newer,
+            o => self.traces[o as usize].newer = newer,
+        }
+        match newer {
+            NIL => self.newest = older,
+            n => self.traces[n as usize].older = older,
+        }
+        let t = &mut self.traces[trace as usize];
+        t.older = NIL;
+        t.newer = NIL;
+    }
+
+    /// Puts a trace (not in the update order) last in it: the most recently updated.
+    fn link_newest(&mut self, trace: Index) {
+        let newest = self.newest;
+        let t = &mut self.traces[trace as usize];
+        t.older = newest;
+        t.newer = NIL;
+        match newest {
+            NIL => self.oldest = trace,
+            n => self.traces[n as usize].newer = trace,
+        }
+        self.newest = trace;
     }
 }
 
@@ -126,7 +272,7 @@ pub struct TraceSummary {
 }
 
 impl TraceSummary {
-    fn of(id: &TraceId, spans: &[Span]) -> Self {
+    fn of(id: &TraceId, spans: &[&Span]) -> Self {
         let start = spans.iter().map(|s| s.start_unix_nanos).min().unwrap_or(0);
         let end = spans
             .iter()
@@ -138,7 +284,7 @@ impl TraceSummary {
         Self {
             trace_id: hex(id),
             root_service: root.map_or_else(String::new, |s| s.resource.service_name.clone()),
-            root_name: root.map_or_else(String::new, |s| s.name.clone()),
+            root_name: root.map_or_else(String::new, |s| s.name()),
             start_unix_nanos: start,
             duration_nanos,
             duration_ms: millis(duration_nanos),
@@ -166,10 +312,11 @@ fn status(s: &Span) -> &'static str {
 
 /// Spans without a parent in `spans` (true roots, and spans whose parent is not stored), by
 /// start time.
-fn roots(spans: &[Span]) -> Vec<&Span> {
+fn roots<'a>(spans: &[&'a Span]) -> Vec<&'a Span> {
     let ids: HashSet<SpanId> = spans.iter().map(|s| s.span_id).collect();
     let mut roots: Vec<&Span> = spans
         .iter()
+        .copied()
         .filter(|s| s.parent_span_id.is_none_or(|p| !ids.contains(&p)))
         .collect();
     roots.sort_by_key(|s| (s.start_unix_nanos, s.parent_span_id.is_some()));
@@ -220,20 +367,20 @@ impl From<&Span> for SpanJson {
                 SpanKind::Server => "server",
                 SpanKind::Client => "client",
             },
-            name: s.name.clone(),
+            name: s.name(),
             start_unix_nanos: s.start_unix_nanos,
             end_unix_nanos: s.end_unix_nanos,
             duration_ms: millis(duration_of(s)),
             status: status(s),
             attributes: s
-                .attributes
-                .iter()
+                .attributes()
+                .into_iter()
                 .map(|(k, v)| {
                     let v = match v {
-                        Value::Str(v) => serde_json::Value::from(v.as_str()),
-                        Value::Int(v) => serde_json::Value::from(*v),
+                        Value::Str(v) => serde_json::Value::from(v),
+                        Value::Int(v) => serde_json::Value::from(v),
                     };
-                    (*k, v)
+                    (k, v)
                 })
                 .collect(),
             resource: BTreeMap::from([
@@ -251,7 +398,8 @@ impl From<&Span> for SpanJson {
 /// indented two spaces per level under its parent; spans whose parent is not in the store
 /// stand at the root. Children in start order.
 pub fn render_tree(id: &TraceId, spans: &[Span]) -> String {
-    let summary = TraceSummary::of(id, spans);
+    let spans: Vec<&Span> = spans.iter().collect();
+    let summary = TraceSummary::of(id, &spans);
     let mut out = format!(
         "trace {}: {} span{}, {:.3} ms{}\n",
         summary.trace_id,
@@ -261,7 +409,7 @@ pub fn render_tree(id: &TraceId, spans: &[Span]) -> String {
         if summary.error { ", with errors" } else { "" }
     );
     let mut children: HashMap<SpanId, Vec<&Span>> = HashMap::new();
-    for s in spans {
+    for &s in &spans {
         if let Some(p) = s.parent_span_id {
             children.entry(p).or_default().push(s);
         }
@@ -271,10 +419,10 @@ pub fn render_tree(id: &TraceId, spans: &[Span]) -> String {
     }
     // Depth-first from each root, with a visited set: a parent cycle (colliding ids) must not
     // loop forever, and its spans are shown at the root after the rest.
-    let mut by_start: Vec<&Span> = spans.iter().collect();
+    let mut by_start = spans.clone();
     by_start.sort_by_key(|s| s.start_unix_nanos);
     let mut seen = HashSet::new();
-    for top in roots(spans).into_iter().chain(by_start) {
+    for top in roots(&spans).into_iter().chain(by_start) {
         let mut stack = vec![(top, 0)];
         while let Some((s, depth)) = stack.pop() {
             if !seen.insert(s.span_id) {
@@ -285,7 +433,7 @@ pub fn render_tree(id: &TraceId, spans: &[Span]) -> String {
                 "{:indent$}{} {} {:.3} ms {}",
                 "",
                 s.resource.service_name,
-                s.name,
+                s.display_name(),
                 millis(duration_of(s)),
                 status(s),
                 indent = depth * 2
@@ -315,7 +463,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::spans::trace::Resource;
+    use crate::spans::trace::{HttpAttributes, Resource};
 
     fn svc(name: &str) -> Arc<Resource> {
         Arc::new(Resource {
@@ -333,19 +481,18 @@ mod tests {
             span_id: [id; 8],
             parent_span_id: parent.map(|p| [p; 8]),
             sampled: true,
-            kind: if parent.is_some() {
-                SpanKind::Client
-            } else {
-                SpanKind::Server
-            },
-            name: format!("GET /{id}"),
+            kind: SpanKind::Server,
             start_unix_nanos: start_ms * 1_000_000,
             end_unix_nanos: end_ms * 1_000_000,
             error: false,
-            attributes: vec![
-                ("http.request.method", Value::Str("GET".into())),
-                ("http.response.status_code", Value::Int(200)),
-            ],
+            http: HttpAttributes {
+                method: "GET",
+                status_code: 200,
+                path: format!("/{id}"),
+                route: Some(Arc::from(format!("/{id}"))),
+                server: None,
+                client: None,
+            },
             resource: svc("front"),
         }
     }
@@ -372,6 +519,107 @@ mod tests {
         }
         assert_eq!(store.span_count(), 5);
         assert_eq!(store.trace_count(), 1);
+    }
+
+    #[test]
+    fn evicts_whole_traces_oldest_update_first() {
+        let store = TraceStore::new(6);
+        // Traces 1, 2, 3 of 2 spans each: full.
+        for t in 1..=3 {
+            store.insert(span(t, 1, None, 0, 1));
+            store.insert(span(t, 2, Some(1), 0, 1));
+        }
+        assert_eq!((store.span_count(), store.trace_count()), (6, 3));
+        // Updates make 1 the newest: 2 is now the oldest, then 3.
+        store.insert(span(1, 3, Some(1), 0, 1));
+        assert!(store.trace(&[2; 16]).is_none(), "trace 2 evicted whole");
+        assert_eq!(store.trace(&[1; 16]).unwrap().len(), 3);
+        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+        // A new trace of 2 spans: 3 goes (the oldest), 1 stays.
+        store.insert(span(4, 1, None, 0, 1));
+        store.insert(span(4, 2, Some(1), 0, 1));
+        assert!(store.trace(&[3; 16]).is_none());
+        assert_eq!(store.trace(&[1; 16]).unwrap().len(), 3);
+        assert_eq!(store.span_count(), 5);
+        // Then 1, the oldest now, goes whole for the next ones (5 + 2 > 6).
+        store.insert(span(5, 1, None, 0, 1));
+        store.insert(span(5, 2, Some(1), 0, 1));
+        assert!(store.trace(&[1; 16]).is_none());
+        assert_eq!(store.trace_count(), 2);
+        assert_eq!(store.span_count(), 4);
+    }
+
+    #[test]
+    fn the_bound_holds_and_slots_are_reused() {
+        let store = TraceStore::new(100);
+        for n in 0..10_000u32 {
+            let mut s = span(0, 1, None, 0, 1);
+            s.trace_id[..4].copy_from_slice(&n.to_be_bytes());
+            s.span_id[..4].copy_from_slice(&n.to_be_bytes());
+            store.insert(s.clone());
+            if n % 3 == 0 {
+                s.span_id[4] = 9;
+                s.parent_span_id = Some(s.span_id);
+                store.insert(s);
+            }
+            assert!(store.span_count() <= 100);
+        }
+        assert!(store.slots_allocated() <= 100);
+        assert!(store.span_count() >= 99);
+    }
+
+    #[test]
+    fn lookups_after_the_slots_wrapped_around_many_times() {
+        let store = TraceStore::new(8);
+        let id = |n: u32| {
+            let mut id = [0xee; 16];
+            id[12..].copy_from_slice(&n.to_be_bytes());
+            id
+        };
+        // Traces of 1 to 3 spans, so that slots are freed and reused out of order.
+        for n in 0..1_000u32 {
+            for k in 0..=(n % 3) {
+                let mut s = span(0, k as u8 + 1, (k > 0).then_some(1), n.into(), n as u64 + 1);
+                s.trace_id = id(n);
+                store.insert(s);
+            }
+        }
+        // The last traces are whole and intact, the older ones gone.
+        let last = store.trace(&id(999)).unwrap();
+        assert_eq!(last.len(), 1);
+        let before = store.trace(&id(998)).unwrap();
+        assert_eq!(before.len(), 3);
+        assert!(before.iter().all(|s| s.trace_id == id(998)));
+        assert_eq!(
+            before.iter().map(|s| s.span_id[0]).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(store.trace(&id(997)).unwrap().len(), 2);
+        assert!(store.trace(&id(990)).is_none());
+        assert_eq!(store.span_count(), 7);
+        assert_eq!(store.trace_count(), 4);
+        let listed: Vec<_> = store
+            .summaries(10, 0)
+            .into_iter()
+            .map(|s| s.span_count)
+            .collect();
+        assert_eq!(listed, [1, 3, 2, 1]);
+    }
+
+    #[test]
+    fn one_trace_alone_keeps_its_first_spans() {
+        let store = TraceStore::new(3);
+        store.insert(span(1, 1, None, 0, 1));
+        for id in 2..10 {
+            store.insert(span(2, id, Some(1), 0, 1));
+        }
+        // Trace 1 made room; trace 2 kept its first three spans.
+        assert!(store.trace(&[1; 16]).is_none());
+        let kept = store.trace(&[2; 16]).unwrap();
+        assert_eq!(
+            kept.iter().map(|s| s.span_id[0]).collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
     }
 
     #[test]
@@ -405,24 +653,67 @@ mod tests {
 
     #[test]
     fn trace_json_shape() {
-        let s = span(1, 2, Some(1), 1, 3);
-        let v = serde_json::to_value(TraceJson::new(&[1; 16], &[s])).unwrap();
+        let mut s = span(1, 2, Some(1), 1, 3);
+        s.http.server = Some("127.0.0.1:8080".parse().unwrap());
+        s.http.client = Some("[::1]:5000".parse().unwrap());
+        let mut call = span(1, 3, Some(2), 2, 3);
+        call.kind = SpanKind::Client;
+        call.http.route = None;
+        call.http.server = Some("10.1.2.3:80".parse().unwrap());
+        call.http.status_code = 404;
+        call.error = true;
+        let v = serde_json::to_value(TraceJson::new(&[1; 16], &[s, call])).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
                 "trace_id": "01010101010101010101010101010101",
-                "span_count": 1,
+                "span_count": 2,
                 "spans": [{
                     "trace_id": "01010101010101010101010101010101",
                     "span_id": "0202020202020202",
                     "parent_span_id": "0101010101010101",
-                    "kind": "client",
+                    "kind": "server",
                     "name": "GET /2",
                     "start_unix_nanos": 1_000_000u64,
                     "end_unix_nanos": 3_000_000u64,
                     "duration_ms": 2.0,
                     "status": "OK",
-                    "attributes": {"http.request.method": "GET", "http.response.status_code": 200},
+                    "attributes": {
+                        "http.request.method": "GET",
+                        "http.response.status_code": 200,
+                        "url.path": "/2",
+                        "network.protocol.version": "1.1",
+                        "http.route": "/2",
+                        "server.address": "127.0.0.1",
+                        "server.port": 8080,
+                        "client.address": "::1",
+                        "client.port": 5000,
+                    },
+                    "resource": {
+                        "service.name": "front",
+                        "service.instance.id": "h-front",
+                        "process.pid": 7,
+                        "process.executable.name": "front",
+                        "host.name": "h",
+                    },
+                }, {
+                    "trace_id": "01010101010101010101010101010101",
+                    "span_id": "0303030303030303",
+                    "parent_span_id": "0202020202020202",
+                    "kind": "client",
+                    "name": "GET",
+                    "start_unix_nanos": 2_000_000u64,
+                    "end_unix_nanos": 3_000_000u64,
+                    "duration_ms": 1.0,
+                    "status": "ERROR",
+                    "attributes": {
+                        "http.request.method": "GET",
+                        "http.response.status_code": 404,
+                        "url.path": "/3",
+                        "network.protocol.version": "1.1",
+                        "server.address": "10.1.2.3",
+                        "server.port": 80,
+                    },
                     "resource": {
                         "service.name": "front",
                         "service.instance.id": "h-front",

@@ -409,7 +409,7 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
-    use crate::spans::trace::SpanKind;
+    use crate::spans::trace::{HttpAttributes, SpanKind};
 
     pub(crate) fn resource(pid: u32) -> Arc<Resource> {
         Arc::new(Resource {
@@ -428,11 +428,17 @@ mod tests {
             parent_span_id: None,
             sampled: true,
             kind: SpanKind::Server,
-            name: "GET /".into(),
             start_unix_nanos: 1_000,
             end_unix_nanos: 2_000,
             error: false,
-            attributes: vec![],
+            http: HttpAttributes {
+                method: "GET",
+                status_code: 200,
+                path: "/".into(),
+                route: Some("/".into()),
+                server: None,
+                client: None,
+            },
             resource: resource.clone(),
         }
     }

@@ -17,7 +17,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use super::{
     http1::{Exchange, Role, SpanContext, Started},
-    trace::{Resource, Span, SpanKind, Value},
+    trace::{HttpAttributes, Resource, Span, SpanKind},
 };
 use crate::protocols::http::collapse_path;
 
@@ -89,11 +89,12 @@ impl Tracer {
     }
 
     /// The finished span of an exchange, if it was sampled. `route` is the server route
-    /// (pattern or collapsed path).
+    /// (pattern or collapsed path), shared with the process's route table. The exchange is
+    /// taken so that its path moves into the span: a span allocates nothing of its own.
     pub fn finish(
         &mut self,
-        e: &Exchange,
-        route: Option<&str>,
+        e: Exchange,
+        route: Option<Arc<str>>,
         resource: &Arc<Resource>,
     ) -> Option<Span> {
         if e.role == Role::Client {
@@ -105,43 +106,40 @@ impl Tracer {
         if !ctx.sampled {
             return None;
         }
-        let path = e.path.split(['?', '#']).next().unwrap_or("").to_owned();
-        let mut attributes = vec![
-            ("http.request.method", Value::Str(e.method.to_owned())),
-            ("http.response.status_code", Value::Int(e.status.into())),
-            ("url.path", Value::Str(path)),
-            ("network.protocol.version", Value::Str("1.1".to_owned())),
-        ];
-        let (kind, name, error) = match e.role {
+        let (kind, error, route, server, client) = match e.role {
             Role::Server => {
-                let route = route
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| collapse_path(&e.path));
-                attributes.push(("http.route", Value::Str(route.clone())));
-                push_addr(&mut attributes, "server", e.local);
-                push_addr(&mut attributes, "client", e.peer);
+                let route = route.unwrap_or_else(|| Arc::from(collapse_path(&e.path)));
                 (
                     SpanKind::Server,
-                    format!("{} {route}", e.method),
                     e.status >= 500,
+                    Some(route),
+                    e.local,
+                    e.peer,
                 )
             }
-            Role::Client => {
-                push_addr(&mut attributes, "server", e.peer);
-                (SpanKind::Client, e.method.to_owned(), e.status >= 400)
-            }
+            Role::Client => (SpanKind::Client, e.status >= 400, None, e.peer, None),
         };
+        let mut path = e.path;
+        if let Some(end) = path.find(['?', '#']) {
+            path.truncate(end);
+        }
         Some(Span {
             trace_id: ctx.trace_id,
             span_id: ctx.span_id,
             parent_span_id: ctx.parent_id,
             sampled: true,
             kind,
-            name,
             start_unix_nanos: self.wall(e.start_ns),
             end_unix_nanos: self.wall(e.end_ns),
             error,
-            attributes,
+            http: HttpAttributes {
+                method: e.method,
+                status_code: e.status,
+                path,
+                route,
+                server,
+                client,
+            },
             resource: resource.clone(),
         })
     }
@@ -180,16 +178,6 @@ impl Tracer {
     }
 }
 
-fn push_addr(attrs: &mut Vec<(&'static str, Value)>, side: &str, addr: Option<SocketAddr>) {
-    let Some(addr) = addr else { return };
-    let (address, port) = match side {
-        "server" => ("server.address", "server.port"),
-        _ => ("client.address", "client.port"),
-    };
-    attrs.push((address, Value::Str(addr.ip().to_string())));
-    attrs.push((port, Value::Int(addr.port().into())));
-}
-
 /// CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns), read back to back.
 fn clock_offset_ns() -> i128 {
     let read = |clock| {
@@ -209,7 +197,7 @@ fn clock_offset_ns() -> i128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::http::TraceParent;
+    use crate::{protocols::http::TraceParent, spans::trace::Value};
 
     fn resource() -> Arc<Resource> {
         Arc::new(Resource {
@@ -262,7 +250,7 @@ mod tests {
         );
         // Not sampled upstream: not exported.
         let e = exchange(Role::Server, ctx, "127.0.0.1:80", "127.0.0.1:5000", 200);
-        assert_eq!(t.finish(&e, None, &resource()), None);
+        assert_eq!(t.finish(e, None, &resource()), None);
     }
 
     #[test]
@@ -293,20 +281,17 @@ mod tests {
         );
         let server_span = t
             .finish(
-                &exchange(Role::Server, served, "127.0.0.1:81", "127.0.0.1:6000", 503),
-                Some("/items/{id}"),
+                exchange(Role::Server, served, "127.0.0.1:81", "127.0.0.1:6000", 503),
+                Some(Arc::from("/items/{id}")),
                 &resource(),
             )
             .unwrap();
-        assert_eq!(server_span.name, "GET /items/{id}");
+        assert_eq!(server_span.name(), "GET /items/{id}");
         assert!(server_span.error);
-        assert_eq!(
-            server_span.attribute("client.port"),
-            Some(&Value::Int(6000))
-        );
+        assert_eq!(server_span.attribute("client.port"), Some(Value::Int(6000)));
         assert_eq!(
             server_span.attribute("url.path"),
-            Some(&Value::Str("/items/42".into()))
+            Some(Value::Str("/items/42".into()))
         );
         assert_eq!(
             server_span.end_unix_nanos - server_span.start_unix_nanos,
@@ -315,7 +300,7 @@ mod tests {
         // Once the call is answered the link is forgotten.
         let client_span = t
             .finish(
-                &exchange(Role::Client, call, "127.0.0.1:6000", "127.0.0.1:81", 404),
+                exchange(Role::Client, call, "127.0.0.1:6000", "127.0.0.1:81", 404),
                 None,
                 &resource(),
             )
