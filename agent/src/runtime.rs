@@ -17,15 +17,15 @@ use crate::{
     events::{peer_address, DecodeError, Event},
     metrics::{
         self_metrics_labels::{module_labels, target_labels},
-        Metrics, ModuleLabels, ServiceLabels, TargetLabels,
+        Metrics, ModuleLabels, ProcessSeries, ServiceLabels, TargetLabels,
     },
     probes::{error_chain, ProbeError, Probes},
     protocols::go_mux::{Pattern, PatternSet},
     spans::{
         http1::{Connections, Dropped, Exchange, Role},
+        route_of,
         trace::{Resource, SpanSink},
         tracer::Tracer,
-        ClientRequest, ServerRequest,
     },
     symbols::{
         elf::ElfFile,
@@ -93,10 +93,9 @@ struct Routes {
 }
 
 impl Routes {
-    fn route(&self, exchange: &Exchange) -> Option<String> {
-        self.patterns
-            .route_for(exchange.method, &exchange.path)
-            .map(str::to_owned)
+    /// The pattern the request matched, if the process's router is known.
+    fn pattern(&self, exchange: &Exchange) -> Option<&str> {
+        self.patterns.route_for(exchange.method, &exchange.path)
     }
 
     /// Re-reads every known mux's patterns from the process's memory.
@@ -125,6 +124,8 @@ struct Watched {
     process: Process,
     /// What its spans say of it (OpenTelemetry resource).
     resource: Arc<Resource>,
+    /// Its request series, resolved once per route and server.
+    series: ProcessSeries,
     /// Its `obs_agent_target_info` and `obs_agent_target_module_info` series, removed at exit.
     target: TargetLabels,
     modules: Vec<ModuleLabels>,
@@ -250,6 +251,7 @@ impl Agent {
             pid,
             Watched {
                 resource,
+                series: ProcessSeries::new(&process.service_name),
                 process,
                 target,
                 modules,
@@ -446,28 +448,40 @@ impl Agent {
                     let ctx = tracer.start(&started, parent);
                     w.connections.set_span(started.fd, ctx);
                 }
-                let mut span_route = None;
-                match &exchange {
-                    Ok(Some(e)) if e.role == Role::Server => {
-                        let route = w.routes.route(e);
-                        let request = ServerRequest::from_exchange(e, route);
-                        self.metrics
-                            .record_server_request(&w.process.service_name, &request);
-                        span_route = Some(Arc::from(request.route));
-                    }
+                match exchange {
                     Ok(Some(e)) => {
-                        let request = ClientRequest::from_exchange(e);
-                        self.metrics
-                            .record_client_request(&w.process.service_name, &request);
+                        let duration = Duration::from_nanos(e.end_ns.saturating_sub(e.start_ns));
+                        let route = match e.role {
+                            Role::Server => {
+                                let route = route_of(&e, w.routes.pattern(&e));
+                                Some(self.metrics.record_server(
+                                    &mut w.series,
+                                    &route,
+                                    e.method,
+                                    e.status,
+                                    duration,
+                                ))
+                            }
+                            Role::Client => {
+                                self.metrics.record_client(
+                                    &mut w.series,
+                                    e.peer,
+                                    e.method,
+                                    e.status,
+                                    duration,
+                                );
+                                None
+                            }
+                        };
+                        if let Some((sink, tracer)) = tracing.as_mut() {
+                            if let Some(span) = tracer.finish(e, route, &w.resource) {
+                                self.metrics.agent.spans.inc();
+                                sink.submit(span);
+                            }
+                        }
                     }
-                    Err(dropped) => self.count_dropped(*dropped),
+                    Err(dropped) => self.count_dropped(dropped),
                     Ok(None) => {}
-                }
-                if let (Ok(Some(e)), Some((sink, tracer))) = (exchange, tracing.as_mut()) {
-                    if let Some(span) = tracer.finish(e, span_route, &w.resource) {
-                        self.metrics.agent.spans.inc();
-                        sink.submit(span);
-                    }
                 }
             }
         }

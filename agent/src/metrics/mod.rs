@@ -3,8 +3,9 @@
 
 mod route_guard;
 mod self_metrics;
+mod series;
 
-use std::sync::Mutex;
+use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -14,6 +15,7 @@ use prometheus_client::{
 
 pub use route_guard::{RouteGuard, OVERFLOW_ROUTE};
 pub use self_metrics::{labels as self_metrics_labels, ModuleLabels, SelfMetrics, TargetLabels};
+pub use series::ProcessSeries;
 
 use crate::spans::{ClientRequest, ServerRequest};
 
@@ -95,8 +97,58 @@ impl Metrics {
         }
     }
 
+    /// Records a call (uncached: [`Metrics::record_client`] is the per-request path).
     pub fn record_client_request(&self, service_name: &str, req: &ClientRequest) {
-        let (server_address, server_port) = match req.server {
+        let (server_address, server_port) = self.admit_peer(service_name, req.server);
+        self.observe_client(
+            HttpClientLabels {
+                service_name: service_name.to_owned(),
+                http_request_method: req.method,
+                http_response_status_code: req.status,
+                server_address,
+                server_port,
+            },
+            req.duration,
+        );
+    }
+
+    /// Records a served request (uncached: [`Metrics::record_server`] is the per-request
+    /// path).
+    pub fn record_server_request(&self, service_name: &str, req: &ServerRequest) {
+        self.record_server_uncached(
+            service_name,
+            &req.route,
+            req.method,
+            req.status,
+            req.duration,
+        );
+    }
+
+    fn record_server_uncached(
+        &self,
+        service_name: &str,
+        route: &str,
+        method: &'static str,
+        status: u16,
+        duration: Duration,
+    ) {
+        let admitted = self.admit_route(service_name, route);
+        if admitted == OVERFLOW_ROUTE && route != OVERFLOW_ROUTE {
+            self.agent.routes_overflowed.inc();
+        }
+        self.observe_server(service_name, admitted, method, status, duration);
+    }
+
+    /// The route to label a request of `service_name` with: itself, or `_OTHER` past the cap.
+    fn admit_route<'a>(&self, service_name: &str, route: &'a str) -> &'a str {
+        let mut guard = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        guard.admit(service_name, route)
+    }
+
+    /// `server_address` and `server_port` for a call to `server`: "" and 0 when unknown,
+    /// `_OTHER` and 0 past the cap.
+    fn admit_peer(&self, service_name: &str, server: Option<SocketAddr>) -> (String, u16) {
+        match server {
             None => (String::new(), 0),
             Some(addr) => {
                 let key = addr.to_string();
@@ -107,37 +159,32 @@ impl Metrics {
                     (addr.ip().to_string(), addr.port())
                 }
             }
-        };
-        let labels = HttpClientLabels {
-            service_name: service_name.to_owned(),
-            http_request_method: req.method,
-            http_response_status_code: req.status,
-            server_address,
-            server_port,
-        };
-        self.client_duration
-            .get_or_create(&labels)
-            .observe(req.duration.as_secs_f64());
+        }
     }
 
-    pub fn record_server_request(&self, service_name: &str, req: &ServerRequest) {
-        let route = {
-            let mut guard = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-            let admitted = guard.admit(service_name, &req.route);
-            if admitted == OVERFLOW_ROUTE && req.route != OVERFLOW_ROUTE {
-                self.agent.routes_overflowed.inc();
-            }
-            admitted.to_owned()
-        };
+    fn observe_server(
+        &self,
+        service_name: &str,
+        route: &str,
+        method: &'static str,
+        status: u16,
+        duration: Duration,
+    ) {
         let labels = HttpServerLabels {
             service_name: service_name.to_owned(),
-            http_request_method: req.method,
-            http_response_status_code: req.status,
-            http_route: route,
+            http_request_method: method,
+            http_response_status_code: status,
+            http_route: route.to_owned(),
         };
         self.server_duration
             .get_or_create(&labels)
-            .observe(req.duration.as_secs_f64());
+            .observe(duration.as_secs_f64());
+    }
+
+    fn observe_client(&self, labels: HttpClientLabels, duration: Duration) {
+        self.client_duration
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -176,5 +223,66 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("{le=\"0.05\",service_name=\"svc\",http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/a\"} 2"), "{text}");
+    }
+
+    #[test]
+    fn cached_series_are_the_uncached_ones() {
+        let cached = Metrics::new(2);
+        let plain = Metrics::new(2);
+        let mut p = ProcessSeries::new("svc");
+        let d = Duration::from_millis(30);
+        let served = [
+            ("/a", "GET", 200),
+            ("/a", "GET", 200),
+            ("/b", "POST", 201),
+            ("/c", "GET", 200),
+            ("/a", "GET", 500),
+            ("/c", "GET", 404),
+            ("_OTHER", "GET", 200),
+        ];
+        for (route, method, status) in served {
+            let shared = cached.record_server(&mut p, route, method, status, d);
+            assert_eq!(&*shared, route);
+            let req = ServerRequest {
+                method,
+                route: route.to_owned(),
+                status,
+                duration: d,
+            };
+            plain.record_server_request("svc", &req);
+        }
+        let peer = |s: &str| Some(s.parse().unwrap());
+        let called = [
+            (peer("10.0.0.1:80"), 200),
+            (peer("10.0.0.2:8080"), 503),
+            (peer("10.0.0.3:80"), 200),
+            (peer("10.0.0.1:80"), 404),
+            (None, 200),
+            (peer("[::1]:9000"), 200),
+        ];
+        for (server, status) in called {
+            cached.record_client(&mut p, server, "GET", status, d);
+            let req = ClientRequest {
+                method: "GET",
+                status,
+                server,
+                duration: d,
+            };
+            plain.record_client_request("svc", &req);
+        }
+        let text = cached.encode().unwrap();
+        assert!(text.contains("http_route=\"_OTHER\"} 2"), "{text}");
+        assert!(
+            text.contains("obs_agent_routes_overflowed_total 2"),
+            "{text}"
+        );
+        assert!(text.contains("server_address=\"_OTHER\""), "{text}");
+        // Series come out in hash order: compare them as sets.
+        let sorted = |t: &str| {
+            let mut lines: Vec<String> = t.lines().map(str::to_owned).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(sorted(&text), sorted(&plain.encode().unwrap()));
     }
 }

@@ -7,7 +7,7 @@ pub mod http1;
 pub mod trace;
 pub mod tracer;
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use crate::protocols::http::collapse_path;
 
@@ -53,6 +53,15 @@ impl ClientRequest {
             server: e.peer,
             duration: Duration::from_nanos(e.end_ns.saturating_sub(e.start_ns)),
         }
+    }
+}
+
+/// The route of a request: the pattern it matched (if the process's router is known), else
+/// its path with ids collapsed.
+pub fn route_of<'a>(e: &http1::Exchange, pattern: Option<&'a str>) -> Cow<'a, str> {
+    match pattern {
+        Some(p) => Cow::Borrowed(p),
+        None => Cow::Owned(collapse_truncated(&e.path, e.truncated)),
     }
 }
 
