@@ -5,9 +5,11 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
+    hash::BuildHasher,
     sync::Mutex,
 };
 
+use hashbrown::HashTable;
 use serde::Serialize;
 
 use crate::spans::trace::{hex, Span, SpanId, SpanKind, TraceId, Value};
@@ -31,7 +33,11 @@ struct Inner {
     free_slots: Vec<Index>,
     traces: Vec<Trace>,
     free_traces: Vec<Index>,
-    index: HashMap<TraceId, Index, foldhash::fast::RandomState>,
+    /// Trace entries by the hash of their id. It holds only entry numbers (small, so it
+    /// stays in cache): ids are compared in the entries, and removing an evicted trace, whose
+    /// entry is at hand, compares numbers only.
+    index: HashTable<Index>,
+    hasher: foldhash::fast::RandomState,
     /// The least recently updated trace (evicted first) and the most recently updated.
     oldest: Index,
     newest: Index,
@@ -46,6 +52,7 @@ struct Slot {
 
 struct Trace {
     id: TraceId,
+    hash: u64,
     first: Index,
     last: Index,
     len: usize,
@@ -63,7 +70,8 @@ impl TraceStore {
                 free_slots: Vec::new(),
                 traces: Vec::new(),
                 free_traces: Vec::new(),
-                index: HashMap::default(),
+                index: HashTable::new(),
+                hasher: foldhash::fast::RandomState::default(),
                 oldest: NIL,
                 newest: NIL,
                 spans: 0,
@@ -76,7 +84,8 @@ impl TraceStore {
             return;
         };
         let inner = &mut *inner;
-        let existing = inner.index.get(&span.trace_id).copied().unwrap_or(NIL);
+        let hash = inner.hasher.hash_one(span.trace_id);
+        let existing = inner.find(hash, &span.trace_id).unwrap_or(NIL);
         // Make room, never evicting the trace this span belongs to.
         while inner.spans >= self.max_spans {
             let mut victim = inner.oldest;
@@ -90,7 +99,7 @@ impl TraceStore {
             inner.evict(victim);
         }
         let trace = if existing == NIL {
-            inner.new_trace(span.trace_id)
+            inner.new_trace(span.trace_id, hash)
         } else {
             inner.unlink(existing);
             existing
@@ -119,7 +128,7 @@ impl TraceStore {
     /// One trace's spans, by start time.
     pub fn trace(&self, id: &TraceId) -> Option<Vec<Span>> {
         let inner = self.inner.lock().ok()?;
-        let &t = inner.index.get(id)?;
+        let t = inner.find(inner.hasher.hash_one(id), id)?;
         let mut spans: Vec<Span> = inner.spans_of(t).cloned().collect();
         drop(inner);
         spans.sort_by_key(|s| (s.start_unix_nanos, s.end_unix_nanos));
@@ -136,10 +145,10 @@ impl TraceStore {
         let mut all: Vec<TraceSummary> = inner
             .index
             .iter()
-            .map(|(id, &t)| {
+            .map(|&t| {
                 spans.clear();
                 spans.extend(inner.spans_of(t));
-                TraceSummary::of(id, &spans)
+                TraceSummary::of(&inner.traces[t as usize].id, &spans)
             })
             .filter(|s| s.duration_nanos >= min_duration_nanos)
             .collect();
@@ -161,6 +170,13 @@ impl TraceStore {
 }
 
 impl Inner {
+    fn find(&self, hash: u64, id: &TraceId) -> Option<Index> {
+        let traces = &self.traces;
+        self.index
+            .find(hash, |&t| traces[t as usize].id == *id)
+            .copied()
+    }
+
     fn spans_of(&self, trace: Index) -> impl Iterator<Item = &Span> {
         let mut at = self.traces[trace as usize].first;
         std::iter::from_fn(move || {
@@ -187,9 +203,10 @@ impl Inner {
         }
     }
 
-    fn new_trace(&mut self, id: TraceId) -> Index {
+    fn new_trace(&mut self, id: TraceId, hash: u64) -> Index {
         let trace = Trace {
             id,
+            hash,
             first: NIL,
             last: NIL,
             len: 0,
@@ -206,7 +223,9 @@ impl Inner {
                 (self.traces.len() - 1) as Index
             }
         };
-        self.index.insert(id, i);
+        let traces = &self.traces;
+        self.index
+            .insert_unique(hash, i, |&t| traces[t as usize].hash);
         i
     }
 
@@ -214,7 +233,9 @@ impl Inner {
     fn evict(&mut self, trace: Index) {
         self.unlink(trace);
         let t = &self.traces[trace as usize];
-        self.index.remove(&t.id);
+        if let Ok(entry) = self.index.find_entry(t.hash, |&i| i == trace) {
+            entry.remove();
+        }
         self.spans -= t.len;
         let mut at = t.first;
         while at != NIL {
