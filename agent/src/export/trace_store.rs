@@ -789,3 +789,65 @@ mod tests {
         assert_eq!(parse_trace_id("ééé030405060708090a0b0c0d0e0f1"), None);
     }
 }
+
+#[cfg(test)]
+mod bench {
+    use std::{sync::Arc, time::Instant};
+
+    use super::*;
+    use crate::spans::trace::{HttpAttributes, Resource};
+
+    /// `cargo test --release -p obs-agent store_insert_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn store_insert_cost() {
+        let resource = Arc::new(Resource {
+            service_name: "s".into(),
+            instance_id: "i".into(),
+            pid: 1,
+            executable_name: "s".into(),
+            host_name: "h".into(),
+        });
+        let route: Arc<str> = Arc::from("/");
+        let store = TraceStore::new(10_000);
+        let n = 2_000_000u64;
+        let server = Some("127.0.0.1:8080".parse().unwrap());
+        let client = Some("127.0.0.1:5000".parse().unwrap());
+        let t = Instant::now();
+        for i in 0..n {
+            std::hint::black_box(("/".to_owned(), route.clone(), resource.clone(), i));
+        }
+        let base = t.elapsed().as_nanos() as f64 / n as f64;
+        println!("{base:.1} ns per span to build its parts");
+        let t = Instant::now();
+        for i in 0..n {
+            let mut trace_id = [0u8; 16];
+            trace_id[..8].copy_from_slice(&i.wrapping_mul(0x9e3779b97f4a7c15).to_le_bytes());
+            trace_id[8..].copy_from_slice(&i.to_le_bytes());
+            store.insert(Span {
+                trace_id,
+                span_id: [1; 8],
+                parent_span_id: None,
+                sampled: true,
+                kind: SpanKind::Server,
+                start_unix_nanos: i,
+                end_unix_nanos: i + 1,
+                error: false,
+                http: HttpAttributes {
+                    method: "GET",
+                    status_code: 200,
+                    path: "/".to_owned(),
+                    route: Some(route.clone()),
+                    server,
+                    client,
+                },
+                resource: resource.clone(),
+            });
+        }
+        let ns = t.elapsed().as_nanos() as f64 / n as f64;
+        println!(
+            "{ns:.1} ns per span (size {} bytes)",
+            std::mem::size_of::<Span>()
+        );
+    }
+}
