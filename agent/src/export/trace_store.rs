@@ -64,7 +64,8 @@ struct Trace {
 impl TraceStore {
     pub fn new(max_spans: usize) -> Self {
         Self {
-            max_spans: max_spans.max(1),
+            // Slots are numbered with `Index`.
+            max_spans: max_spans.clamp(1, NIL as usize),
             inner: Mutex::new(Inner {
                 slots: Vec::new(),
                 free_slots: Vec::new(),
