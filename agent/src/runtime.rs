@@ -474,6 +474,7 @@ impl Agent {
                             }
                         };
                         if let Some((sink, tracer)) = tracing.as_mut() {
+                            let route = route.as_deref();
                             if let Some(span) = tracer.finish(e, route, &w.resource) {
                                 self.metrics.agent.spans.inc();
                                 sink.submit(span);

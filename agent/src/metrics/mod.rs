@@ -242,7 +242,7 @@ mod tests {
         ];
         for (route, method, status) in served {
             let shared = cached.record_server(&mut p, route, method, status, d);
-            assert_eq!(&*shared, route);
+            assert_eq!(&**shared, route);
             let req = ServerRequest {
                 method,
                 route: route.to_owned(),

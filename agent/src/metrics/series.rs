@@ -8,7 +8,7 @@
 //! Each cache is bounded; a process with more distinct routes, servers or (method, status)
 //! pairs than it holds records the rest through the uncached path, with identical results.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -85,14 +85,14 @@ impl ProcessSeries {
 impl Metrics {
     /// Records a request the process served on `route` (its pattern or collapsed path) and
     /// returns the route as its spans share it.
-    pub fn record_server(
+    pub fn record_server<'p>(
         &self,
-        p: &mut ProcessSeries,
+        p: &'p mut ProcessSeries,
         route: &str,
         method: &'static str,
         status: u16,
         duration: Duration,
-    ) -> Arc<str> {
+    ) -> Cow<'p, Arc<str>> {
         if !p.routes.contains_key(route) && p.routes.len() < MAX_CACHED_KEYS {
             let admitted = self.admit_route(&p.service_name, route);
             let route: Arc<str> = Arc::from(route);
@@ -108,7 +108,7 @@ impl Metrics {
         let service_name = &p.service_name;
         let Some(r) = p.routes.get_mut(route) else {
             self.record_server_uncached(service_name, route, method, status, duration);
-            return Arc::from(route);
+            return Cow::Owned(Arc::from(route));
         };
         if r.overflowed && route != OVERFLOW_ROUTE {
             self.agent.routes_overflowed.inc();
@@ -138,7 +138,7 @@ impl Metrics {
             Some(h) => h.observe(duration.as_secs_f64()),
             None => self.observe_server(service_name, label(), method, status, duration),
         }
-        shared.clone()
+        Cow::Borrowed(shared)
     }
 
     /// Records a call the process made to `server` (`None`: a peer never learned).

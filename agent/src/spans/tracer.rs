@@ -94,7 +94,7 @@ impl Tracer {
     pub fn finish(
         &mut self,
         e: Exchange,
-        route: Option<Arc<str>>,
+        route: Option<&Arc<str>>,
         resource: &Arc<Resource>,
     ) -> Option<Span> {
         if e.role == Role::Client {
@@ -108,7 +108,7 @@ impl Tracer {
         }
         let (kind, error, route, server, client) = match e.role {
             Role::Server => {
-                let route = route.unwrap_or_else(|| Arc::from(collapse_path(&e.path)));
+                let route = route.map_or_else(|| Arc::from(collapse_path(&e.path)), Arc::clone);
                 (
                     SpanKind::Server,
                     e.status >= 500,
@@ -282,7 +282,7 @@ mod tests {
         let server_span = t
             .finish(
                 exchange(Role::Server, served, "127.0.0.1:81", "127.0.0.1:6000", 503),
-                Some(Arc::from("/items/{id}")),
+                Some(&Arc::from("/items/{id}")),
                 &resource(),
             )
             .unwrap();
