@@ -22,6 +22,7 @@ use crate::{
     probes::{error_chain, ProbeError, Probes},
     protocols::go_mux::{Pattern, PatternSet},
     spans::{
+        goroutines::{Caller, Chain, Goroutines},
         http1::{Connections, Dropped, Exchange, Role},
         trace::{Resource, SpanSink},
         tracer::Tracer,
@@ -130,6 +131,8 @@ struct Watched {
     modules: Vec<ModuleLabels>,
     exited_at: Option<Instant>,
     connections: Connections,
+    /// Go processes with goroutine tracking: which request each call is made for.
+    goroutines: Goroutines,
     routes: Routes,
 }
 
@@ -196,9 +199,24 @@ impl Agent {
             detached_at: None,
             read_at: None,
         };
+        let mut goroutines_followed = false;
         {
             let mut probes = lock(&self.probes);
             probes.watch_sockets(pid)?;
+            // Only spans need it: without, a call is linked to the process's request in
+            // flight when there is exactly one.
+            if self.span_sink.get().is_some() {
+                match &binary.goroutines {
+                    Ok(tracking) => match probes.attach_goroutine_tracking(&process, tracking) {
+                        Ok(()) => goroutines_followed = true,
+                        Err(e) => log::warn!(
+                            "pid {pid}: goroutines not followed: {}",
+                            error_chain(&e)
+                        ),
+                    },
+                    Err(why) => log::info!("pid {pid}: goroutines not followed: {why}"),
+                }
+            }
             if let Some((point, _)) = routes.discovery {
                 // Without it, routes fall back to collapsed paths; requests are still counted.
                 if let Err(e) = probes.attach_mux_discovery(&process, point) {
@@ -207,12 +225,17 @@ impl Agent {
             }
         }
         log::info!(
-            "watching pid {pid} ({}, service {:?}, {}{})",
+            "watching pid {pid} ({}, service {:?}, {}{}{})",
             process.exe_path.display(),
             process.service_name,
             binary.build.go_version,
             if routes.discovery.is_some() {
                 ", ServeMux patterns"
+            } else {
+                ""
+            },
+            if goroutines_followed {
+                ", goroutines followed"
             } else {
                 ""
             }
@@ -255,6 +278,7 @@ impl Agent {
                 modules,
                 exited_at: None,
                 connections,
+                goroutines: Goroutines::default(),
                 routes,
             },
         );
@@ -308,6 +332,7 @@ impl Agent {
                             self.count_dropped(Dropped::Unanswered(unanswered));
                         }
                         w.connections = Connections::default();
+                        w.goroutines = Goroutines::default();
                         self.metrics.agent.target_info.remove(&w.target);
                         for m in &w.modules {
                             self.metrics.agent.target_module_info.remove(m);
@@ -389,6 +414,7 @@ impl Agent {
         let mut watched = lock(&self.watched);
         let tgid = match &event {
             Event::GoMuxSeen(e) => e.tgid,
+            Event::GoClientCall(e) => e.tgid,
             Event::SockConn(e) => e.tgid,
             Event::SockData(e) => e.tgid,
         };
@@ -404,6 +430,7 @@ impl Agent {
                     w.routes.read_patterns(tgid);
                 }
             }
+            Event::GoClientCall(c) => w.goroutines.call(c.fd, Chain::from(&c)),
             Event::SockConn(c) => match u64::from(c.syscall) {
                 nr::ACCEPT | nr::ACCEPT4 => {
                     w.connections
@@ -421,6 +448,7 @@ impl Agent {
                     }
                 }
                 nr::CLOSE => {
+                    w.goroutines.closed(c.fd);
                     if let Some(d) = w.connections.close(c.fd) {
                         self.count_dropped(d);
                     }
@@ -440,11 +468,18 @@ impl Agent {
                     (w.connections.take_started(), tracing.as_mut())
                 {
                     let parent = match started.role {
-                        Role::Client => w.connections.sole_server_span(),
+                        Role::Client => match w.goroutines.caller(started.fd) {
+                            Caller::Request(span) => Some(span),
+                            Caller::NoRequest => None,
+                            Caller::Unknown => w.connections.sole_server_span(),
+                        },
                         Role::Server => None,
                     };
                     let ctx = tracer.start(&started, parent);
                     w.connections.set_span(started.fd, ctx);
+                    if started.role == Role::Server {
+                        w.goroutines.serving(d.goid, ctx);
+                    }
                 }
                 let mut span_route = None;
                 match &exchange {
@@ -464,6 +499,9 @@ impl Agent {
                     Ok(None) => {}
                 }
                 if let (Ok(Some(e)), Some((sink, tracer))) = (&exchange, tracing.as_mut()) {
+                    if let (Role::Server, Some(span)) = (e.role, &e.span) {
+                        w.goroutines.served(d.goid, span);
+                    }
                     if let Some(span) = tracer.finish(e, span_route.as_deref(), &w.resource) {
                         self.metrics.agent.spans.inc();
                         sink.submit(span);

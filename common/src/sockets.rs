@@ -43,6 +43,8 @@ pub struct SockDataN<const N: usize> {
     pub bytes: i64,
     pub direction: u32,
     pub prefix_len: u32,
+    /// The Go goroutine that made the syscall (Go processes with known offsets), else 0.
+    pub goid: u64,
     pub prefix: [u8; N],
 }
 
@@ -75,8 +77,8 @@ pub const AF_INET6: u16 = 10;
 /// Go's sockets are non-blocking: `connect` returns this and completes later.
 pub const EINPROGRESS: i64 = 115;
 
-const _: () = assert!(core::mem::size_of::<SockData>() == 40 + DATA_PREFIX);
-const _: () = assert!(core::mem::size_of::<SockDataShort>() == 40 + EGRESS_PREFIX);
+const _: () = assert!(core::mem::size_of::<SockData>() == 48 + DATA_PREFIX);
+const _: () = assert!(core::mem::size_of::<SockDataShort>() == 48 + EGRESS_PREFIX);
 const _: () = assert!(core::mem::size_of::<SockConn>() == 56);
 
 #[cfg(feature = "user")]

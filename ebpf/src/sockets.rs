@@ -20,7 +20,7 @@ use obs_common::{
 };
 
 use crate::{
-    maps::{count, is_watched, wakeup_flags, EVENTS},
+    maps::{count, is_watched, wakeup_flags, EVENTS, GO_PROCS},
     user_mem::read,
 };
 
@@ -169,6 +169,7 @@ fn data_n<const N: usize>(
         (*e).bytes = ret;
         (*e).direction = direction;
         (*e).prefix_len = 0;
+        (*e).goid = goroutine(tgid, regs);
         if buf != 0 {
             if let Some(dst) = (*e).prefix.get_mut(..n) {
                 if aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, dst).is_ok() {
@@ -180,6 +181,16 @@ fn data_n<const N: usize>(
         }
     }
     entry.submit(wakeup_flags());
+}
+
+/// The goroutine making the syscall, in a Go process whose offsets user space gave: R14
+/// holds it in Go code, and the syscall path leaves it alone. 0 otherwise.
+#[inline(always)]
+fn goroutine(tgid: u32, regs: &pt_regs) -> u64 {
+    match unsafe { GO_PROCS.get(&tgid) } {
+        Some(off) => read::<u64>(regs.r14 + off.g_goid).unwrap_or(0),
+        None => 0,
+    }
 }
 
 #[inline(always)]

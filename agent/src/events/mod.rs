@@ -9,6 +9,7 @@ use std::{mem::size_of, time::Duration};
 use aya::maps::{MapData, RingBuf};
 use obs_common::{
     go_http::GoMuxSeen,
+    go_trace::GoClientCall,
     sockets::{SockConn, SockData, SockDataN, SockDataShort, AF_INET, AF_INET6, DATA_PREFIX},
     EventKind,
 };
@@ -23,6 +24,8 @@ pub struct Data {
     pub fd: u32,
     pub ts_ns: u64,
     pub direction: u32,
+    /// The Go goroutine that made the syscall, 0 if unknown.
+    pub goid: u64,
     /// What the syscall transferred (the prefix is at most this).
     pub bytes: i64,
     len: usize,
@@ -48,6 +51,7 @@ impl Data {
             fd: d.fd,
             ts_ns: d.ts_ns,
             direction: d.direction,
+            goid: d.goid,
             bytes: d.bytes,
             len,
             prefix,
@@ -62,6 +66,7 @@ impl Data {
 )]
 pub enum Event {
     GoMuxSeen(GoMuxSeen),
+    GoClientCall(GoClientCall),
     SockData(Data),
     SockConn(SockConn),
 }
@@ -118,6 +123,9 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             read_pod::<SockDataShort>(kind, record).map(|d| Event::SockData(Data::from_record(&d)))
         }
         EventKind::SockConn => read_pod::<SockConn>(kind, record).map(Event::SockConn),
+        EventKind::GoClientCall => {
+            read_pod::<GoClientCall>(kind, record).map(Event::GoClientCall)
+        }
     }
 }
 
@@ -205,6 +213,13 @@ mod tests {
         let Ok(Event::SockConn(c)) = decode(&record(EventKind::SockConn, size_of::<SockConn>()))
         else {
             panic!("not a connection");
+        };
+        assert_eq!(c.tgid, 1234);
+        let Ok(Event::GoClientCall(c)) = decode(&record(
+            EventKind::GoClientCall,
+            size_of::<GoClientCall>(),
+        )) else {
+            panic!("not a call");
         };
         assert_eq!(c.tgid, 1234);
     }
