@@ -134,7 +134,8 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
     match go_http::analyze(&elf) {
         Ok(binary) => {
             report.http_server = Some(true);
-            report.goroutine_tracking = Some(binary.goroutines.as_ref().map(|_| ()).map_err(Clone::clone));
+            report.goroutine_tracking =
+                Some(binary.goroutines.as_ref().map(|_| ()).map_err(Clone::clone));
             report.probe_sites = binary
                 .probe_points()
                 .iter()

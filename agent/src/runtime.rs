@@ -190,6 +190,9 @@ impl Agent {
         let mut connections = Connections::default();
         for s in target::sockets::open_sockets(pid) {
             connections.add_socket(s.fd, s.role, s.peer);
+            if let Some(local) = s.local {
+                connections.set_local(s.fd, local);
+            }
         }
         let routes = Routes {
             discovery: binary.mux_discovery,
@@ -209,10 +212,9 @@ impl Agent {
                 match &binary.goroutines {
                     Ok(tracking) => match probes.attach_goroutine_tracking(&process, tracking) {
                         Ok(()) => goroutines_followed = true,
-                        Err(e) => log::warn!(
-                            "pid {pid}: goroutines not followed: {}",
-                            error_chain(&e)
-                        ),
+                        Err(e) => {
+                            log::warn!("pid {pid}: goroutines not followed: {}", error_chain(&e))
+                        }
                     },
                     Err(why) => log::info!("pid {pid}: goroutines not followed: {why}"),
                 }
@@ -456,6 +458,7 @@ impl Agent {
                 _ => {}
             },
             Event::SockData(d) => {
+                let mut adopted = None;
                 let data = d.prefix();
                 let exchange = if d.direction == DIR_INGRESS {
                     w.connections.ingress(d.fd, d.ts_ns, data)
@@ -477,8 +480,12 @@ impl Agent {
                     };
                     let ctx = tracer.start(&started, parent);
                     w.connections.set_span(started.fd, ctx);
-                    if started.role == Role::Server {
-                        w.goroutines.serving(d.goid, ctx);
+                    match started.role {
+                        Role::Server => {
+                            w.goroutines.serving(d.goid, ctx);
+                            tracer.orphan(tgid, &started, &ctx);
+                        }
+                        Role::Client => adopted = tracer.adopt(&started, &ctx),
                     }
                 }
                 let mut span_route = None;
@@ -505,6 +512,15 @@ impl Agent {
                     if let Some(span) = tracer.finish(e, span_route.as_deref(), &w.resource) {
                         self.metrics.agent.spans.inc();
                         sink.submit(span);
+                    }
+                }
+                // A server request (of another watched process, usually) that started before
+                // this client request's event came: now the client's child.
+                if let Some((orphan, span)) = adopted {
+                    if let Some(server) = watched.get_mut(&orphan.pid) {
+                        if server.connections.relink(orphan.fd, orphan.span_id, span) {
+                            server.goroutines.relink(span);
+                        }
                     }
                 }
             }

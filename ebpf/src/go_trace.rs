@@ -19,7 +19,7 @@ use crate::{
 #[uprobe]
 pub fn go_newproc(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }) else {
+    let Some(off) = (unsafe { GO_PROCS.get(tgid) }) else {
         return 0;
     };
     let (newg, g0) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).r14) };
@@ -32,7 +32,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
         _pad: 0,
         goid,
     };
-    let _ = GO_PARENTS.insert(&key, &parent, 0);
+    let _ = GO_PARENTS.insert(key, parent, 0);
     0
 }
 
@@ -50,7 +50,7 @@ fn creation(off: &GoOffsets, newg: u64, g0: u64) -> Result<(u64, u64), i32> {
 #[uprobe]
 pub fn go_round_trip(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }) else {
+    let Some(off) = (unsafe { GO_PROCS.get(tgid) }) else {
         return 0;
     };
     let (pconn, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };
@@ -72,14 +72,17 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         goid,
     };
     for i in 1..MAX_GOROUTINE_CHAIN {
-        let Some(parent) = (unsafe { GO_PARENTS.get(&key) }) else {
+        let Some(parent) = (unsafe { GO_PARENTS.get(key) }) else {
             break;
         };
         event.goids[i] = *parent;
         event.depth = i as u32 + 1;
         key.goid = *parent;
     }
-    if EVENTS.output::<GoClientCall>(&event, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<GoClientCall>(&event, wakeup_flags())
+        .is_err()
+    {
         count(Stat::EventsLostRingFull);
     }
     0

@@ -10,8 +10,7 @@ use obs_common::{
     go_trace::{GoOffsets, GoroutineKey, MAX_GOROUTINE_PARENTS},
     stats::{Stat, STAT_COUNT},
     watched_slot, EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES,
-    MAX_WATCHED_PROCESSES,
-    WATCHED_WORDS,
+    MAX_WATCHED_PROCESSES, WATCHED_WORDS,
 };
 
 /// All events for user space.

@@ -187,7 +187,7 @@ fn data_n<const N: usize>(
 /// holds it in Go code, and the syscall path leaves it alone. 0 otherwise.
 #[inline(always)]
 fn goroutine(tgid: u32, regs: &pt_regs) -> u64 {
-    match unsafe { GO_PROCS.get(&tgid) } {
+    match unsafe { GO_PROCS.get(tgid) } {
         Some(off) => read::<u64>(regs.r14 + off.g_goid).unwrap_or(0),
         None => 0,
     }

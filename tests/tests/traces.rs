@@ -275,19 +275,6 @@ fn concurrent_requests(version: GoVersion) {
             .collect()
     });
 
-    if std::env::var("DEBUG_TRACES").is_ok() {
-        std::thread::sleep(Duration::from_secs(1));
-        let url = format!("http://127.0.0.1:{}/traces?limit=100000", agent.port);
-        let list: Value =
-            serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap();
-        let mut hist = BTreeMap::new();
-        for t in list.as_array().unwrap() {
-            *hist
-                .entry(format!("{} {}", t["root_service"], t["span_count"]))
-                .or_insert(0) += 1;
-        }
-        eprintln!("DEBUG {hist:?}");
-    }
     let mut fronts = Vec::new();
     for (trace_id, caller) in &sent {
         let spans = trace(&agent, trace_id, 9);
@@ -312,8 +299,8 @@ fn concurrent_requests(version: GoVersion) {
     // The background calls: traces of their own, the middle's client span at the root and
     // the back's server span under it.
     let url = format!("http://127.0.0.1:{}/traces?limit=100000", agent.port);
-    let list: Value = serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap())
-        .unwrap();
+    let list: Value =
+        serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap();
     let background = list
         .as_array()
         .unwrap()

@@ -123,9 +123,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             read_pod::<SockDataShort>(kind, record).map(|d| Event::SockData(Data::from_record(&d)))
         }
         EventKind::SockConn => read_pod::<SockConn>(kind, record).map(Event::SockConn),
-        EventKind::GoClientCall => {
-            read_pod::<GoClientCall>(kind, record).map(Event::GoClientCall)
-        }
+        EventKind::GoClientCall => read_pod::<GoClientCall>(kind, record).map(Event::GoClientCall),
     }
 }
 
@@ -215,10 +213,9 @@ mod tests {
             panic!("not a connection");
         };
         assert_eq!(c.tgid, 1234);
-        let Ok(Event::GoClientCall(c)) = decode(&record(
-            EventKind::GoClientCall,
-            size_of::<GoClientCall>(),
-        )) else {
+        let Ok(Event::GoClientCall(c)) =
+            decode(&record(EventKind::GoClientCall, size_of::<GoClientCall>()))
+        else {
             panic!("not a call");
         };
         assert_eq!(c.tgid, 1234);

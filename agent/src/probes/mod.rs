@@ -19,7 +19,9 @@ use obs_common::{
 };
 
 use crate::{
-    symbols::go_http::{GoroutineTracking, ProbePoint, MUX_SERVE_HTTP, NEWPROC_CLOSURE, ROUND_TRIP},
+    symbols::go_http::{
+        GoroutineTracking, ProbePoint, MUX_SERVE_HTTP, NEWPROC_CLOSURE, ROUND_TRIP,
+    },
     target::Process,
 };
 

@@ -86,6 +86,15 @@ impl Goroutines {
         }
     }
 
+    /// The request with span `span_id` got a new identity (see `Tracer::adopt`).
+    pub fn relink(&mut self, span: SpanContext) {
+        for s in self.serving.values_mut() {
+            if s.span_id == span.span_id {
+                *s = span;
+            }
+        }
+    }
+
     /// The transport is about to write a call on socket `fd` for this chain of goroutines.
     pub fn call(&mut self, fd: u32, chain: Chain) {
         if self.calls.len() >= MAX_CALLS && !self.calls.contains_key(&fd) {

@@ -165,7 +165,10 @@ pub struct GoHttpBinary {
 
 impl GoHttpBinary {
     pub fn probe_points(&self) -> Vec<ProbePoint> {
-        let goroutines = self.goroutines.iter().flat_map(|g| [Some(g.newproc), g.round_trip]);
+        let goroutines = self
+            .goroutines
+            .iter()
+            .flat_map(|g| [Some(g.newproc), g.round_trip]);
         self.mux_discovery
             .iter()
             .map(|(p, _)| *p)
@@ -232,8 +235,13 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
         .and_then(|s| {
             buildinfo::parse(&s).map_err(|e| SymbolsError::BadElf(format!("Go build info: {e}")))
         })?;
-    let functions =
-        elf.go_functions(&[SERVER_HANDLER, MUX_SERVE_HTTP, NEWPROC_CLOSURE, RUNQPUT, ROUND_TRIP])?;
+    let functions = elf.go_functions(&[
+        SERVER_HANDLER,
+        MUX_SERVE_HTTP,
+        NEWPROC_CLOSURE,
+        RUNQPUT,
+        ROUND_TRIP,
+    ])?;
     if !functions.contains_key(SERVER_HANDLER) {
         return Err(SymbolsError::NotHttpServer(SERVER_HANDLER));
     }
