@@ -8,6 +8,7 @@ use aya_ebpf::{
 use obs_common::{
     go_http::MuxKey,
     go_trace::{GoOffsets, GoroutineKey, MAX_GOROUTINE_PARENTS},
+    sockets::SockData,
     stats::{Stat, STAT_COUNT},
     watched_slot, EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES,
     MAX_WATCHED_PROCESSES, WATCHED_WORDS,
@@ -16,6 +17,10 @@ use obs_common::{
 /// All events for user space.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Per-CPU room to build a read's record before copying its used part to `EVENTS`.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<SockData> = PerCpuArray::with_max_entries(1, 0);
 
 /// The kernel side's own counters, indexed by `Stat`.
 #[map(name = "STATS")]
