@@ -51,6 +51,17 @@ fn children<'a>(spans: &'a [Value], parent: &Value) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The service's own handler time, from its `Server-Timing: handler;dur=MS` header.
+fn server_timing_ms(response: &ureq::Response) -> f64 {
+    let header = response
+        .header("server-timing")
+        .expect("Server-Timing header");
+    header
+        .split_once("dur=")
+        .and_then(|(_, ms)| ms.parse().ok())
+        .unwrap_or_else(|| panic!("Server-Timing: {header}"))
+}
+
 /// `child` runs within `parent` (1 ms of slack for the two processes' event timestamps).
 fn nested(parent: &Value, child: &Value) -> bool {
     let t = |s: &Value, k: &str| s[k].as_u64().unwrap();
@@ -165,17 +176,23 @@ fn three_services_make_one_trace_per_request() {
         // The last request's traceparent comes after 700 bytes of other headers: far into
         // the request's head, as behind a browser's cookies.
         let cookie = "c".repeat(if n == 3 { 700 } else { 0 });
-        let answer = ureq::get(&front.url("/work"))
+        let response = ureq::get(&front.url("/work"))
             .set("cookie", &format!("session={cookie}"))
             .set("traceparent", &format!("00-{trace_id}-{caller}-01"))
             .call()
-            .expect("front")
-            .into_string()
-            .unwrap();
-        assert_eq!(answer.trim(), "200");
+            .expect("front");
+        let own_ms = server_timing_ms(&response);
+        assert_eq!(response.into_string().unwrap().trim(), "200");
 
         let spans = trace(&agent, &trace_id, 9);
-        assert_chain_tree(&spans, &trace_id, &caller, middle.port);
+        let front_server = assert_chain_tree(&spans, &trace_id, &caller, middle.port);
+        // The agent's server span (request read to response written) holds the front's own
+        // handler time, and not much more.
+        let span_ms = front_server["duration_ms"].as_f64().unwrap();
+        assert!(
+            span_ms >= own_ms && span_ms <= own_ms + 20.0,
+            "span {span_ms} ms, the front's own timing {own_ms} ms"
+        );
     }
 
     // Without a traceparent: a new trace rooted at the front's server span.
@@ -250,7 +267,7 @@ fn concurrent_requests(version: GoVersion) {
     );
 
     let front_url = front.url("/work");
-    let sent: Vec<(String, String)> = std::thread::scope(|scope| {
+    let sent: Vec<(String, String, f64)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..THREADS)
             .map(|t| {
                 let front_url = &front_url;
@@ -260,14 +277,13 @@ fn concurrent_requests(version: GoVersion) {
                             let n = t * PER_THREAD + i;
                             let trace_id = format!("5ce0e9a56015fec5aadfa328ae39{n:04x}");
                             let caller = format!("b7ad6b7169{n:06x}");
-                            let answer = ureq::get(front_url)
+                            let response = ureq::get(front_url)
                                 .set("traceparent", &format!("00-{trace_id}-{caller}-01"))
                                 .call()
-                                .expect("front")
-                                .into_string()
-                                .unwrap();
-                            assert_eq!(answer.trim(), "200");
-                            (trace_id, caller)
+                                .expect("front");
+                            let own_ms = server_timing_ms(&response);
+                            assert_eq!(response.into_string().unwrap().trim(), "200");
+                            (trace_id, caller, own_ms)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -280,9 +296,17 @@ fn concurrent_requests(version: GoVersion) {
     });
 
     let mut fronts = Vec::new();
-    for (trace_id, caller) in &sent {
+    for (trace_id, caller, own_ms) in &sent {
         let spans = trace(&agent, trace_id, 9);
-        fronts.push(assert_chain_tree(&spans, trace_id, caller, middle.port));
+        let front_server = assert_chain_tree(&spans, trace_id, caller, middle.port);
+        // Each request's span holds that request's own handler time (a response paired with
+        // another request would not, in general).
+        let span_ms = front_server["duration_ms"].as_f64().unwrap();
+        assert!(
+            span_ms >= *own_ms && span_ms <= own_ms + 50.0,
+            "span {span_ms} ms, the front's own timing {own_ms} ms"
+        );
+        fronts.push(front_server);
     }
     // The requests really were in flight together: count overlapping pairs at the front.
     let t = |s: &Value, k: &str| s[k].as_u64().unwrap();

@@ -42,15 +42,23 @@ func main() {
 		}()
 	}
 	http.HandleFunc("/work", func(w http.ResponseWriter, r *http.Request) {
+		// The service's own view of how long it worked on the request, for the test to
+		// compare the agent's spans with.
+		start := time.Now()
+		timing := func() {
+			w.Header().Set("Server-Timing", fmt.Sprintf("handler;dur=%.3f", float64(time.Since(start).Microseconds())/1000))
+		}
 		q := r.URL.Query()
 		if ms, err := strconv.Atoi(q.Get("sleep")); err == nil {
 			time.Sleep(time.Duration(ms) * time.Millisecond)
 		}
 		if q.Get("fail") == "1" {
+			timing()
 			http.Error(w, "failing on purpose", http.StatusInternalServerError)
 			return
 		}
 		if *downstream == "" {
+			timing()
 			io.WriteString(w, "leaf\n")
 			return
 		}
@@ -77,6 +85,7 @@ func main() {
 			}
 		}
 		wg.Wait()
+		timing()
 		fmt.Fprintln(w, strings.Join(statuses, " "))
 	})
 
