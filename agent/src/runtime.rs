@@ -210,6 +210,9 @@ impl Agent {
             // flight when there is exactly one.
             if self.span_sink.get().is_some() {
                 match &binary.goroutines {
+                    // A program that makes no HTTP calls has nothing to link: its goroutine
+                    // creations are not worth a uprobe hit each.
+                    Ok(tracking) if tracking.round_trip.is_none() => {}
                     Ok(tracking) => match probes.attach_goroutine_tracking(&process, tracking) {
                         Ok(()) => goroutines_followed = true,
                         Err(e) => {
