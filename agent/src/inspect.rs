@@ -50,6 +50,8 @@ pub struct Report {
     pub dwarf_layouts: Option<SortedLayouts>,
     /// Why the agent would not watch processes running this binary.
     pub refusal: Option<String>,
+    /// Whether calls can be linked to their requests by goroutine, or why not.
+    pub goroutine_tracking: Option<Result<(), String>>,
     /// Struct -> members the agent reads (`go_http::WANTED_FIELDS`), what `dwarf_layouts`
     /// and the offsets table cover.
     pub wanted_fields: BTreeMap<&'static str, &'static [&'static str]>,
@@ -114,6 +116,7 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
         layouts: None,
         dwarf_layouts: offsets::dwarf_layouts(&elf)?.map(|l| sorted(&l)),
         refusal: None,
+        goroutine_tracking: None,
         wanted_fields: go_http::WANTED_FIELDS.iter().copied().collect(),
     };
     if let Some(info) = elf
@@ -131,6 +134,8 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
     match go_http::analyze(&elf) {
         Ok(binary) => {
             report.http_server = Some(true);
+            report.goroutine_tracking =
+                Some(binary.goroutines.as_ref().map(|_| ()).map_err(Clone::clone));
             report.probe_sites = binary
                 .probe_points()
                 .iter()
@@ -142,6 +147,7 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
                     kind: match p.site.kind {
                         SiteKind::StackCheckJump => "stack_check_jump",
                         SiteKind::Entry => "entry",
+                        SiteKind::Call => "call",
                     },
                 })
                 .collect();
@@ -242,6 +248,7 @@ impl fmt::Display for Report {
                 site.file_offset,
                 match site.kind {
                     "stack_check_jump" => "stack-check jump, emulated by the kernel",
+                    "call" => "call instruction, emulated by the kernel",
                     _ => "function entry, single-stepped (slow)",
                 }
             )?;
@@ -274,6 +281,11 @@ impl fmt::Display for Report {
             None => "no".to_owned(),
         };
         writeln!(f, "DWARF:           {dwarf}")?;
+        match &self.goroutine_tracking {
+            Some(Ok(())) => writeln!(f, "goroutines:      followed (calls linked to requests)")?,
+            Some(Err(why)) => writeln!(f, "goroutines:      not followed: {why}")?,
+            None => {}
+        }
         match &self.refusal {
             Some(why) => writeln!(f, "would watch it:  no: {why}"),
             None => writeln!(f, "would watch it:  yes"),

@@ -22,6 +22,7 @@ use crate::{
     probes::{error_chain, ProbeError, Probes},
     protocols::go_mux::{Pattern, PatternSet},
     spans::{
+        goroutines::{Caller, Chain, Goroutines},
         http1::{Connections, Dropped, Exchange, Role},
         route_of,
         trace::{Resource, SpanSink},
@@ -131,6 +132,8 @@ struct Watched {
     modules: Vec<ModuleLabels>,
     exited_at: Option<Instant>,
     connections: Connections,
+    /// Go processes with goroutine tracking: which request each call is made for.
+    goroutines: Goroutines,
     routes: Routes,
 }
 
@@ -188,6 +191,9 @@ impl Agent {
         let mut connections = Connections::default();
         for s in target::sockets::open_sockets(pid) {
             connections.add_socket(s.fd, s.role, s.peer);
+            if let Some(local) = s.local {
+                connections.set_local(s.fd, local);
+            }
         }
         let routes = Routes {
             discovery: binary.mux_discovery,
@@ -197,9 +203,26 @@ impl Agent {
             detached_at: None,
             read_at: None,
         };
+        let mut goroutines_followed = false;
         {
             let mut probes = lock(&self.probes);
             probes.watch_sockets(pid)?;
+            // Only spans need it: without, a call is linked to the process's request in
+            // flight when there is exactly one.
+            if self.span_sink.get().is_some() {
+                match &binary.goroutines {
+                    // A program that makes no HTTP calls has nothing to link: its goroutine
+                    // creations are not worth a uprobe hit each.
+                    Ok(tracking) if tracking.round_trip.is_none() => {}
+                    Ok(tracking) => match probes.attach_goroutine_tracking(&process, tracking) {
+                        Ok(()) => goroutines_followed = true,
+                        Err(e) => {
+                            log::warn!("pid {pid}: goroutines not followed: {}", error_chain(&e))
+                        }
+                    },
+                    Err(why) => log::info!("pid {pid}: goroutines not followed: {why}"),
+                }
+            }
             if let Some((point, _)) = routes.discovery {
                 // Without it, routes fall back to collapsed paths; requests are still counted.
                 if let Err(e) = probes.attach_mux_discovery(&process, point) {
@@ -208,12 +231,17 @@ impl Agent {
             }
         }
         log::info!(
-            "watching pid {pid} ({}, service {:?}, {}{})",
+            "watching pid {pid} ({}, service {:?}, {}{}{})",
             process.exe_path.display(),
             process.service_name,
             binary.build.go_version,
             if routes.discovery.is_some() {
                 ", ServeMux patterns"
+            } else {
+                ""
+            },
+            if goroutines_followed {
+                ", goroutines followed"
             } else {
                 ""
             }
@@ -257,6 +285,7 @@ impl Agent {
                 modules,
                 exited_at: None,
                 connections,
+                goroutines: Goroutines::default(),
                 routes,
             },
         );
@@ -310,6 +339,7 @@ impl Agent {
                             self.count_dropped(Dropped::Unanswered(unanswered));
                         }
                         w.connections = Connections::default();
+                        w.goroutines = Goroutines::default();
                         self.metrics.agent.target_info.remove(&w.target);
                         for m in &w.modules {
                             self.metrics.agent.target_module_info.remove(m);
@@ -391,6 +421,7 @@ impl Agent {
         let mut watched = lock(&self.watched);
         let tgid = match &event {
             Event::GoMuxSeen(e) => e.tgid,
+            Event::GoClientCall(e) => e.tgid,
             Event::SockConn(e) => e.tgid,
             Event::SockData(e) => e.tgid,
         };
@@ -406,6 +437,7 @@ impl Agent {
                     w.routes.read_patterns(tgid);
                 }
             }
+            Event::GoClientCall(c) => w.goroutines.call(c.fd, Chain::from(&c)),
             Event::SockConn(c) => match u64::from(c.syscall) {
                 nr::ACCEPT | nr::ACCEPT4 => {
                     w.connections
@@ -423,6 +455,7 @@ impl Agent {
                     }
                 }
                 nr::CLOSE => {
+                    w.goroutines.closed(c.fd);
                     if let Some(d) = w.connections.close(c.fd) {
                         self.count_dropped(d);
                     }
@@ -430,6 +463,7 @@ impl Agent {
                 _ => {}
             },
             Event::SockData(d) => {
+                let mut adopted = None;
                 let data = d.prefix();
                 let exchange = if d.direction == DIR_INGRESS {
                     w.connections.ingress(d.fd, d.ts_ns, data)
@@ -442,11 +476,22 @@ impl Agent {
                     (w.connections.take_started(), tracing.as_mut())
                 {
                     let parent = match started.role {
-                        Role::Client => w.connections.sole_server_span(),
+                        Role::Client => match w.goroutines.caller(started.fd) {
+                            Caller::Request(span) => Some(span),
+                            Caller::NoRequest => None,
+                            Caller::Unknown => w.connections.sole_server_span(),
+                        },
                         Role::Server => None,
                     };
                     let ctx = tracer.start(&started, parent);
                     w.connections.set_span(started.fd, ctx);
+                    match started.role {
+                        Role::Server => {
+                            w.goroutines.serving(d.goid, ctx);
+                            tracer.orphan(tgid, &started, &ctx);
+                        }
+                        Role::Client => adopted = tracer.adopt(&started, &ctx),
+                    }
                 }
                 match exchange {
                     Ok(Some(e)) => {
@@ -474,6 +519,9 @@ impl Agent {
                             }
                         };
                         if let Some((sink, tracer)) = tracing.as_mut() {
+                            if let (Role::Server, Some(span)) = (e.role, &e.span) {
+                                w.goroutines.served(d.goid, span);
+                            }
                             let route = route.as_deref();
                             if let Some(span) = tracer.finish(e, route, &w.resource) {
                                 self.metrics.agent.spans.inc();
@@ -483,6 +531,15 @@ impl Agent {
                     }
                     Err(dropped) => self.count_dropped(dropped),
                     Ok(None) => {}
+                }
+                // A server request (of another watched process, usually) that started before
+                // this client request's event came: now the client's child.
+                if let Some((orphan, span)) = adopted {
+                    if let Some(server) = watched.get_mut(&orphan.pid) {
+                        if server.connections.relink(orphan.fd, orphan.span_id, span) {
+                            server.goroutines.relink(span);
+                        }
+                    }
                 }
             }
         }

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod go_http;
+pub mod go_trace;
 pub mod sockets;
 pub mod stats;
 
@@ -15,9 +16,13 @@ pub mod names {
     pub const MAP_STATS: &str = "STATS";
     pub const MAP_WATCHED: &str = "WATCHED";
     pub const MAP_GO_MUXES: &str = "GO_MUXES";
+    pub const MAP_GO_PROCS: &str = "GO_PROCS";
+    pub const MAP_GO_PARENTS: &str = "GO_PARENTS";
     pub const PROG_SYS_EXIT: &str = "sys_exit";
     pub const PROG_SYS_ENTER_CLOSE: &str = "sys_enter_close";
     pub const PROG_GO_MUX_SERVE_HTTP: &str = "go_mux_serve_http";
+    pub const PROG_GO_NEWPROC: &str = "go_newproc";
+    pub const PROG_GO_ROUND_TRIP: &str = "go_round_trip";
 }
 
 /// The first field of every record on the event ring buffer.
@@ -28,6 +33,7 @@ pub enum EventKind {
     SockData = 2,
     SockConn = 3,
     SockDataShort = 4,
+    GoClientCall = 5,
 }
 
 impl EventKind {
@@ -37,6 +43,7 @@ impl EventKind {
             2 => Some(Self::SockData),
             3 => Some(Self::SockConn),
             4 => Some(Self::SockDataShort),
+            5 => Some(Self::GoClientCall),
             _ => None,
         }
     }

@@ -1,9 +1,12 @@
 //! Socket syscalls of watched processes, seen at `raw_tracepoint/sys_exit`: data (a bounded
 //! prefix of what was read or written) and connection life (accept, connect, close).
 
-/// Bytes of each read or write copied to user space: enough for a request line with a long
-/// path, or a status line.
-pub const DATA_PREFIX: usize = 256;
+/// Bytes of each read copied to user space, at most: a request's head with its headers
+/// (`traceparent` among them) even with cookies. Records are as long as what was copied
+/// ([`SOCK_DATA_HEADER`] + `prefix_len`), so a short request costs no more than its length.
+pub const DATA_PREFIX: usize = 1024;
+/// Size of a data record without its prefix.
+pub const SOCK_DATA_HEADER: usize = 48;
 /// Bytes copied of what a process writes: a status line (`HTTP/1.1 200 `) or a request line's
 /// start. Less copying on the hot path.
 pub const EGRESS_PREFIX: usize = 32;
@@ -30,7 +33,8 @@ pub const DIR_INGRESS: u32 = 0;
 pub const DIR_EGRESS: u32 = 1;
 
 /// Data read from or written to a file descriptor (sockets are told apart in user space),
-/// with the first `N` bytes: [`SockData`] for reads, [`SockDataShort`] for writes.
+/// with the first `N` bytes: [`SockData`] for reads (on the ring buffer cut to
+/// `SOCK_DATA_HEADER + prefix_len` bytes), [`SockDataShort`] for writes (whole).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SockDataN<const N: usize> {
@@ -43,6 +47,8 @@ pub struct SockDataN<const N: usize> {
     pub bytes: i64,
     pub direction: u32,
     pub prefix_len: u32,
+    /// The Go goroutine that made the syscall (Go processes with known offsets), else 0.
+    pub goid: u64,
     pub prefix: [u8; N],
 }
 
@@ -75,8 +81,8 @@ pub const AF_INET6: u16 = 10;
 /// Go's sockets are non-blocking: `connect` returns this and completes later.
 pub const EINPROGRESS: i64 = 115;
 
-const _: () = assert!(core::mem::size_of::<SockData>() == 40 + DATA_PREFIX);
-const _: () = assert!(core::mem::size_of::<SockDataShort>() == 40 + EGRESS_PREFIX);
+const _: () = assert!(core::mem::size_of::<SockData>() == SOCK_DATA_HEADER + DATA_PREFIX);
+const _: () = assert!(core::mem::size_of::<SockDataShort>() == SOCK_DATA_HEADER + EGRESS_PREFIX);
 const _: () = assert!(core::mem::size_of::<SockConn>() == 56);
 
 #[cfg(feature = "user")]

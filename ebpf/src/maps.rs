@@ -3,18 +3,24 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use obs_common::{
     go_http::MuxKey,
+    go_trace::{GoOffsets, GoroutineKey, MAX_GOROUTINE_PARENTS},
+    sockets::SockData,
     stats::{Stat, STAT_COUNT},
     watched_slot, EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES,
-    WATCHED_WORDS,
+    MAX_WATCHED_PROCESSES, WATCHED_WORDS,
 };
 
 /// All events for user space.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Per-CPU room to build a read's record before copying its used part to `EVENTS`.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<SockData> = PerCpuArray::with_max_entries(1, 0);
 
 /// The kernel side's own counters, indexed by `Stat`.
 #[map(name = "STATS")]
@@ -35,6 +41,15 @@ pub fn is_watched(tgid: u32) -> bool {
 /// (process, mux) pairs already reported by `go_mux_serve_http`.
 #[map(name = "GO_MUXES")]
 pub static GO_MUXES: LruHashMap<MuxKey, u8> = LruHashMap::with_max_entries(MAX_MUXES, 0);
+
+/// Go processes whose goroutines are followed, with their binary's struct offsets.
+#[map(name = "GO_PROCS")]
+pub static GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(MAX_WATCHED_PROCESSES, 0);
+
+/// (process, goroutine) -> the goroutine that created it.
+#[map(name = "GO_PARENTS")]
+pub static GO_PARENTS: LruHashMap<GoroutineKey, u64> =
+    LruHashMap::with_max_entries(MAX_GOROUTINE_PARENTS, 0);
 
 #[inline(always)]
 pub fn count(stat: Stat) {

@@ -4,6 +4,7 @@
 use obs_agent::{
     events::{decode, peer_address, Event},
     spans::{
+        goroutines::{Caller, Chain, Goroutines},
         http1::{Connections, Role},
         trace::Resource,
         tracer::Tracer,
@@ -25,12 +26,23 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     conns.add_socket(3, Some(Role::Server), None);
     conns.add_socket(4, Some(Role::Client), None);
     conns.add_socket(5, None, None);
-    // The input is cut into record-sized chunks; most will not decode, some will.
-    for chunk in data.chunks(320) {
+    let mut goroutines = Goroutines::default();
+    // The input is cut into records, each preceded by its length (2 bytes; records are of
+    // varying length, reads as long as their prefix); most will not decode, some will.
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_le_bytes([rest[0], rest[1]])) % 1200;
+        let chunk = &rest[2..(2 + len).min(rest.len())];
+        rest = &rest[(2 + len).min(rest.len())..];
         let d = match decode(chunk) {
             Ok(Event::SockData(d)) => d,
             Ok(Event::SockConn(c)) => {
                 let _ = peer_address(&c);
+                goroutines.closed(c.fd);
+                continue;
+            }
+            Ok(Event::GoClientCall(c)) => {
+                goroutines.call(3 + c.fd % 3, Chain::from(&c));
                 continue;
             }
             _ => continue,
@@ -42,10 +54,26 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             conns.egress(fd, d.ts_ns, d.prefix(), d.captured_all())
         };
         if let Some(started) = conns.take_started() {
-            let ctx = tracer.start(&started, conns.sole_server_span());
+            let parent = match goroutines.caller(started.fd) {
+                Caller::Request(s) => Some(s),
+                Caller::NoRequest => None,
+                Caller::Unknown => conns.sole_server_span(),
+            };
+            let ctx = tracer.start(&started, parent);
             conns.set_span(started.fd, ctx);
+            if started.role == Role::Server {
+                goroutines.serving(d.goid, ctx);
+                tracer.orphan(1, &started, &ctx);
+            } else if let Some((orphan, span)) = tracer.adopt(&started, &ctx) {
+                if conns.relink(orphan.fd, orphan.span_id, span) {
+                    goroutines.relink(span);
+                }
+            }
         }
         if let Ok(Some(e)) = exchange {
+            if let (Role::Server, Some(span)) = (e.role, &e.span) {
+                goroutines.served(d.goid, span);
+            }
             let _ = ServerRequest::from_exchange(&e, None);
             let _ = ClientRequest::from_exchange(&e);
             let _ = tracer.finish(e, None, &resource);

@@ -35,15 +35,25 @@ fn without_dwarf(toolchain: &Toolchain) -> PathBuf {
     out
 }
 
+fn bin_client(toolchain: &obs_integration_tests::Toolchain) -> std::path::PathBuf {
+    go_build("goclient", toolchain, BuildMode::Default)
+}
+
 #[test]
 fn table_agrees_with_the_dwarf_of_every_release() {
     let table = offsets::embedded().expect("the embedded offsets table parses");
     for toolchain in toolchains() {
+        // A server for the ServeMux structs, a client for net/http's transport.
+        let mut dwarf = offsets::dwarf_layouts(&ElfFile::open(&bin_client(&toolchain)).unwrap())
+            .unwrap()
+            .expect("goclient has DWARF");
         let bin = go_build("goserver", &toolchain, BuildMode::Default);
         let elf = ElfFile::open(&bin).unwrap();
-        let dwarf = offsets::dwarf_layouts(&elf)
-            .unwrap()
-            .unwrap_or_else(|| panic!("{}: no DWARF", bin.display()));
+        dwarf.extend(
+            offsets::dwarf_layouts(&elf)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{}: no DWARF", bin.display())),
+        );
         let release = release(&toolchain);
         let (_, entry) = table
             .releases

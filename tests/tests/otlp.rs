@@ -109,28 +109,9 @@ impl Receiver {
     }
 
     async fn http(port: u16) -> Self {
-        let requests = Requests::default();
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let test_headers: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (kept, kept_headers) = (requests.clone(), test_headers.clone());
-        let app = Router::new().route(
-            "/v1/traces",
-            post(move |headers: HeaderMap, body: Bytes| async move {
-                let request = ExportTraceServiceRequest::decode(body).unwrap();
-                kept.lock().unwrap().push(request);
-                if let Some(v) = headers.get("x-obs-test") {
-                    kept_headers
-                        .lock()
-                        .unwrap()
-                        .push(v.to_str().unwrap().to_owned());
-                }
-                (
-                    [(header::CONTENT_TYPE, "application/x-protobuf")],
-                    ExportTraceServiceResponse::default().encode_to_vec(),
-                )
-            }),
-        );
+        let (app, requests, test_headers) = http_app();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -139,6 +120,87 @@ impl Receiver {
                 .await
                 .unwrap();
         });
+        Self {
+            requests,
+            test_headers,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// A receiver serving over TLS with `cert` (PEM, for 127.0.0.1) and its `key`.
+    async fn tls(protocol: Protocol, port: u16, cert: &str, key: &str) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (requests, test_headers, task) = match protocol {
+            Protocol::Grpc => {
+                let requests = Requests::default();
+                let service = TraceServiceServer::new(Collect {
+                    requests: requests.clone(),
+                    delay: Duration::ZERO,
+                });
+                let tls = tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key));
+                let task = tokio::spawn(async move {
+                    tonic::transport::Server::builder()
+                        .tls_config(tls)
+                        .unwrap()
+                        .add_service(service)
+                        .serve_with_incoming_shutdown(
+                            tonic::transport::server::TcpIncoming::from(listener),
+                            async {
+                                let _ = stopped.await;
+                            },
+                        )
+                        .await
+                        .unwrap();
+                });
+                (requests, Arc::default(), task)
+            }
+            Protocol::HttpProtobuf => {
+                use tokio_rustls::rustls::{
+                    self,
+                    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+                };
+                let (app, requests, test_headers) = http_app();
+                let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap();
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+                let task = tokio::spawn(async move {
+                    let mut stopped = std::pin::pin!(stopped);
+                    loop {
+                        let (tcp, _) = tokio::select! {
+                            conn = listener.accept() => conn.unwrap(),
+                            _ = &mut stopped => return,
+                        };
+                        let (acceptor, app) = (acceptor.clone(), app.clone());
+                        tokio::spawn(async move {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let _ = hyper_util::server::conn::auto::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .serve_connection(
+                                hyper_util::rt::TokioIo::new(tls),
+                                hyper_util::service::TowerToHyperService::new(app),
+                            )
+                            .await;
+                        });
+                    }
+                });
+                (requests, test_headers, task)
+            }
+        };
         Self {
             requests,
             test_headers,
@@ -183,6 +245,31 @@ impl Receiver {
         }
         self.requests
     }
+}
+
+/// The HTTP receiver's routes: `/v1/traces` keeps each request and its `x-obs-test` header.
+fn http_app() -> (Router, Requests, Arc<Mutex<Vec<String>>>) {
+    let requests = Requests::default();
+    let test_headers: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (kept, kept_headers) = (requests.clone(), test_headers.clone());
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |headers: HeaderMap, body: Bytes| async move {
+            let request = ExportTraceServiceRequest::decode(body).unwrap();
+            kept.lock().unwrap().push(request);
+            if let Some(v) = headers.get("x-obs-test") {
+                kept_headers
+                    .lock()
+                    .unwrap()
+                    .push(v.to_str().unwrap().to_owned());
+            }
+            (
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                ExportTraceServiceResponse::default().encode_to_vec(),
+            )
+        }),
+    );
+    (app, requests, test_headers)
 }
 
 fn process(pid: u32, service: &str) -> Arc<Resource> {
@@ -414,6 +501,72 @@ async fn grpc_export_keeps_ids_times_attributes_and_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_export_keeps_ids_times_attributes_and_resources() {
     in_test_receiver_gets_every_field(Protocol::HttpProtobuf).await;
+}
+
+/// An https collector whose certificate is signed by a CA given in
+/// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`: every span arrives, over both protocols. Without
+/// that CA the certificate is not trusted, and nothing is exported (spans counted dropped).
+async fn https_collector(protocol: Protocol) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("obs-otlp-tls-{}-{protocol}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    // Not trusted without the CA: export fails, spans are counted as dropped.
+    let port = free_port();
+    let receiver = Receiver::tls(protocol, port, &leaf.pem(), &leaf_key.serialize_pem()).await;
+    let untrusting = TraceConfig {
+        max_attempts: 1,
+        ..config(protocol, format!("https://127.0.0.1:{port}"))
+    };
+    let metrics = SelfMetrics::default();
+    let traces = start(&untrusting, &metrics).unwrap();
+    submit_all(&traces, &request_spans(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dropped(&metrics, "export_failed") < 3 {
+        assert!(std::time::Instant::now() < deadline, "no export failure");
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(receiver.span_count(), 0);
+    drop(traces);
+
+    // Trusted through OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE.
+    std::env::set_var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &ca_file);
+    let metrics = SelfMetrics::default();
+    let traces = start(
+        &config(protocol, format!("https://127.0.0.1:{port}")),
+        &metrics,
+    )
+    .unwrap();
+    std::env::remove_var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE");
+    let sent: Vec<Span> = (0..5).flat_map(request_spans).collect();
+    submit_all(&traces, &sent);
+    receiver
+        .wait_for_spans(sent.len(), Duration::from_secs(10))
+        .await;
+    let requests = receiver.stop().await;
+    check_received(&sent, &requests.lock().unwrap());
+    assert_eq!(metrics.spans_exported.get(), sent.len() as u64);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_collector_over_grpc() {
+    https_collector(Protocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_collector_over_http_protobuf() {
+    https_collector(Protocol::HttpProtobuf).await;
 }
 
 /// Configured by the standard variables alone: endpoint, protocol and headers. (The other

@@ -1,7 +1,7 @@
 // go-offsets-probe is built by `cargo xtask go-offsets` with every supported Go release, so
 // that the agent can read from its DWARF the offsets of the struct fields it needs (net/http's
-// ServeMux routing tree and the runtime's maps). It only has to link those types; it runs
-// only when asked to serve (-addr).
+// ServeMux routing tree and the runtime's maps, goroutines, and net/http's transport). It only
+// has to link those types (hence the client call); it runs only when asked to (-addr, -get).
 package main
 
 import (
@@ -12,7 +12,13 @@ import (
 
 func main() {
 	addr := flag.String("addr", "", "serve on this address (the probe only needs to be built)")
+	get := flag.String("get", "", "fetch this URL first")
 	flag.Parse()
+	if *get != "" {
+		if resp, err := http.Get(*get); err == nil {
+			resp.Body.Close()
+		}
+	}
 
 	mux := http.NewServeMux()
 	// Plain paths are valid patterns in every Go release; enough of them that a routing node

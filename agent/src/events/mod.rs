@@ -9,7 +9,10 @@ use std::{mem::size_of, time::Duration};
 use aya::maps::{MapData, RingBuf};
 use obs_common::{
     go_http::GoMuxSeen,
-    sockets::{SockConn, SockData, SockDataN, SockDataShort, AF_INET, AF_INET6, DATA_PREFIX},
+    go_trace::GoClientCall,
+    sockets::{
+        SockConn, SockDataN, SockDataShort, AF_INET, AF_INET6, DATA_PREFIX, SOCK_DATA_HEADER,
+    },
     EventKind,
 };
 use tokio::io::unix::AsyncFd;
@@ -23,6 +26,8 @@ pub struct Data {
     pub fd: u32,
     pub ts_ns: u64,
     pub direction: u32,
+    /// The Go goroutine that made the syscall, 0 if unknown.
+    pub goid: u64,
     /// What the syscall transferred (the prefix is at most this).
     pub bytes: i64,
     len: usize,
@@ -40,14 +45,20 @@ impl Data {
     }
 
     fn from_record<const N: usize>(d: &SockDataN<N>) -> Self {
-        let len = (d.prefix_len as usize).min(N).min(DATA_PREFIX);
+        let len = (d.prefix_len as usize).min(N);
+        Self::from_parts(d, &d.prefix[..len])
+    }
+
+    fn from_parts<const N: usize>(d: &SockDataN<N>, bytes: &[u8]) -> Self {
+        let len = bytes.len().min(DATA_PREFIX);
         let mut prefix = [0; DATA_PREFIX];
-        prefix[..len].copy_from_slice(&d.prefix[..len]);
+        prefix[..len].copy_from_slice(&bytes[..len]);
         Self {
             tgid: d.tgid,
             fd: d.fd,
             ts_ns: d.ts_ns,
             direction: d.direction,
+            goid: d.goid,
             bytes: d.bytes,
             len,
             prefix,
@@ -62,6 +73,7 @@ impl Data {
 )]
 pub enum Event {
     GoMuxSeen(GoMuxSeen),
+    GoClientCall(GoClientCall),
     SockData(Data),
     SockConn(SockConn),
 }
@@ -111,14 +123,31 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     let kind = EventKind::from_u32(raw_kind).ok_or(DecodeError::UnknownKind(raw_kind))?;
     match kind {
         EventKind::GoMuxSeen => read_pod::<GoMuxSeen>(kind, record).map(Event::GoMuxSeen),
-        EventKind::SockData => {
-            read_pod::<SockData>(kind, record).map(|d| Event::SockData(Data::from_record(&d)))
-        }
+        EventKind::SockData => decode_read(record).map(Event::SockData),
         EventKind::SockDataShort => {
             read_pod::<SockDataShort>(kind, record).map(|d| Event::SockData(Data::from_record(&d)))
         }
         EventKind::SockConn => read_pod::<SockConn>(kind, record).map(Event::SockConn),
+        EventKind::GoClientCall => read_pod::<GoClientCall>(kind, record).map(Event::GoClientCall),
     }
+}
+
+/// A read's record: a header and as much of the prefix as was copied (`prefix_len`).
+fn decode_read(record: &[u8]) -> Result<Data, DecodeError> {
+    let wrong = || DecodeError::WrongSize {
+        kind: EventKind::SockData,
+        got: record.len(),
+        want: SOCK_DATA_HEADER + DATA_PREFIX,
+    };
+    if record.len() < SOCK_DATA_HEADER || record.len() > SOCK_DATA_HEADER + DATA_PREFIX {
+        return Err(wrong());
+    }
+    let header = read_pod::<SockDataN<0>>(EventKind::SockData, &record[..SOCK_DATA_HEADER])?;
+    let prefix = &record[SOCK_DATA_HEADER..];
+    if header.prefix_len as usize != prefix.len() {
+        return Err(wrong());
+    }
+    Ok(Data::from_parts(&header, prefix))
 }
 
 /// Copies a record into `T`. Sound because every `T` passed here is `repr(C)` plain data
@@ -197,14 +226,33 @@ mod tests {
             panic!("not a mux");
         };
         assert_eq!(e.tgid, 1234);
-        let Ok(Event::SockData(d)) = decode(&record(EventKind::SockData, size_of::<SockData>()))
-        else {
+        // A read's record is as long as its prefix: header, then `prefix_len` bytes.
+        let mut read = record(EventKind::SockData, SOCK_DATA_HEADER);
+        let Ok(Event::SockData(d)) = decode(&read) else {
             panic!("not data");
         };
-        assert_eq!(d.tgid, 1234);
+        assert_eq!((d.tgid, d.prefix()), (1234, &b""[..]));
+        read[36..40].copy_from_slice(&5u32.to_ne_bytes());
+        read.extend_from_slice(b"GET /");
+        let Ok(Event::SockData(d)) = decode(&read) else {
+            panic!("not data");
+        };
+        assert_eq!(d.prefix(), b"GET /");
+        // A prefix length that disagrees with the record's, or a record too long: refused.
+        read.push(b'x');
+        assert!(matches!(decode(&read), Err(DecodeError::WrongSize { .. })));
+        let mut long = record(EventKind::SockData, SOCK_DATA_HEADER + DATA_PREFIX + 1);
+        long[36..40].copy_from_slice(&(DATA_PREFIX as u32 + 1).to_ne_bytes());
+        assert!(matches!(decode(&long), Err(DecodeError::WrongSize { .. })));
         let Ok(Event::SockConn(c)) = decode(&record(EventKind::SockConn, size_of::<SockConn>()))
         else {
             panic!("not a connection");
+        };
+        assert_eq!(c.tgid, 1234);
+        let Ok(Event::GoClientCall(c)) =
+            decode(&record(EventKind::GoClientCall, size_of::<GoClientCall>()))
+        else {
+            panic!("not a call");
         };
         assert_eq!(c.tgid, 1234);
     }

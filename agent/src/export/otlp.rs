@@ -7,8 +7,15 @@
 use std::{
     borrow::Cow,
     fmt,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use opentelemetry_http::hyper::HyperClient;
+use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 
 use opentelemetry::{
     trace::{SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState},
@@ -73,13 +80,21 @@ impl OtlpExporter {
                 if let Some(e) = &endpoint {
                     b = b.with_endpoint(e.clone());
                 }
+                if effective_endpoint(endpoint.as_deref()).is_some_and(|e| is_https(&e)) {
+                    let mut tls = ClientTlsConfig::new().with_native_roots();
+                    if let Some((_, pem)) = collector_ca()? {
+                        tls = tls.ca_certificate(Certificate::from_pem(pem));
+                    }
+                    b = b.with_tls_config(tls);
+                }
                 b.build()
             }
             Protocol::HttpProtobuf => {
                 let mut b = builder
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_retry_policy(RetryPolicy::disabled());
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .with_http_client(http_client()?);
                 if let Some(e) = &endpoint {
                     b = b.with_endpoint(e.clone());
                 }
@@ -105,6 +120,77 @@ impl BatchExporter for OtlpExporter {
         self.inner.export(data).await.map_err(|e| e.to_string())
     }
 }
+
+/// The collector's endpoint as the exporter will resolve it: the flag, else the standard
+/// variables.
+fn effective_endpoint(flag: Option<&str>) -> Option<String> {
+    flag.map(str::to_owned)
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+}
+
+fn is_https(url: &str) -> bool {
+    url.trim()
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The CA to trust for an https collector besides the system's, from
+/// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or `OTEL_EXPORTER_OTLP_CERTIFICATE` (a PEM file):
+/// its path and contents.
+fn collector_ca() -> Result<Option<(String, Vec<u8>)>, String> {
+    let Some(path) = env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE"))
+    else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(&path)
+        .map_err(|e| format!("reading the collector's CA certificate {path}: {e}"))?;
+    Ok(Some((path, pem)))
+}
+
+/// The http/protobuf client: plain http, or https trusting the system's roots and the
+/// collector CA. Its timeout is the standard variables' (10 s by default), as the crate's
+/// own client would have.
+fn http_client() -> Result<HyperClient<HttpsConnector<HttpConnector>>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some((path, pem)) = collector_ca()? {
+        let bad = |e: &dyn fmt::Display| format!("the collector's CA certificate {path}: {e}");
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(bad(&"no PEM certificate in it"));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let timeout = env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
+    Ok(HyperClient::new(connector, timeout, None))
+}
+
+/// OpenTelemetry's default export timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `--otlp-endpoint` is a base URL like `OTEL_EXPORTER_OTLP_ENDPOINT`: for http/protobuf,
 /// `/v1/traces` is added when it has no path of its own.

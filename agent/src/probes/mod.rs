@@ -13,12 +13,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use obs_common::{
+    go_trace::GoOffsets,
     names,
     stats::{Stat, STAT_COUNT},
 };
 
 use crate::{
-    symbols::go_http::{ProbePoint, MUX_SERVE_HTTP},
+    symbols::go_http::{
+        GoroutineTracking, ProbePoint, MUX_SERVE_HTTP, NEWPROC_CLOSURE, ROUND_TRIP,
+    },
     target::Process,
 };
 
@@ -72,7 +75,10 @@ struct Link {
 
 pub struct Probes {
     ebpf: Ebpf,
+    /// Mux discovery, attached and detached as discovery goes.
     links: HashMap<u32, Vec<Link>>,
+    /// Goroutine tracking, attached for as long as the process is watched.
+    goroutine_links: HashMap<u32, Vec<Link>>,
 }
 
 impl Probes {
@@ -87,10 +93,14 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
         let load = |e: aya::programs::ProgramError| ProbeError::Load(error_chain(&e));
-        // Loaded once; attached per process while discovering muxes.
-        program::<UProbe>(&mut ebpf, names::PROG_GO_MUX_SERVE_HTTP)?
-            .load()
-            .map_err(load)?;
+        // Loaded once; attached per process (while discovering muxes; while tracing).
+        for name in [
+            names::PROG_GO_MUX_SERVE_HTTP,
+            names::PROG_GO_NEWPROC,
+            names::PROG_GO_ROUND_TRIP,
+        ] {
+            program::<UProbe>(&mut ebpf, name)?.load().map_err(load)?;
+        }
         // One program sees the socket syscalls of every watched process.
         let sys_exit = program::<RawTracePoint>(&mut ebpf, names::PROG_SYS_EXIT)?;
         sys_exit.load().map_err(load)?;
@@ -106,6 +116,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             links: HashMap::new(),
+            goroutine_links: HashMap::new(),
         })
     }
 
@@ -152,6 +163,51 @@ impl Probes {
         Ok(())
     }
 
+    /// Follows the goroutines of one process: its offsets into `GO_PROCS`, then the
+    /// goroutine-creation and transport uprobes. All or nothing.
+    pub fn attach_goroutine_tracking(
+        &mut self,
+        process: &Process,
+        tracking: &GoroutineTracking,
+    ) -> Result<(), ProbeError> {
+        let pid = process.pid;
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(pid).expect("pids of user processes are never 0"),
+        );
+        {
+            let map = self
+                .ebpf
+                .map_mut(names::MAP_GO_PROCS)
+                .ok_or(ProbeError::Missing(names::MAP_GO_PROCS))?;
+            aya::maps::HashMap::<_, u32, GoOffsets>::try_from(map)?.insert(
+                pid,
+                tracking.offsets,
+                0,
+            )?;
+        }
+        let mut links = Vec::new();
+        for point in std::iter::once(tracking.newproc).chain(tracking.round_trip) {
+            match self.attach_one(point, process, scope) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    self.detach_links(links);
+                    self.forget_go_process(pid);
+                    return Err(e);
+                }
+            }
+        }
+        self.goroutine_links.insert(pid, links);
+        Ok(())
+    }
+
+    fn forget_go_process(&mut self, pid: u32) {
+        if let Some(map) = self.ebpf.map_mut(names::MAP_GO_PROCS) {
+            if let Ok(mut procs) = aya::maps::HashMap::<_, u32, GoOffsets>::try_from(map) {
+                let _ = procs.remove(&pid);
+            }
+        }
+    }
+
     fn attach_one(
         &mut self,
         point: ProbePoint,
@@ -160,6 +216,8 @@ impl Probes {
     ) -> Result<Link, ProbeError> {
         let program = match point.function {
             MUX_SERVE_HTTP => names::PROG_GO_MUX_SERVE_HTTP,
+            NEWPROC_CLOSURE => names::PROG_GO_NEWPROC,
+            ROUND_TRIP => names::PROG_GO_ROUND_TRIP,
             other => unreachable!("no program for {other}"),
         };
         let uprobe: &mut UProbe = self
@@ -201,6 +259,10 @@ impl Probes {
     pub fn detach(&mut self, pid: u32) {
         self.unwatch_sockets(pid);
         self.detach_uprobes(pid);
+        if let Some(links) = self.goroutine_links.remove(&pid) {
+            self.detach_links(links);
+            self.forget_go_process(pid);
+        }
     }
 
     fn detach_links(&mut self, links: Vec<Link>) {
@@ -219,7 +281,12 @@ impl Probes {
 
     /// Probes attached now: the two shared syscall programs and the per-process uprobes.
     pub fn attached_count(&self) -> usize {
-        2 + self.links.values().map(Vec::len).sum::<usize>()
+        2 + self
+            .links
+            .values()
+            .chain(self.goroutine_links.values())
+            .map(Vec::len)
+            .sum::<usize>()
     }
 
     /// The kernel programs' counters, summed over CPUs, indexed by `Stat`.

@@ -154,6 +154,20 @@ impl Connections {
         }
     }
 
+    /// Gives the request waiting on `fd` with span `span_id` a new identity (adopted by a
+    /// client span whose event came late). Whether it was still waiting.
+    pub fn relink(&mut self, fd: u32, span_id: SpanId, span: SpanContext) -> bool {
+        let Some(p) = self.connections.get_mut(&fd).and_then(|c| {
+            c.pending
+                .iter_mut()
+                .find(|p| p.span.is_some_and(|s| s.span_id == span_id))
+        }) else {
+            return false;
+        };
+        p.span = Some(span);
+        true
+    }
+
     /// The span of the server request in flight, if exactly one is: the parent of the calls
     /// the process makes meanwhile. With several in flight the caller cannot be told apart
     /// from socket data alone.

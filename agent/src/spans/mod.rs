@@ -3,6 +3,7 @@
 //! low-cardinality form except the route and the peer, which the metrics stage caps per
 //! service.
 
+pub mod goroutines;
 pub mod http1;
 pub mod trace;
 pub mod tracer;

@@ -17,12 +17,25 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use super::{
     http1::{Exchange, Role, SpanContext, Started},
-    trace::{HttpAttributes, Resource, Span, SpanKind},
+    trace::{HttpAttributes, Resource, Span, SpanId, SpanKind},
 };
 use crate::protocols::http::collapse_path;
 
 /// Client requests in flight remembered for linking, at most (oldest forgotten first).
 pub const MAX_CLIENT_LINKS: usize = 65_536;
+/// Server requests from this machine waiting for their client's event, at most.
+pub const MAX_ORPHANS: usize = 65_536;
+
+/// A server request that started with no client span to link to although its client is on
+/// this machine: the client's write event may still be on its way. The kernel records a
+/// write's event when the syscall returns, and on loopback the reader on another CPU can
+/// return from its read first. When the client's event comes, the server span is adopted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Orphan {
+    pub pid: u32,
+    pub fd: u32,
+    pub span_id: SpanId,
+}
 
 pub struct Tracer {
     rng: SmallRng,
@@ -31,6 +44,8 @@ pub struct Tracer {
     clock_offset_ns: i128,
     /// Client requests in flight by (client address, server address).
     client_links: HashMap<(SocketAddr, SocketAddr), SpanContext>,
+    /// Server requests waiting for their client, by (client address, server address).
+    orphans: HashMap<(SocketAddr, SocketAddr), Orphan>,
 }
 
 impl Tracer {
@@ -40,6 +55,7 @@ impl Tracer {
             sample_ratio: sample_ratio.clamp(0.0, 1.0),
             clock_offset_ns: clock_offset_ns(),
             client_links: HashMap::new(),
+            orphans: HashMap::new(),
         }
     }
 
@@ -88,6 +104,57 @@ impl Tracer {
         ctx
     }
 
+    /// A server request of process `pid` got a trace of its own (`ctx`, no parent) although
+    /// its client is on this machine: remember it, so that the client's span, if its event
+    /// comes late, adopts it (`adopt`).
+    pub fn orphan(&mut self, pid: u32, started: &Started, ctx: &SpanContext) {
+        let (Role::Server, None, None, Some(peer), Some(local)) = (
+            started.role,
+            ctx.parent_id,
+            started.traceparent,
+            started.peer,
+            started.local,
+        ) else {
+            return;
+        };
+        let same_machine = peer.ip().is_loopback() || peer.ip() == local.ip();
+        if !same_machine {
+            return;
+        }
+        if self.orphans.len() >= MAX_ORPHANS {
+            self.orphans.clear();
+        }
+        self.orphans.insert(
+            (peer, local),
+            Orphan {
+                pid,
+                fd: started.fd,
+                span_id: ctx.span_id,
+            },
+        );
+    }
+
+    /// A client request just started with identity `client`: the server request of the same
+    /// connection that started before it, if any, and that request's new identity (the
+    /// client's child).
+    pub fn adopt(
+        &mut self,
+        started: &Started,
+        client: &SpanContext,
+    ) -> Option<(Orphan, SpanContext)> {
+        let key = (started.local?, started.peer?);
+        let orphan = self.orphans.remove(&key)?;
+        Some((
+            orphan,
+            SpanContext {
+                trace_id: client.trace_id,
+                span_id: orphan.span_id,
+                parent_id: Some(client.span_id),
+                sampled: client.sampled,
+            },
+        ))
+    }
+
     /// The finished span of an exchange, if it was sampled. `route` is the server route
     /// (pattern or collapsed path), shared with the process's route table. The exchange is
     /// taken so that its path moves into the span: a span allocates nothing of its own.
@@ -97,10 +164,22 @@ impl Tracer {
         route: Option<&Arc<str>>,
         resource: &Arc<Resource>,
     ) -> Option<Span> {
-        if e.role == Role::Client {
-            if let (Some(local), Some(peer)) = (e.local, e.peer) {
+        match (e.role, e.local, e.peer) {
+            (Role::Client, Some(local), Some(peer)) => {
                 self.client_links.remove(&(local, peer));
             }
+            (Role::Server, Some(local), Some(peer)) if !self.orphans.is_empty() => {
+                if let Some(span) = e.span {
+                    if self
+                        .orphans
+                        .get(&(peer, local))
+                        .is_some_and(|o| o.span_id == span.span_id)
+                    {
+                        self.orphans.remove(&(peer, local));
+                    }
+                }
+            }
+            _ => {}
         }
         let ctx = e.span?;
         if !ctx.sampled {
@@ -232,6 +311,52 @@ mod tests {
             start_ns: 1_000,
             end_ns: 2_000,
         }
+    }
+
+    #[test]
+    fn late_client_event_adopts_the_server_span() {
+        let mut t = Tracer::new(1.0);
+        // The server's read came first: a trace of its own, remembered as an orphan.
+        let server = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50000");
+        let orphan_ctx = t.start(&server, None);
+        assert_eq!(orphan_ctx.parent_id, None);
+        t.orphan(7, &server, &orphan_ctx);
+        // Then the client's write of the same connection.
+        let client = started(Role::Client, "127.0.0.1:50000", "127.0.0.1:8080");
+        let client_ctx = t.start(&client, None);
+        let (orphan, adopted) = t.adopt(&client, &client_ctx).expect("adopted");
+        assert_eq!((orphan.pid, orphan.fd), (7, 3));
+        assert_eq!(adopted.trace_id, client_ctx.trace_id);
+        assert_eq!(adopted.span_id, orphan_ctx.span_id);
+        assert_eq!(adopted.parent_id, Some(client_ctx.span_id));
+        // Once only.
+        assert_eq!(t.adopt(&client, &client_ctx), None);
+    }
+
+    #[test]
+    fn only_local_unlinked_server_requests_wait_for_a_client() {
+        let mut t = Tracer::new(1.0);
+        // A client on another machine: nothing to wait for.
+        let remote = started(Role::Server, "10.0.0.1:8080", "10.0.0.2:50000");
+        let ctx = t.start(&remote, None);
+        t.orphan(7, &remote, &ctx);
+        assert!(t.orphans.is_empty());
+        // A request that finished before any client event: forgotten.
+        let local = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50001");
+        let ctx = t.start(&local, None);
+        t.orphan(7, &local, &ctx);
+        assert_eq!(t.orphans.len(), 1);
+        let e = exchange(Role::Server, ctx, "127.0.0.1:8080", "127.0.0.1:50001", 200);
+        t.finish(e, None, &resource());
+        assert!(t.orphans.is_empty());
+        // Linked already (a client span in flight): no orphan.
+        let client = started(Role::Client, "127.0.0.1:50002", "127.0.0.1:8080");
+        t.start(&client, None);
+        let linked = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50002");
+        let ctx = t.start(&linked, None);
+        assert!(ctx.parent_id.is_some());
+        t.orphan(7, &linked, &ctx);
+        assert!(t.orphans.is_empty());
     }
 
     #[test]

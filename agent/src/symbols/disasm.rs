@@ -13,6 +13,8 @@ pub enum SiteKind {
     StackCheckJump,
     /// The function's first instruction: single-stepped, slow.
     Entry,
+    /// A direct `call` to a known function: emulated; the callee's arguments are set.
+    Call,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +59,27 @@ pub fn find_stack_check_jump(code: &[u8], address: u64) -> Option<ProbeSite> {
     None
 }
 
+/// The first direct `call` to `target` in `code` (a function's bytes, starting at `address`).
+pub fn find_call_to(code: &[u8], address: u64, target: u64) -> Option<ProbeSite> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            return None;
+        }
+        if insn.flow_control() == FlowControl::Call
+            && insn.is_call_near()
+            && insn.near_branch_target() == target
+        {
+            return Some(ProbeSite {
+                offset: insn.ip() - address,
+                kind: SiteKind::Call,
+            });
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +109,22 @@ mod tests {
         ];
         let site = find_stack_check_jump(&code, 0x617880).unwrap();
         assert_eq!(site.offset, 9);
+    }
+
+    #[test]
+    fn call_site() {
+        // From Go 1.19's runtime.newproc.func1 at 0x441760:
+        // mov rbx, rax; mov ecx, 1; mov rax, rdx; nop [rax+rax]; call runtime.runqput;
+        // call runtime.wakep
+        let code = [
+            0x48, 0x89, 0xc3, 0xb9, 0x01, 0x00, 0x00, 0x00, 0x48, 0x89, 0xd0, 0x0f, 0x1f, 0x44,
+            0x00, 0x00, 0xe8, 0x3b, 0x41, 0x00, 0x00, 0xe8, 0x6d, 0xc1, 0xff, 0xff,
+        ];
+        let site = find_call_to(&code, 0x441790, 0x4458e0).unwrap();
+        assert_eq!(site.offset, 0x10);
+        assert_eq!(site.kind, SiteKind::Call);
+        assert_eq!(find_call_to(&code, 0x441790, 0x1234), None);
+        assert_eq!(find_call_to(&[0xe8, 0x00], 0x1000, 0x1005), None);
     }
 
     #[test]

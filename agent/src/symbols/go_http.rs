@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use obs_common::go_trace::GoOffsets;
+
 use super::{
     buildinfo::{self, BuildInfo},
     disasm::{self, ProbeSite, SiteKind},
@@ -17,6 +19,19 @@ use super::{
 
 pub const SERVER_HANDLER: &str = "net/http.serverHandler.ServeHTTP";
 pub const MUX_SERVE_HTTP: &str = "net/http.(*ServeMux).ServeHTTP";
+/// Goroutine creation: the closure `newproc` runs on the system stack, which calls `runqput`
+/// with the new goroutine.
+pub const NEWPROC_CLOSURE: &str = "runtime.newproc.func1";
+const RUNQPUT: &str = "runtime.runqput";
+/// net/http's transport, called on the goroutine that made the request, per connection.
+pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+
+const G: &str = "runtime.g";
+const M: &str = "runtime.m";
+const PERSIST_CONN: &str = "net/http.persistConn";
+const NET_CONN: &str = "net.conn";
+const NET_FD: &str = "net.netFD";
+const POLL_FD: &str = "internal/poll.FD";
 
 const SERVE_MUX: &str = "net/http.ServeMux";
 const PATTERN: &str = "net/http.pattern";
@@ -50,6 +65,12 @@ pub const WANTED_FIELDS: &[(&str, &[&str])] = &[
     (SWISS_GROUP, &["ctrl", "slots"]),
     (HMAP, &["B", "buckets", "oldbuckets"]),
     (BUCKET, &["tophash", "values", "elems", "overflow"]),
+    (G, &["goid", "m"]),
+    (M, &["curg"]),
+    (PERSIST_CONN, &["conn"]),
+    (NET_CONN, &["fd"]),
+    (NET_FD, &["pfd"]),
+    (POLL_FD, &["Sysfd"]),
 ];
 
 /// Where one probe goes.
@@ -119,9 +140,23 @@ pub enum GoMapLayout {
 const STRING_SIZE: u64 = 16;
 const POINTER_SIZE: u64 = 8;
 
+/// Following goroutines, so that an outgoing call is linked to the request it is made for
+/// (see `obs_common::go_trace`): the two probe sites and the offsets the programs read with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoroutineTracking {
+    /// The `call runtime.runqput` in `runtime.newproc.func1`.
+    pub newproc: ProbePoint,
+    /// The stack-check jump of `(*persistConn).roundTrip`, when the binary has an HTTP client.
+    pub round_trip: Option<ProbePoint>,
+    pub offsets: GoOffsets,
+}
+
 #[derive(Clone, Debug)]
 pub struct GoHttpBinary {
     pub build: BuildInfo,
+    /// Goroutine tracking, or why it is not possible for this binary (spans then fall back
+    /// to linking a call to the process's sole request in flight).
+    pub goroutines: Result<GoroutineTracking, String>,
     /// The mux-discovery probe, when the binary has ServeMux with patterns (Go 1.22+).
     pub mux_discovery: Option<(ProbePoint, MuxLayout)>,
     /// Where the mux layout's offsets came from (with `mux_discovery`).
@@ -130,7 +165,15 @@ pub struct GoHttpBinary {
 
 impl GoHttpBinary {
     pub fn probe_points(&self) -> Vec<ProbePoint> {
-        self.mux_discovery.iter().map(|(p, _)| *p).collect()
+        let goroutines = self
+            .goroutines
+            .iter()
+            .flat_map(|g| [Some(g.newproc), g.round_trip]);
+        self.mux_discovery
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(goroutines.flatten())
+            .collect()
     }
 }
 
@@ -192,7 +235,13 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
         .and_then(|s| {
             buildinfo::parse(&s).map_err(|e| SymbolsError::BadElf(format!("Go build info: {e}")))
         })?;
-    let functions = elf.go_functions(&[SERVER_HANDLER, MUX_SERVE_HTTP])?;
+    let functions = elf.go_functions(&[
+        SERVER_HANDLER,
+        MUX_SERVE_HTTP,
+        NEWPROC_CLOSURE,
+        RUNQPUT,
+        ROUND_TRIP,
+    ])?;
     if !functions.contains_key(SERVER_HANDLER) {
         return Err(SymbolsError::NotHttpServer(SERVER_HANDLER));
     }
@@ -236,9 +285,77 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
         _ => None,
     };
     let layout_source = mux_discovery.and(layouts).map(|(_, source)| source);
+    let goroutines = goroutine_tracking(elf, &build, &functions);
     Ok(GoHttpBinary {
         build,
+        goroutines,
         mux_discovery,
         layout_source,
+    })
+}
+
+/// The offsets goroutine tracking reads with.
+pub fn go_offsets(l: &dwarf::Layouts) -> Result<GoOffsets, SymbolsError> {
+    Ok(GoOffsets {
+        g_goid: offset_of(l, G, "goid")?,
+        g_m: offset_of(l, G, "m")?,
+        m_curg: offset_of(l, M, "curg")?,
+        pconn_conn: offset_of(l, PERSIST_CONN, "conn")?,
+        conn_fd: offset_of(l, NET_CONN, "fd")?,
+        netfd_sysfd: offset_of(l, NET_FD, "pfd")? + offset_of(l, POLL_FD, "Sysfd")?,
+    })
+}
+
+fn goroutine_tracking(
+    elf: &ElfFile,
+    build: &BuildInfo,
+    functions: &std::collections::HashMap<String, super::elf::FunctionSymbol>,
+) -> Result<GoroutineTracking, String> {
+    let (layouts, _) = offsets::layouts_for(elf, build).map_err(|e| e.to_string())?;
+    let offsets = go_offsets(&layouts).map_err(|e| e.to_string())?;
+    let (Some(closure), Some(runqput)) = (functions.get(NEWPROC_CLOSURE), functions.get(RUNQPUT))
+    else {
+        return Err(format!("{NEWPROC_CLOSURE} or {RUNQPUT} not found"));
+    };
+    let code = elf
+        .bytes_at(closure.address, closure.size.clamp(1, 512))
+        .ok_or_else(|| format!("{NEWPROC_CLOSURE} is outside the file's segments"))?;
+    let call = disasm::find_call_to(code, closure.address, runqput.address)
+        .ok_or_else(|| format!("no call to {RUNQPUT} in {NEWPROC_CLOSURE}"))?;
+    let newproc = point(elf, NEWPROC_CLOSURE, closure.address, call)?;
+    let round_trip = match functions.get(ROUND_TRIP) {
+        Some(f) => {
+            let code = elf
+                .bytes_at(f.address, f.size.clamp(1, 64))
+                .ok_or_else(|| format!("{ROUND_TRIP} is outside the file's segments"))?;
+            let site = disasm::find_stack_check_jump(code, f.address)
+                .ok_or_else(|| format!("no stack-check jump in {ROUND_TRIP}"))?;
+            Some(point(elf, ROUND_TRIP, f.address, site)?)
+        }
+        None => None,
+    };
+    Ok(GoroutineTracking {
+        newproc,
+        round_trip,
+        offsets,
+    })
+}
+
+/// The probe point at `site` of the function at `function_address`.
+fn point(
+    elf: &ElfFile,
+    function: &'static str,
+    function_address: u64,
+    site: ProbeSite,
+) -> Result<ProbePoint, String> {
+    let address = function_address + site.offset;
+    let file_offset = elf
+        .file_offset(address)
+        .ok_or_else(|| format!("{function}: no file offset for {address:#x}"))?;
+    Ok(ProbePoint {
+        function,
+        address,
+        file_offset,
+        site,
     })
 }

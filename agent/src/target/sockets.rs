@@ -18,6 +18,8 @@ pub struct OpenSocket {
     /// `None` when /proc does not tell (not TCP, or gone meanwhile).
     pub role: Option<Role>,
     pub peer: Option<SocketAddr>,
+    /// This end's address: links spans across processes like getsockname does for new ones.
+    pub local: Option<SocketAddr>,
 }
 
 /// TCP states in /proc/net/tcp.
@@ -52,21 +54,25 @@ pub fn open_sockets(pid: u32) -> Vec<OpenSocket> {
                 fd,
                 role: None,
                 peer: None,
+                local: None,
             },
             Some(e) if listening.contains(&e.local.port()) => OpenSocket {
                 fd,
                 role: Some(Role::Server),
                 peer: Some(e.remote),
+                local: Some(e.local),
             },
             Some(e) if e.state == ESTABLISHED => OpenSocket {
                 fd,
                 role: Some(Role::Client),
                 peer: Some(e.remote),
+                local: Some(e.local),
             },
             _ => OpenSocket {
                 fd,
                 role: None,
                 peer: None,
+                local: None,
             },
         })
         .collect()
