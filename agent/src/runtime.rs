@@ -22,7 +22,7 @@ use crate::{
     probes::{error_chain, ProbeError, Probes},
     protocols::go_mux::{Pattern, PatternSet},
     spans::{
-        http1::{Connections, Dropped, Exchange, Role},
+        http1::{Connections, Dropped, Exchange, Role, RESPONSE_QUIET_NS},
         trace::{Resource, SpanSink},
         tracer::Tracer,
         ClientRequest, ServerRequest,
@@ -176,20 +176,29 @@ impl Agent {
         }
     }
 
-    /// Starts watching `pid`. Binary analysis is cached per (device, inode).
+    /// Starts watching `pid`: its socket syscalls, whatever its language; for a Go net/http
+    /// server also its ServeMux routes. Binary analysis is cached per (device, inode).
     pub fn watch(&self, pid: u32) -> Result<(), WatchError> {
         let process = Process::inspect(pid)?;
-        let binary = self.analyse(&process).map_err(|error| WatchError::Binary {
-            pid,
-            exe: process.exe_name(),
-            error,
-        })?;
+        let binary = match self.analyse(&process) {
+            Ok(binary) => Some(binary),
+            // Any other language: HTTP/1.x from its socket syscalls alone.
+            Err(error) if matches!(*error, SymbolsError::NotGo) => None,
+            Err(error) => {
+                return Err(WatchError::Binary {
+                    pid,
+                    exe: process.exe_name(),
+                    error,
+                })
+            }
+        };
         let mut connections = Connections::default();
-        for s in target::sockets::open_sockets(pid) {
+        let open = target::sockets::open_sockets(pid);
+        for s in &open {
             connections.add_socket(s.fd, s.role, s.peer);
         }
         let routes = Routes {
-            discovery: binary.mux_discovery,
+            discovery: binary.as_ref().and_then(|b| b.mux_discovery),
             muxes: Vec::new(),
             patterns: PatternSet::default(),
             last_new_mux: None,
@@ -206,18 +215,32 @@ impl Agent {
                 }
             }
         }
-        log::info!(
-            "watching pid {pid} ({}, service {:?}, {}{})",
-            process.exe_path.display(),
-            process.service_name,
-            binary.build.go_version,
-            if routes.discovery.is_some() {
-                ", ServeMux patterns"
-            } else {
-                ""
-            }
-        );
-        if let Some(source) = &binary.layout_source {
+        let build = binary.as_ref().map(|b| b.build.clone()).unwrap_or_default();
+        match &binary {
+            Some(_) => log::info!(
+                "watching pid {pid} ({}, service {:?}, {}{})",
+                process.exe_path.display(),
+                process.service_name,
+                build.go_version,
+                if routes.discovery.is_some() {
+                    ", ServeMux patterns"
+                } else {
+                    ""
+                }
+            ),
+            None => log::info!(
+                "watching pid {pid} ({}, service {:?}, not Go: HTTP/1.x from its socket \
+                 syscalls{})",
+                process.exe_path.display(),
+                process.service_name,
+                if target::sockets::TcpTables::default().has_tcp_socket(pid) {
+                    ""
+                } else {
+                    "; it has no TCP connection or listener yet"
+                }
+            ),
+        }
+        if let Some(source) = binary.as_ref().and_then(|b| b.layout_source.as_ref()) {
             // An assumed layout (a Go release newer than the offsets table) is worth seeing.
             let level = match source {
                 LayoutSource::Table { assumed: true, .. } => log::Level::Info,
@@ -226,11 +249,11 @@ impl Agent {
             log::log!(
                 level,
                 "pid {pid}: struct offsets from {source} ({})",
-                binary.build.go_version
+                build.go_version
             );
         }
-        let target = target_labels(&process, &binary.build);
-        let modules = module_labels(&process, &binary.build);
+        let target = target_labels(&process, &build);
+        let modules = module_labels(&process, &build);
         self.metrics.agent.target_info.get_or_create(&target).set(1);
         for m in &modules {
             self.metrics
@@ -303,9 +326,15 @@ impl Agent {
                             w.process.service_name
                         );
                         w.exited_at = Some(now);
-                        let unanswered = w.connections.in_flight_all();
+                        // Responses it was writing are complete; requests it had not
+                        // answered are lost.
+                        let unanswered = w.connections.finish_all();
+                        self.record_finished(w);
                         if unanswered > 0 {
-                            self.count_dropped(Dropped::Unanswered(unanswered));
+                            self.count_dropped(
+                                Dropped::Unanswered(unanswered),
+                                &w.process.service_name,
+                            );
                         }
                         w.connections = Connections::default();
                         self.metrics.agent.target_info.remove(&w.target);
@@ -320,12 +349,15 @@ impl Agent {
                 true
             });
         }
-        if self.selection == Selection::AllGo {
+        self.finish_quiet_responses();
+        if self.selection == Selection::Node {
             self.scan_for_new();
         }
         self.forget_unused_binaries();
     }
 
+    /// Node-wide mode: watches every Go process, and every other process that has a TCP
+    /// socket listening or connected (checked again at each scan until it has one).
     fn scan_for_new(&self) {
         let known: HashSet<u32> = lock(&self.watched)
             .iter()
@@ -334,6 +366,7 @@ impl Agent {
             .collect();
         let mut passed_over = lock(&self.passed_over);
         let mut alive = HashSet::new();
+        let mut tcp = target::sockets::TcpTables::default();
         for pid in target::all_pids() {
             if known.contains(&pid) {
                 continue;
@@ -346,11 +379,14 @@ impl Agent {
             if passed_over.contains(&id) {
                 continue;
             }
+            let is_go =
+                !matches!(self.analyse(&process), Err(e) if matches!(*e, SymbolsError::NotGo));
+            if !is_go && !tcp.has_tcp_socket(pid) {
+                continue;
+            }
             if let Err(e) = self.watch(pid) {
                 match e.reason() {
-                    "not_go" | "process_unreadable" | "no_such_process" => {
-                        log::trace!("pid {pid}: {e}")
-                    }
+                    "process_unreadable" | "no_such_process" => log::trace!("pid {pid}: {e}"),
                     _ => {
                         log::info!("not watching {e}");
                         self.metrics.agent.attach_failure(e.reason());
@@ -369,7 +405,7 @@ impl Agent {
             .map(|w| w.process.binary)
             .collect();
         let mut binaries = lock(&self.binaries);
-        if self.selection == Selection::AllGo {
+        if self.selection == Selection::Node {
             // Keep negative results (non-Go binaries) so rescans stay cheap; bounded by the
             // number of distinct executables on the machine.
             binaries.retain(|id, r| in_use.contains(id) || r.is_err());
@@ -404,76 +440,98 @@ impl Agent {
                     w.routes.read_patterns(tgid);
                 }
             }
-            Event::SockConn(c) => match u64::from(c.syscall) {
-                nr::ACCEPT | nr::ACCEPT4 => {
-                    w.connections
-                        .add_socket(c.fd, Some(Role::Server), peer_address(&c))
-                }
-                // Go's sockets are non-blocking: connect says "in progress" and completes
-                // later; a connection that then fails simply carries no requests.
-                nr::CONNECT if c.ret == 0 || c.ret == -EINPROGRESS => {
-                    w.connections
-                        .add_socket(c.fd, Some(Role::Client), peer_address(&c))
-                }
-                nr::GETSOCKNAME => {
-                    if let Some(local) = peer_address(&c) {
-                        w.connections.set_local(c.fd, local);
+            Event::SockConn(c) => {
+                let dropped = match u64::from(c.syscall) {
+                    nr::ACCEPT | nr::ACCEPT4 => {
+                        w.connections
+                            .new_connection(c.fd, Role::Server, peer_address(&c))
                     }
-                }
-                nr::CLOSE => {
-                    if let Some(d) = w.connections.close(c.fd) {
-                        self.count_dropped(d);
+                    // Non-blocking sockets (Go's, nginx's, Node's) say "in progress" and
+                    // complete later; a connection that then fails simply carries no
+                    // requests. Other failures leave no connection.
+                    nr::CONNECT if c.ret == 0 || c.ret == -EINPROGRESS => w
+                        .connections
+                        .new_connection(c.fd, Role::Client, peer_address(&c)),
+                    nr::GETSOCKNAME => {
+                        if let Some(local) = peer_address(&c) {
+                            w.connections.set_local(c.fd, local);
+                        }
+                        None
                     }
+                    nr::CLOSE => w.connections.close(c.fd),
+                    _ => None,
+                };
+                if let Some(d) = dropped {
+                    self.count_dropped(d, &w.process.service_name);
                 }
-                _ => {}
-            },
+                self.record_finished(w);
+            }
             Event::SockData(d) => {
                 let data = d.prefix();
-                let exchange = if d.direction == DIR_INGRESS {
-                    w.connections.ingress(d.fd, d.ts_ns, data)
+                let result = if d.direction == DIR_INGRESS {
+                    w.connections.ingress(d.fd, d.ts_ns, data, d.bytes)
                 } else {
-                    w.connections.egress(d.fd, d.ts_ns, data, d.captured_all())
+                    w.connections.egress(d.fd, d.ts_ns, data, d.bytes)
                 };
-                // One lock of the tracer per event, and only when tracing is on.
-                let mut tracing = self.span_sink.get().map(|sink| (sink, lock(&self.tracer)));
-                if let (Some(started), Some((_, tracer))) =
-                    (w.connections.take_started(), tracing.as_mut())
-                {
-                    let parent = match started.role {
-                        Role::Client => w.connections.sole_server_span(),
-                        Role::Server => None,
-                    };
-                    let ctx = tracer.start(&started, parent);
-                    w.connections.set_span(started.fd, ctx);
+                if let Err(dropped) = result {
+                    self.count_dropped(dropped, &w.process.service_name);
                 }
-                let mut span_route = None;
-                match &exchange {
-                    Ok(Some(e)) if e.role == Role::Server => {
-                        let route = w.routes.route(e);
-                        let request = ServerRequest::from_exchange(e, route);
-                        self.metrics
-                            .record_server_request(&w.process.service_name, &request);
-                        span_route = Some(request.route);
-                    }
-                    Ok(Some(e)) => {
-                        let request = ClientRequest::from_exchange(e);
-                        self.metrics
-                            .record_client_request(&w.process.service_name, &request);
-                    }
-                    Err(dropped) => self.count_dropped(*dropped),
-                    Ok(None) => {}
-                }
-                if let (Ok(Some(e)), Some((sink, tracer))) = (&exchange, tracing.as_mut()) {
-                    if let Some(span) = tracer.finish(e, span_route.as_deref(), &w.resource) {
-                        self.metrics.agent.spans.inc();
-                        sink.submit(span);
-                    }
-                }
+                self.record_finished(w);
             }
         }
     }
 
-    fn count_dropped(&self, d: Dropped) {
+    /// Records the exchanges `w` completed (metrics, spans), then gives the requests it
+    /// started their span identities. In that order: a client's next request on a
+    /// connection starts after its previous one finished.
+    fn record_finished(&self, w: &mut Watched) {
+        // One lock of the tracer per event, and only when tracing is on.
+        let mut tracing = self.span_sink.get().map(|sink| (sink, lock(&self.tracer)));
+        for e in w.connections.drain_finished() {
+            let mut span_route = None;
+            if e.role == Role::Server {
+                let route = w.routes.route(&e);
+                let request = ServerRequest::from_exchange(&e, route);
+                self.metrics
+                    .record_server_request(&w.process.service_name, &request);
+                span_route = Some(request.route);
+            } else {
+                let request = ClientRequest::from_exchange(&e);
+                self.metrics
+                    .record_client_request(&w.process.service_name, &request);
+            }
+            if let Some((sink, tracer)) = tracing.as_mut() {
+                if let Some(span) = tracer.finish(&e, span_route.as_deref(), &w.resource) {
+                    self.metrics.agent.spans.inc();
+                    sink.submit(span);
+                }
+            }
+        }
+        while let Some(started) = w.connections.take_started() {
+            let Some((_, tracer)) = tracing.as_mut() else {
+                continue;
+            };
+            let parent = match started.role {
+                Role::Client => w.connections.sole_server_span(),
+                Role::Server => None,
+            };
+            let ctx = tracer.start(&started, parent);
+            w.connections.set_span(started.fd, ctx);
+        }
+    }
+
+    /// Completes responses that have been quiet for [`RESPONSE_QUIET_NS`]: their last byte
+    /// was seen.
+    fn finish_quiet_responses(&self) {
+        let now = monotonic_ns();
+        let mut watched = lock(&self.watched);
+        for w in watched.values_mut() {
+            w.connections.finish_quiet(now, RESPONSE_QUIET_NS);
+            self.record_finished(w);
+        }
+    }
+
+    fn count_dropped(&self, d: Dropped, service_name: &str) {
         let m = &self.metrics.agent;
         match d {
             // Data on files, pipes and terminals is expected: not a loss.
@@ -485,6 +543,7 @@ impl Agent {
             Dropped::Overflow => {
                 m.lost("connection_table_full").inc();
             }
+            Dropped::NotHttp(reason) => m.non_http_connection(service_name, reason),
         }
     }
 
@@ -571,6 +630,19 @@ fn pace_discovery(pid: u32, w: &mut Watched, probes: &mut Probes, now: Instant) 
     {
         routes.read_patterns(pid);
     }
+}
+
+/// The kernel's monotonic clock (`bpf_ktime_get_ns`), as event timestamps use it.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

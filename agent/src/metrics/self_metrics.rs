@@ -18,6 +18,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NonHttpLabels {
+    pub service_name: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
     pub pid: u32,
     pub service_name: String,
@@ -70,6 +76,9 @@ pub struct SelfMetrics {
     pub spans_dropped: Family<ReasonLabels, Counter>,
     /// Spans waiting in the export queue now.
     pub spans_queued: Gauge,
+    /// Connections of watched processes that do not speak HTTP/1.x (seen from their first
+    /// bytes), by service and what they look like: `tls`, `http2`, `other`.
+    pub non_http_connections: Family<NonHttpLabels, Counter>,
 }
 
 impl Default for SelfMetrics {
@@ -91,6 +100,7 @@ impl Default for SelfMetrics {
             spans_exported: Counter::default(),
             spans_dropped: Family::default(),
             spans_queued: Gauge::default(),
+            non_http_connections: Family::default(),
         }
     }
 }
@@ -174,7 +184,22 @@ impl SelfMetrics {
             "Spans waiting in the OTLP export queue",
             m.spans_queued.clone(),
         );
+        r.register(
+            "non_http_connections",
+            "Connections of watched processes that do not speak HTTP/1.x, by service and by \
+             what they look like (tls, http2, other); they make no request series",
+            m.non_http_connections.clone(),
+        );
         m
+    }
+
+    pub fn non_http_connection(&self, service_name: &str, reason: &str) {
+        self.non_http_connections
+            .get_or_create(&NonHttpLabels {
+                service_name: service_name.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn span_dropped(&self, reason: &str, count: u64) {

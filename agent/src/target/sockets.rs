@@ -72,6 +72,46 @@ pub fn open_sockets(pid: u32) -> Vec<OpenSocket> {
         .collect()
 }
 
+/// The TCP tables of network namespaces, read once each (a node-wide scan looks at every
+/// process, and most share a few namespaces).
+#[derive(Default)]
+pub struct TcpTables {
+    /// Network namespace inode -> (socket inode -> TCP state).
+    by_netns: HashMap<u64, HashMap<u64, u8>>,
+}
+
+impl TcpTables {
+    /// Whether `pid` has a TCP socket listening or connected (IPv4 or IPv6).
+    pub fn has_tcp_socket(&mut self, pid: u32) -> bool {
+        let fds = socket_fds(pid);
+        if fds.is_empty() {
+            return false;
+        }
+        let Ok(netns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            return false;
+        };
+        use std::os::unix::fs::MetadataExt;
+        let states = self.by_netns.entry(netns.ino()).or_insert_with(|| {
+            let mut states = HashMap::new();
+            for table in ["tcp", "tcp6"] {
+                if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+                    states.extend(
+                        parse_tcp_table(&text)
+                            .into_iter()
+                            .map(|e| (e.inode, e.state)),
+                    );
+                }
+            }
+            states
+        });
+        fds.iter().any(|(_, inode)| {
+            states
+                .get(inode)
+                .is_some_and(|&s| s == LISTEN || s == ESTABLISHED)
+        })
+    }
+}
+
 /// (descriptor, socket inode) of every socket the process has open.
 fn socket_fds(pid: u32) -> Vec<(u32, u64)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -168,5 +208,6 @@ mod tests {
         assert_eq!(a.role, Some(Role::Server));
         assert_eq!(a.peer, Some(client.local_addr().unwrap()));
         assert_eq!(find(listener.as_raw_fd()).unwrap().role, None);
+        assert!(TcpTables::default().has_tcp_socket(std::process::id()));
     }
 }
