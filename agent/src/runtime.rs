@@ -520,13 +520,20 @@ impl Agent {
         }
     }
 
-    /// Completes responses that have been quiet for [`RESPONSE_QUIET_NS`]: their last byte
-    /// was seen.
+    /// Completes responses that have been quiet for [`RESPONSE_QUIET_NS`] and whose socket
+    /// has nothing left in flight: their last byte was seen.
     fn finish_quiet_responses(&self) {
         let now = monotonic_ns();
         let mut watched = lock(&self.watched);
-        for w in watched.values_mut() {
-            w.connections.finish_quiet(now, RESPONSE_QUIET_NS);
+        for (pid, w) in watched.iter_mut() {
+            let quiet = w.connections.quiet_responses(now, RESPONSE_QUIET_NS);
+            if quiet.is_empty() {
+                continue;
+            }
+            let busy = target::sockets::busy_sockets(*pid, &quiet);
+            for fd in quiet.into_iter().filter(|fd| !busy.contains(fd)) {
+                w.connections.finish_response(fd);
+            }
             self.record_finished(w);
         }
     }

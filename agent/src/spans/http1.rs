@@ -53,7 +53,8 @@ pub struct Started {
 
 pub const MAX_PENDING: usize = 64;
 pub const MAX_CONNECTIONS: usize = 65_536;
-/// A response with no byte seen for this long is complete (see [`Connections::finish_quiet`]).
+/// A response with no byte seen for this long is complete, unless its socket still holds
+/// bytes in flight (see [`Connections::quiet_responses`]).
 pub const RESPONSE_QUIET_NS: u64 = 300_000_000;
 
 /// A request the server has read and not yet answered.
@@ -255,13 +256,29 @@ impl Connections {
     /// Completes every response that has seen no byte since `quiet_ns` before `now_ns`
     /// (the kernel's monotonic clock, as event timestamps).
     pub fn finish_quiet(&mut self, now_ns: u64, quiet_ns: u64) {
-        for c in self.connections.values_mut() {
-            if c.responding
-                .as_ref()
-                .is_some_and(|r| now_ns.saturating_sub(r.end_ns) >= quiet_ns)
-            {
-                self.finished.extend(c.responding.take());
-            }
+        for fd in self.quiet_responses(now_ns, quiet_ns) {
+            self.finish_response(fd);
+        }
+    }
+
+    /// The descriptors whose response has seen no byte since `quiet_ns` before `now_ns`:
+    /// complete unless the socket still has bytes queued (a slow reader).
+    pub fn quiet_responses(&self, now_ns: u64, quiet_ns: u64) -> Vec<u32> {
+        self.connections
+            .iter()
+            .filter(|(_, c)| {
+                c.responding
+                    .as_ref()
+                    .is_some_and(|r| now_ns.saturating_sub(r.end_ns) >= quiet_ns)
+            })
+            .map(|(fd, _)| *fd)
+            .collect()
+    }
+
+    /// The response in progress on `fd` is complete.
+    pub fn finish_response(&mut self, fd: u32) {
+        if let Some(c) = self.connections.get_mut(&fd) {
+            self.finished.extend(c.responding.take());
         }
     }
 

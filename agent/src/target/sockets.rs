@@ -29,6 +29,9 @@ struct TcpEntry {
     local: SocketAddr,
     remote: SocketAddr,
     state: u8,
+    /// Bytes written and not yet acknowledged, and bytes received and not yet read.
+    tx_queue: u32,
+    rx_queue: u32,
     inode: u64,
 }
 
@@ -112,6 +115,40 @@ impl TcpTables {
     }
 }
 
+/// Which of `fds` (TCP sockets of `pid`) still have bytes in flight: written and not yet
+/// acknowledged by the peer, or received and not yet read. A response on such a socket is
+/// still being transferred (a slow reader), however long since the last write.
+pub fn busy_sockets(pid: u32, fds: &[u32]) -> HashSet<u32> {
+    let inodes: HashMap<u64, u32> = fds
+        .iter()
+        .filter_map(|&fd| {
+            let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((inode, fd))
+        })
+        .collect();
+    let mut busy = HashSet::new();
+    if inodes.is_empty() {
+        return busy;
+    }
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            busy.extend(
+                parse_tcp_table(&text)
+                    .into_iter()
+                    .filter(|e| e.tx_queue > 0 || e.rx_queue > 0)
+                    .filter_map(|e| inodes.get(&e.inode).copied()),
+            );
+        }
+    }
+    busy
+}
+
 /// (descriptor, socket inode) of every socket the process has open.
 fn socket_fds(pid: u32) -> Vec<(u32, u64)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -138,10 +175,13 @@ fn parse_tcp_table(text: &str) -> Vec<TcpEntry> {
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
+            let (tx, rx) = f.get(4)?.split_once(':')?;
             Some(TcpEntry {
                 local: parse_hex_addr(f.get(1)?)?,
                 remote: parse_hex_addr(f.get(2)?)?,
                 state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                tx_queue: u32::from_str_radix(tx, 16).ok()?,
+                rx_queue: u32::from_str_radix(rx, 16).ok()?,
                 inode: f.get(9)?.parse().ok()?,
             })
         })
@@ -174,7 +214,7 @@ mod tests {
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0 100 0 0 10 0
-   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1002 1 0 20 4 30 10 -1
+   1: 0100007F:1F90 0100007F:D431 01 0001F000:00000010 00:00000000 00000000     0        0 1002 1 0 20 4 30 10 -1
    2: 0100007F:9C40 0100007F:0050 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0 20 4 30 10 -1
    garbage line
 ";
@@ -186,6 +226,7 @@ mod tests {
         assert_eq!(e[0].local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(e[0].state, LISTEN);
         assert_eq!(e[1].remote, "127.0.0.1:54321".parse().unwrap());
+        assert_eq!((e[1].tx_queue, e[1].rx_queue), (0x1F000, 0x10));
         assert_eq!(e[2].inode, 1003);
         let v6 = parse_hex_addr("00000000000000000000000001000000:0050").unwrap();
         assert_eq!(v6, "[::1]:80".parse().unwrap());
