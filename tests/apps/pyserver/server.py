@@ -41,9 +41,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        # Counted once the status line is out (what the agent sees), before the body, so a
+        # client never has its answer before the count.
+        self.count(route, status)
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.count(route, status)
 
     def read_body(self):
         n = int(self.headers.get("Content-Length") or 0)
@@ -86,12 +88,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            self.count("/chunked", 200)
             for i in range(int(query.get("n", ["5"])[0])):
                 chunk = f"chunk {i}\n".encode() * 100
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
-            self.count("/chunked", 200)
             return
         if path == "/crash":
             os._exit(3)
@@ -101,12 +103,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = route
 
 
+class Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # Clients that reset their connection (the tests do, on purpose) are not news.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 def main():
     args = sys.argv[1:]
     port_file = args[args.index("--port-file") + 1]
     if "--http10" in args:
         Handler.protocol_version = "HTTP/1.0"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = Server(("127.0.0.1", 0), Handler)
     with open(port_file + ".tmp", "w") as f:
         f.write(str(server.server_address[1]))
     os.rename(port_file + ".tmp", port_file)
