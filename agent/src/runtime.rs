@@ -68,6 +68,7 @@ impl WatchError {
             WatchError::Process(ProcessError::NotFound(_)) => "no_such_process",
             WatchError::Process(_) => "process_unreadable",
             WatchError::Binary { error, .. } => match **error {
+                // Not an error for `watch` (other languages are watched); kept for callers.
                 SymbolsError::NotGo => "not_go",
                 SymbolsError::NotHttpServer(_) => "not_http_server",
                 SymbolsError::NoStructOffsets { .. } => "no_struct_offsets",
