@@ -644,3 +644,35 @@ c.close()
         "a process without TCP sockets is not watched"
     );
 }
+
+/// Spans of a Python server: a request carrying a W3C `traceparent` continues the caller's
+/// trace, with the same attributes as the Go path's server spans.
+#[test]
+fn python_server_spans_continue_the_callers_trace() {
+    let server = ScriptServer::python("py-trace", &[]);
+    let agent = Agent::for_pids(&[server.proc.pid()]);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = "00f067aa0ba902b7";
+    let r = ureq::get(&server.url("/items/9?x=1"))
+        .set("traceparent", &format!("00-{trace_id}-{caller}-01"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
+    let spans = wait_for(Duration::from_secs(10), || {
+        let body: serde_json::Value =
+            serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
+        body["spans"].as_array().filter(|s| !s.is_empty()).cloned()
+    })
+    .unwrap_or_else(|| panic!("no trace {trace_id}; log:\n{}", agent.log()));
+    assert_eq!(spans.len(), 1);
+    let s = &spans[0];
+    assert_eq!(s["kind"], "server");
+    assert_eq!(s["name"], "GET /items/{id}");
+    assert_eq!(s["parent_span_id"], caller);
+    assert_eq!(s["resource"]["service.name"], "py-trace");
+    assert_eq!(s["attributes"]["http.route"], "/items/{id}");
+    assert_eq!(s["attributes"]["url.path"], "/items/9");
+    assert_eq!(s["attributes"]["http.response.status_code"], 200);
+    assert_eq!(s["status"], "OK");
+}
