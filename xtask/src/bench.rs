@@ -35,7 +35,8 @@ pub struct BenchArgs {
     /// Which Go release builds the server (major.minor, e.g. 1.19 or 1.27).
     #[arg(long, default_value = "1.19")]
     go: String,
-    /// Pin the server to CPU 0 and wrk to CPU 1 (less noise; the agent runs where it can).
+    /// Pin the server to CPU 0 and wrk to CPU 1 (less noise; the agent runs where it can);
+    /// with --unwatched, the syscall loop to CPU 1.
     #[arg(long)]
     pin: bool,
     /// Traced variant: the server makes one outgoing HTTP call per request to a second
@@ -258,6 +259,17 @@ fn bench_unwatched(agent: &Path, args: &BenchArgs) -> Result<()> {
     );
     let port = 19464 + (std::process::id() % 500) as u16;
     let listen = format!("127.0.0.1:{port}");
+    if args.pin {
+        // This process (the loop) on CPU 1; the agent runs where it can.
+        output(Command::new("taskset").args([
+            "-a",
+            "-p",
+            "-c",
+            "1",
+            &std::process::id().to_string(),
+        ]))
+        .context("pinning this process with taskset")?;
+    }
     // Warm up.
     syscall_loop()?;
     let mut with = Vec::new();
@@ -303,8 +315,9 @@ fn bench_unwatched(agent: &Path, args: &BenchArgs) -> Result<()> {
     let column = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).collect::<Vec<_>>();
     println!();
     println!(
-        "obs-agent benchmark: an unwatched process's syscalls ({UNWATCHED_SYSCALLS} per loop), {} rounds, the agent watching another process",
-        args.rounds
+        "obs-agent benchmark: an unwatched process's syscalls ({UNWATCHED_SYSCALLS} per loop), {} rounds, the agent watching another process{}",
+        args.rounds,
+        if args.pin { ", loop pinned to CPU 1" } else { "" }
     );
     for (name, f) in [
         ("getpid", (|p: &(f64, f64)| p.0) as fn(&(f64, f64)) -> f64),
