@@ -551,7 +551,14 @@ impl Agent {
             Dropped::Overflow => {
                 m.lost("connection_table_full").inc();
             }
-            Dropped::NotHttp(reason) => m.non_http_connection(service_name, reason),
+            Dropped::NotHttp { role, reason } => m.non_http_connection(
+                service_name,
+                match role {
+                    Role::Server => "server",
+                    Role::Client => "client",
+                },
+                reason,
+            ),
         }
     }
 

@@ -353,7 +353,11 @@ fn bad_input_makes_no_series_and_is_counted() {
     let non_http = |reason| {
         s.sum(
             "obs_agent_non_http_connections_total",
-            &[("service_name", "py-bad"), ("reason", reason)],
+            &[
+                ("service_name", "py-bad"),
+                ("role", "server"),
+                ("reason", reason),
+            ],
         )
     };
     assert_eq!((non_http("other"), non_http("tls")), (5.0, 1.0));

@@ -20,6 +20,9 @@ pub struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NonHttpLabels {
     pub service_name: String,
+    /// `server` (accepted) or `client` (connected; connected UDP and Unix sockets too, e.g.
+    /// DNS lookups).
+    pub role: String,
     pub reason: String,
 }
 
@@ -77,7 +80,8 @@ pub struct SelfMetrics {
     /// Spans waiting in the export queue now.
     pub spans_queued: Gauge,
     /// Connections of watched processes that do not speak HTTP/1.x (seen from their first
-    /// bytes), by service and what they look like: `tls`, `http2`, `other`.
+    /// bytes), by service, end (`server`, `client`) and what they look like: `tls`, `http2`,
+    /// `other`.
     pub non_http_connections: Family<NonHttpLabels, Counter>,
 }
 
@@ -186,17 +190,19 @@ impl SelfMetrics {
         );
         r.register(
             "non_http_connections",
-            "Connections of watched processes that do not speak HTTP/1.x, by service and by \
-             what they look like (tls, http2, other); they make no request series",
+            "Connections of watched processes that do not speak HTTP/1.x, by service, by which \
+             end the process is (server, client) and by what they look like (tls, http2, \
+             other); they make no request series",
             m.non_http_connections.clone(),
         );
         m
     }
 
-    pub fn non_http_connection(&self, service_name: &str, reason: &str) {
+    pub fn non_http_connection(&self, service_name: &str, role: &str, reason: &str) {
         self.non_http_connections
             .get_or_create(&NonHttpLabels {
                 service_name: service_name.to_owned(),
+                role: role.to_owned(),
                 reason: reason.to_owned(),
             })
             .inc();

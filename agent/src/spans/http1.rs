@@ -141,9 +141,9 @@ pub enum Dropped {
     Unanswered(usize),
     /// The connection table or a connection's queue was full.
     Overflow,
-    /// A connection that does not speak HTTP/1.x, by what it looks like
-    /// (`protocols::http::other_protocol`): reported once per connection.
-    NotHttp(&'static str),
+    /// A connection that does not speak HTTP/1.x, by which end the process is and what it
+    /// looks like (`protocols::http::other_protocol`): reported once per connection.
+    NotHttp { role: Role, reason: &'static str },
 }
 
 /// Every socket of one process, server and client ends.
@@ -349,8 +349,12 @@ impl Connections {
             return Ok(());
         }
         s.protocol = Protocol::Other;
+        let role = s.role.unwrap_or(Role::Server);
         self.connections.remove(&fd);
-        Err(Dropped::NotHttp(other_protocol(data)))
+        Err(Dropped::NotHttp {
+            role,
+            reason: other_protocol(data),
+        })
     }
 
     /// A server read: requests, the rest of one (headers beyond the first read), or a body.
@@ -824,7 +828,13 @@ mod tests {
                 4 => "http2",
                 _ => "other",
             };
-            assert_eq!(read(&mut s, fd, 1, first), Err(Dropped::NotHttp(want)));
+            assert_eq!(
+                read(&mut s, fd, 1, first),
+                Err(Dropped::NotHttp {
+                    role: Role::Server,
+                    reason: want
+                })
+            );
             // Whatever follows, HTTP-looking or not, is ignored.
             read(&mut s, fd, 2, b"GET / HTTP/1.1\r\n\r\n").unwrap();
             write(&mut s, fd, 3, b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
@@ -834,7 +844,10 @@ mod tests {
         s.new_connection(9, Role::Client, None);
         assert_eq!(
             read(&mut s, 9, 1, b"220 mail.example ESMTP\r\n"),
-            Err(Dropped::NotHttp("other"))
+            Err(Dropped::NotHttp {
+                role: Role::Client,
+                reason: "other"
+            })
         );
         write(&mut s, 9, 2, b"GET / HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(s.in_flight_all(), 0);
