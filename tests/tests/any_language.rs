@@ -296,9 +296,9 @@ fn reset(conn: TcpStream) {
     drop(conn);
 }
 
-/// Garbage, TLS, truncated requests, a client that disconnects before its answer and a server
-/// killed mid-request: no series beyond what the server really answered, every loss counted,
-/// the agent unharmed.
+/// Garbage, TLS, truncated requests, clients that disconnect before their answer or in the
+/// middle of it, and a server killed mid-request: no series beyond what the server really
+/// answered, every loss counted, the agent unharmed.
 #[test]
 fn bad_input_makes_no_series_and_is_counted() {
     let mut server = ScriptServer::python("py-bad", &[]);
@@ -339,6 +339,15 @@ fn bad_input_makes_no_series_and_is_counted() {
     std::thread::sleep(Duration::from_millis(100));
     reset(c);
     std::thread::sleep(Duration::from_millis(800));
+    // A client that disconnects (reset) in the middle of a large response: the server did
+    // answer 200 (its status line went out, and it counts it), the rest of its writes fail.
+    let mut c = connect();
+    c.write_all(b"GET /big?kb=16384 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut start = [0u8; 4096];
+    c.read_exact(&mut start).unwrap();
+    assert!(start.starts_with(b"HTTP/1.1 200"));
+    reset(c);
     // And good requests between them all.
     for _ in 0..10 {
         assert_eq!(
@@ -346,8 +355,13 @@ fn bad_input_makes_no_series_and_is_counted() {
             200
         );
     }
-    // The server answered only the good requests.
-    let served: BTreeMap<String, u64> = [("GET /hello 200".to_owned(), 10)].into_iter().collect();
+    // The server answered only the good requests, and the one cut short.
+    let served: BTreeMap<String, u64> = [
+        ("GET /hello 200".to_owned(), 10),
+        ("GET /big 200".to_owned(), 1),
+    ]
+    .into_iter()
+    .collect();
     served_eventually(&server, &served);
     let s = wait_for_counts(&agent, "py-bad", &served);
     let non_http = |reason| {
