@@ -6,7 +6,9 @@
 //!
 //! - Several requests in one read (pipelining) are each queued, as far as the captured prefix
 //!   shows them; a request body of known length (`Content-Length`) is skipped, in this read
-//!   or later ones, so body bytes are never taken for requests.
+//!   or later ones, so body bytes are never taken for requests. A body that cannot be
+//!   followed (chunked, or behind a head longer than the capture) makes the server end read
+//!   nothing as a request until the response starts.
 //! - A response lasts from its status line to the last byte of it seen: later writes (server)
 //!   or reads (client) without a status line, `sendfile` included, extend it. It is complete
 //!   (and reported) when the next response starts on the connection, the client sends its
@@ -108,6 +110,11 @@ struct Connection {
     head_ns: u64,
     /// Bytes of a request body (known length) still to be read (server end).
     body_left: u64,
+    /// A request whose body cannot be followed (its head was longer than the capture, or
+    /// its body is chunked) is being read: nothing read is a new request until its response
+    /// starts (server end). Body bytes never become requests; a request pipelined behind
+    /// such a one is not seen.
+    body_unknown: bool,
 }
 
 /// A request/response pair seen on one connection.
@@ -372,6 +379,9 @@ impl Connections {
             }
             data = &data[skip as usize..];
         }
+        if conn.body_unknown {
+            return Ok(());
+        }
         let joined;
         let (buf, first_ns, mut total) = if conn.head.is_empty() {
             (data, ts_ns, bytes)
@@ -408,14 +418,21 @@ impl Connections {
                         conn.body_left = n - total;
                         break;
                     }
-                    // Chunks and unknown framing are not followed: their bytes never parse
-                    // as a request line anyway (a chunk starts with its size in hex).
-                    BodyFraming::Chunked | BodyFraming::Unknown => break,
+                    // Chunks and unknown framing are not followed: what is read next is
+                    // body until the response starts.
+                    BodyFraming::Chunked | BodyFraming::Unknown => {
+                        conn.body_unknown = true;
+                        break;
+                    }
                 }
             } else {
                 match classify_request(rest) {
-                    // The request line, with the head cut by the read or the capture.
-                    RequestParse::Start(r) => requests.push((r, start_ns)),
+                    // The request line, with the head cut by the read or the capture: where
+                    // its body starts, and how long it is, are not seen.
+                    RequestParse::Start(r) => {
+                        requests.push((r, start_ns));
+                        conn.body_unknown = true;
+                    }
                     // A request line cut by the read: joined with the next one (only when
                     // every byte read so far was captured).
                     RequestParse::Incomplete if rest.len() as u64 == total => {
@@ -528,6 +545,10 @@ impl Connections {
         }
         let conn = connection(&mut self.connections, fd)?;
         self.finished.extend(conn.responding.take());
+        if role == Role::Server {
+            // The server answers: it has read the request it answers.
+            conn.body_unknown = false;
+        }
         let Some(pending) = conn.pending.pop_front() else {
             return Err(Dropped::UnmatchedResponse);
         };
@@ -780,6 +801,28 @@ mod tests {
         .unwrap();
         read(&mut s, 7, 2, b"cdefGET /b HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(s.in_flight(), 2);
+    }
+
+    #[test]
+    fn bodies_behind_long_heads_are_never_requests() {
+        let mut s = server();
+        let mut head = b"PUT /up HTTP/1.1\r\nX-Padding: ".to_vec();
+        head.extend(std::iter::repeat_n(b'p', 6000));
+        head.extend(b"\r\nContent-Length: 340\r\n\r\n");
+        read(&mut s, 7, 1, &head[..4096]).unwrap();
+        read(&mut s, 7, 2, &head[4096..]).unwrap();
+        for i in 0..10 {
+            read(&mut s, 7, 3 + i, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        }
+        assert_eq!(s.in_flight(), 1);
+        write(&mut s, 7, 20, b"HTTP/1.1 201 Created\r\n\r\n").unwrap();
+        // The next request, after the answer, is seen again.
+        read(&mut s, 7, 30, b"GET /next HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(s.in_flight(), 1);
+        write(&mut s, 7, 40, b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        s.close(7);
+        let got: Vec<_> = done(&mut s).into_iter().map(|e| (e.1, e.2)).collect();
+        assert_eq!(got, [("/up".into(), 201), ("/next".into(), 200)]);
     }
 
     #[test]
