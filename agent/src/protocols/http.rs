@@ -340,6 +340,7 @@ pub fn parse_request_head(data: &[u8]) -> Option<RequestHead> {
     let mut chunked = false;
     let mut other_coding = false;
     let mut expect_continue = false;
+    let mut traceparent = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let parsed = std::str::from_utf8(h.value)
@@ -359,6 +360,8 @@ pub fn parse_request_head(data: &[u8]) -> Option<RequestHead> {
             other_coding |= !chunked;
         } else if h.name.eq_ignore_ascii_case("expect") {
             expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if traceparent.is_none() && h.name.eq_ignore_ascii_case("traceparent") {
+            traceparent = TraceParent::parse(h.value);
         }
     }
     if body != BodyFraming::Unknown {
@@ -374,7 +377,7 @@ pub fn parse_request_head(data: &[u8]) -> Option<RequestHead> {
             method: normalize_method(req.method?.as_bytes()),
             path: req.path?.to_owned(),
             truncated: false,
-            traceparent: find_traceparent(&data[..head_len]),
+            traceparent,
         },
         head_len,
         body,

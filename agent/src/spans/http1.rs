@@ -24,6 +24,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     net::SocketAddr,
 };
 
@@ -52,6 +53,27 @@ pub struct Started {
     pub local: Option<SocketAddr>,
     pub traceparent: Option<TraceParent>,
 }
+
+/// Hashes a descriptor number: a multiplication, not SipHash. Descriptors are small integers
+/// the kernel hands out lowest first, so nobody can choose colliding keys.
+#[derive(Default)]
+struct FdHasher(u64);
+
+impl Hasher for FdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, fd: u32) {
+        self.0 = u64::from(fd).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type FdMap<V> = HashMap<u32, V, BuildHasherDefault<FdHasher>>;
 
 pub const MAX_PENDING: usize = 64;
 pub const MAX_CONNECTIONS: usize = 65_536;
@@ -156,12 +178,14 @@ pub enum Dropped {
 /// Every socket of one process, server and client ends.
 #[derive(Default, Debug)]
 pub struct Connections {
-    sockets: HashMap<u32, Socket>,
-    connections: HashMap<u32, Connection>,
+    sockets: FdMap<Socket>,
+    connections: FdMap<Connection>,
     /// Requests started and not yet given a span identity (`take_started`), oldest first.
     started: VecDeque<Started>,
     /// Exchanges complete and not yet taken (`drain_finished`).
     finished: Vec<Exchange>,
+    /// The requests of one read, reused (no allocation per read).
+    read_requests: Vec<(RequestStart, u64)>,
 }
 
 impl Connections {
@@ -394,7 +418,8 @@ impl Connections {
             )
         };
         conn.head.clear();
-        let mut requests = Vec::new();
+        let requests = &mut self.read_requests;
+        requests.clear();
         let mut offset = 0usize;
         let mut not_request = false;
         while offset < buf.len() {
@@ -454,9 +479,11 @@ impl Connections {
         }
         self.judge(fd, true, buf)?;
         let mut overflow = false;
-        for (request, start_ns) in requests {
+        let mut requests = std::mem::take(&mut self.read_requests);
+        for (request, start_ns) in requests.drain(..) {
             overflow |= !self.push_request(fd, Role::Server, request, start_ns);
         }
+        self.read_requests = requests;
         if overflow {
             return Err(Dropped::Overflow);
         }
@@ -602,10 +629,7 @@ impl Connections {
 }
 
 /// The connection on `fd`, made if new and the table has room.
-fn connection(
-    connections: &mut HashMap<u32, Connection>,
-    fd: u32,
-) -> Result<&mut Connection, Dropped> {
+fn connection(connections: &mut FdMap<Connection>, fd: u32) -> Result<&mut Connection, Dropped> {
     if !connections.contains_key(&fd) && connections.len() >= MAX_CONNECTIONS {
         return Err(Dropped::Overflow);
     }
