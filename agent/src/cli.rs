@@ -9,10 +9,11 @@ use clap::{Parser, Subcommand};
     name = "obs-agent",
     version,
     about = "Zero-instrumentation observability: HTTP request rate, errors and latency of \
-             unmodified Go services, from eBPF (socket-syscall tracepoints and uprobes), as \
-             Prometheus metrics.",
+             unmodified services in any language (Go, Python, Node, nginx, ...), from eBPF \
+             (socket-syscall tracepoints; uprobes for Go routes), as Prometheus metrics and \
+             traces.",
     after_help = "Examples:\n  \
-        sudo obs-agent                      # every Go process on this machine\n  \
+        sudo obs-agent                      # every Go process and every process with a TCP socket\n  \
         sudo obs-agent --pid 4242 --pid 4243\n  \
         sudo obs-agent --listen 0.0.0.0:9464 --log-level debug\n  \
         sudo obs-agent --otlp-endpoint http://127.0.0.1:4317 --otlp-protocol grpc\n  \
@@ -29,8 +30,9 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Watch this process (repeatable). Without any --pid, the agent watches every Go process
-    /// on the machine, including ones started later. Example: --pid 4242
+    /// Watch this process, in any language (repeatable). Without any --pid, the agent watches
+    /// every Go process on the machine and every other process with a TCP socket listening
+    /// or connected, including ones started later. Example: --pid 4242
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 

@@ -166,7 +166,10 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
                 | SymbolsError::NoProbeSite { .. } => Some(true),
                 _ => None,
             };
-            report.refusal = Some(e.to_string());
+            // Other languages are watched through their socket syscalls alone.
+            if !matches!(e, SymbolsError::NotGo) {
+                report.refusal = Some(e.to_string());
+            }
         }
     }
     Ok(report)
@@ -254,7 +257,7 @@ impl fmt::Display for Report {
             )?;
         }
         let source = match &self.layout_source {
-            None if self.refusal.is_some() => "none".to_owned(),
+            None if self.refusal.is_some() || self.go_version.is_none() => "none".to_owned(),
             None => "none needed (no Go 1.22+ ServeMux routing tree to read)".to_owned(),
             Some(SourceReport::Dwarf) => "DWARF".to_owned(),
             Some(SourceReport::Table {
@@ -288,7 +291,30 @@ impl fmt::Display for Report {
         }
         match &self.refusal {
             Some(why) => writeln!(f, "would watch it:  no: {why}"),
+            None if self.go_version.is_none() => writeln!(
+                f,
+                "would watch it:  yes, through its socket syscalls (HTTP/1.x; not Go: no routes \
+                 from memory)"
+            ),
             None => writeln!(f, "would watch it:  yes"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_languages_would_be_watched_through_their_sockets() {
+        // This test program: an ELF binary, not Go.
+        let report = inspect(Path::new("/proc/self/exe")).unwrap();
+        assert_eq!(report.go_version, None);
+        assert_eq!(report.refusal, None);
+        let text = report.to_string();
+        assert!(
+            text.contains("would watch it:  yes, through its socket syscalls"),
+            "{text}"
+        );
     }
 }

@@ -59,7 +59,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut probes = Probes::load()?;
     let ring = probes.take_events()?;
     let selection = if args.pids.is_empty() {
-        Selection::AllGo
+        Selection::Node
     } else {
         Selection::Pids(args.pids.clone())
     };
@@ -89,10 +89,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 bail!("nothing to watch:\n  {}", problems.join("\n  "));
             }
         }
-        Selection::AllGo => {
+        Selection::Node => {
             agent.reconcile();
             log::info!(
-                "watching every Go process on this machine ({} now)",
+                "watching every Go process and every process with a TCP socket on this machine ({} now)",
                 agent.watched_count()
             );
         }

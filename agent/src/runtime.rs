@@ -23,9 +23,10 @@ use crate::{
     protocols::go_mux::{Pattern, PatternSet},
     spans::{
         goroutines::{Caller, Chain, Goroutines},
-        http1::{Connections, Dropped, Exchange, Role},
+        http1::{Connections, Dropped, Exchange, Role, SpanContext, RESPONSE_QUIET_NS},
         route_of,
         trace::{Resource, SpanSink},
+        tracer::Orphan,
         tracer::Tracer,
     },
     symbols::{
@@ -36,6 +37,18 @@ use crate::{
     },
     target::{self, memory::ProcessMemory, BinaryId, Process, ProcessError, Selection},
 };
+
+/// Server requests that started before the client request of the same connection was seen
+/// (usually in another watched process): now that client's children.
+fn adopt(watched: &mut HashMap<u32, Watched>, adopted: Vec<(Orphan, SpanContext)>) {
+    for (orphan, span) in adopted {
+        if let Some(server) = watched.get_mut(&orphan.pid) {
+            if server.connections.relink(orphan.fd, orphan.span_id, span) {
+                server.goroutines.relink(span);
+            }
+        }
+    }
+}
 
 /// How long an exited process's state is kept, so its last events (still in the ring buffer
 /// when it exited) are attributed rather than dropped.
@@ -69,6 +82,7 @@ impl WatchError {
             WatchError::Process(ProcessError::NotFound(_)) => "no_such_process",
             WatchError::Process(_) => "process_unreadable",
             WatchError::Binary { error, .. } => match **error {
+                // Not an error for `watch` (other languages are watched); kept for callers.
                 SymbolsError::NotGo => "not_go",
                 SymbolsError::NotHttpServer(_) => "not_http_server",
                 SymbolsError::NoStructOffsets { .. } => "no_struct_offsets",
@@ -180,23 +194,32 @@ impl Agent {
         }
     }
 
-    /// Starts watching `pid`. Binary analysis is cached per (device, inode).
+    /// Starts watching `pid`: its socket syscalls, whatever its language; for a Go net/http
+    /// server also its ServeMux routes. Binary analysis is cached per (device, inode).
     pub fn watch(&self, pid: u32) -> Result<(), WatchError> {
         let process = Process::inspect(pid)?;
-        let binary = self.analyse(&process).map_err(|error| WatchError::Binary {
-            pid,
-            exe: process.exe_name(),
-            error,
-        })?;
+        let binary = match self.analyse(&process) {
+            Ok(binary) => Some(binary),
+            // Any other language: HTTP/1.x from its socket syscalls alone.
+            Err(error) if matches!(*error, SymbolsError::NotGo) => None,
+            Err(error) => {
+                return Err(WatchError::Binary {
+                    pid,
+                    exe: process.exe_name(),
+                    error,
+                })
+            }
+        };
         let mut connections = Connections::default();
-        for s in target::sockets::open_sockets(pid) {
+        let open = target::sockets::open_sockets(pid);
+        for s in &open {
             connections.add_socket(s.fd, s.role, s.peer);
             if let Some(local) = s.local {
                 connections.set_local(s.fd, local);
             }
         }
         let routes = Routes {
-            discovery: binary.mux_discovery,
+            discovery: binary.as_ref().and_then(|b| b.mux_discovery),
             muxes: Vec::new(),
             patterns: PatternSet::default(),
             last_new_mux: None,
@@ -209,7 +232,7 @@ impl Agent {
             probes.watch_sockets(pid)?;
             // Only spans need it: without, a call is linked to the process's request in
             // flight when there is exactly one.
-            if self.span_sink.get().is_some() {
+            if let (Some(binary), Some(_)) = (&binary, self.span_sink.get()) {
                 match &binary.goroutines {
                     // A program that makes no HTTP calls has nothing to link: its goroutine
                     // creations are not worth a uprobe hit each.
@@ -230,23 +253,37 @@ impl Agent {
                 }
             }
         }
-        log::info!(
-            "watching pid {pid} ({}, service {:?}, {}{}{})",
-            process.exe_path.display(),
-            process.service_name,
-            binary.build.go_version,
-            if routes.discovery.is_some() {
-                ", ServeMux patterns"
-            } else {
-                ""
-            },
-            if goroutines_followed {
-                ", goroutines followed"
-            } else {
-                ""
-            }
-        );
-        if let Some(source) = &binary.layout_source {
+        let build = binary.as_ref().map(|b| b.build.clone()).unwrap_or_default();
+        match &binary {
+            Some(_) => log::info!(
+                "watching pid {pid} ({}, service {:?}, {}{}{})",
+                process.exe_path.display(),
+                process.service_name,
+                build.go_version,
+                if routes.discovery.is_some() {
+                    ", ServeMux patterns"
+                } else {
+                    ""
+                },
+                if goroutines_followed {
+                    ", goroutines followed"
+                } else {
+                    ""
+                }
+            ),
+            None => log::info!(
+                "watching pid {pid} ({}, service {:?}, not Go: HTTP/1.x from its socket \
+                 syscalls{})",
+                process.exe_path.display(),
+                process.service_name,
+                if target::sockets::TcpTables::default().has_tcp_socket(pid) {
+                    ""
+                } else {
+                    "; it has no TCP connection or listener yet"
+                }
+            ),
+        }
+        if let Some(source) = binary.as_ref().and_then(|b| b.layout_source.as_ref()) {
             // An assumed layout (a Go release newer than the offsets table) is worth seeing.
             let level = match source {
                 LayoutSource::Table { assumed: true, .. } => log::Level::Info,
@@ -255,11 +292,11 @@ impl Agent {
             log::log!(
                 level,
                 "pid {pid}: struct offsets from {source} ({})",
-                binary.build.go_version
+                build.go_version
             );
         }
-        let target = target_labels(&process, &binary.build);
-        let modules = module_labels(&process, &binary.build);
+        let target = target_labels(&process, &build);
+        let modules = module_labels(&process, &build);
         self.metrics.agent.target_info.get_or_create(&target).set(1);
         for m in &modules {
             self.metrics
@@ -334,9 +371,16 @@ impl Agent {
                             w.process.service_name
                         );
                         w.exited_at = Some(now);
-                        let unanswered = w.connections.in_flight_all();
+                        // Responses it was writing are complete; requests it had not
+                        // answered are lost.
+                        let unanswered = w.connections.finish_all();
+                        // Nothing starts here, so nothing is adopted.
+                        self.record_finished(*pid, w, 0);
                         if unanswered > 0 {
-                            self.count_dropped(Dropped::Unanswered(unanswered));
+                            self.count_dropped(
+                                Dropped::Unanswered(unanswered),
+                                &w.process.service_name,
+                            );
                         }
                         w.connections = Connections::default();
                         w.goroutines = Goroutines::default();
@@ -352,12 +396,15 @@ impl Agent {
                 true
             });
         }
-        if self.selection == Selection::AllGo {
+        self.finish_quiet_responses();
+        if self.selection == Selection::Node {
             self.scan_for_new();
         }
         self.forget_unused_binaries();
     }
 
+    /// Node-wide mode: watches every Go process, and every other process that has a TCP
+    /// socket listening or connected (checked again at each scan until it has one).
     fn scan_for_new(&self) {
         let known: HashSet<u32> = lock(&self.watched)
             .iter()
@@ -366,6 +413,7 @@ impl Agent {
             .collect();
         let mut passed_over = lock(&self.passed_over);
         let mut alive = HashSet::new();
+        let mut tcp = target::sockets::TcpTables::default();
         for pid in target::all_pids() {
             if known.contains(&pid) {
                 continue;
@@ -378,11 +426,14 @@ impl Agent {
             if passed_over.contains(&id) {
                 continue;
             }
+            let is_go =
+                !matches!(self.analyse(&process), Err(e) if matches!(*e, SymbolsError::NotGo));
+            if !is_go && !tcp.has_tcp_socket(pid) {
+                continue;
+            }
             if let Err(e) = self.watch(pid) {
                 match e.reason() {
-                    "not_go" | "process_unreadable" | "no_such_process" => {
-                        log::trace!("pid {pid}: {e}")
-                    }
+                    "process_unreadable" | "no_such_process" => log::trace!("pid {pid}: {e}"),
                     _ => {
                         log::info!("not watching {e}");
                         self.metrics.agent.attach_failure(e.reason());
@@ -401,7 +452,7 @@ impl Agent {
             .map(|w| w.process.binary)
             .collect();
         let mut binaries = lock(&self.binaries);
-        if self.selection == Selection::AllGo {
+        if self.selection == Selection::Node {
             // Keep negative results (non-Go binaries) so rescans stay cheap; bounded by the
             // number of distinct executables on the machine.
             binaries.retain(|id, r| in_use.contains(id) || r.is_err());
@@ -429,6 +480,7 @@ impl Agent {
             m.lost("unknown_process").inc();
             return;
         };
+        let mut adopted = Vec::new();
         match event {
             Event::GoMuxSeen(e) => {
                 if !w.routes.muxes.contains(&e.mux) {
@@ -438,114 +490,136 @@ impl Agent {
                 }
             }
             Event::GoClientCall(c) => w.goroutines.call(c.fd, Chain::from(&c)),
-            Event::SockConn(c) => match u64::from(c.syscall) {
-                nr::ACCEPT | nr::ACCEPT4 => {
-                    w.connections
-                        .add_socket(c.fd, Some(Role::Server), peer_address(&c))
-                }
-                // Go's sockets are non-blocking: connect says "in progress" and completes
-                // later; a connection that then fails simply carries no requests.
-                nr::CONNECT if c.ret == 0 || c.ret == -EINPROGRESS => {
-                    w.connections
-                        .add_socket(c.fd, Some(Role::Client), peer_address(&c))
-                }
-                nr::GETSOCKNAME => {
-                    if let Some(local) = peer_address(&c) {
-                        w.connections.set_local(c.fd, local);
+            Event::SockConn(c) => {
+                let dropped = match u64::from(c.syscall) {
+                    nr::ACCEPT | nr::ACCEPT4 => {
+                        w.connections
+                            .new_connection(c.fd, Role::Server, peer_address(&c))
                     }
-                }
-                nr::CLOSE => {
-                    w.goroutines.closed(c.fd);
-                    if let Some(d) = w.connections.close(c.fd) {
-                        self.count_dropped(d);
+                    // Non-blocking sockets (Go's, nginx's, Node's) say "in progress" and
+                    // complete later; a connection that then fails simply carries no
+                    // requests. Other failures leave no connection.
+                    nr::CONNECT if c.ret == 0 || c.ret == -EINPROGRESS => w
+                        .connections
+                        .new_connection(c.fd, Role::Client, peer_address(&c)),
+                    nr::GETSOCKNAME => {
+                        if let Some(local) = peer_address(&c) {
+                            w.connections.set_local(c.fd, local);
+                        }
+                        None
                     }
-                }
-                _ => {}
-            },
-            Event::SockData(d) => {
-                let mut adopted = None;
-                let data = d.prefix();
-                let exchange = if d.direction == DIR_INGRESS {
-                    w.connections.ingress(d.fd, d.ts_ns, data)
-                } else {
-                    w.connections.egress(d.fd, d.ts_ns, data, d.captured_all())
+                    nr::CLOSE => {
+                        w.goroutines.closed(c.fd);
+                        w.connections.close(c.fd)
+                    }
+                    _ => None,
                 };
-                // One lock of the tracer per event, and only when tracing is on.
-                let mut tracing = self.span_sink.get().map(|sink| (sink, lock(&self.tracer)));
-                if let (Some(started), Some((_, tracer))) =
-                    (w.connections.take_started(), tracing.as_mut())
-                {
-                    let parent = match started.role {
-                        Role::Client => match w.goroutines.caller(started.fd) {
-                            Caller::Request(span) => Some(span),
-                            Caller::NoRequest => None,
-                            Caller::Unknown => w.connections.sole_server_span(),
-                        },
-                        Role::Server => None,
-                    };
-                    let ctx = tracer.start(&started, parent);
-                    w.connections.set_span(started.fd, ctx);
-                    match started.role {
-                        Role::Server => {
-                            w.goroutines.serving(d.goid, ctx);
-                            tracer.orphan(tgid, &started, &ctx);
-                        }
-                        Role::Client => adopted = tracer.adopt(&started, &ctx),
-                    }
+                if let Some(d) = dropped {
+                    self.count_dropped(d, &w.process.service_name);
                 }
-                match exchange {
-                    Ok(Some(e)) => {
-                        let duration = Duration::from_nanos(e.end_ns.saturating_sub(e.start_ns));
-                        let route = match e.role {
-                            Role::Server => {
-                                let route = route_of(&e, w.routes.pattern(&e));
-                                Some(self.metrics.record_server(
-                                    &mut w.series,
-                                    &route,
-                                    e.method,
-                                    e.status,
-                                    duration,
-                                ))
-                            }
-                            Role::Client => {
-                                self.metrics.record_client(
-                                    &mut w.series,
-                                    e.peer,
-                                    e.method,
-                                    e.status,
-                                    duration,
-                                );
-                                None
-                            }
-                        };
-                        if let Some((sink, tracer)) = tracing.as_mut() {
-                            if let (Role::Server, Some(span)) = (e.role, &e.span) {
-                                w.goroutines.served(d.goid, span);
-                            }
-                            let route = route.as_deref();
-                            if let Some(span) = tracer.finish(e, route, &w.resource) {
-                                self.metrics.agent.spans.inc();
-                                sink.submit(span);
-                            }
-                        }
-                    }
-                    Err(dropped) => self.count_dropped(dropped),
-                    Ok(None) => {}
+                adopted = self.record_finished(tgid, w, 0);
+            }
+            Event::SockData(d) => {
+                let data = d.prefix();
+                let result = if d.direction == DIR_INGRESS {
+                    w.connections.ingress(d.fd, d.ts_ns, data, d.bytes)
+                } else {
+                    w.connections.egress(d.fd, d.ts_ns, data, d.bytes)
+                };
+                if let Err(dropped) = result {
+                    self.count_dropped(dropped, &w.process.service_name);
                 }
-                // A server request (of another watched process, usually) that started before
-                // this client request's event came: now the client's child.
-                if let Some((orphan, span)) = adopted {
-                    if let Some(server) = watched.get_mut(&orphan.pid) {
-                        if server.connections.relink(orphan.fd, orphan.span_id, span) {
-                            server.goroutines.relink(span);
-                        }
-                    }
+                adopted = self.record_finished(tgid, w, d.goid);
+            }
+        }
+        adopt(&mut watched, adopted);
+    }
+
+    /// Records the exchanges `w` (process `pid`) completed (metrics, spans), then gives the
+    /// requests it started their span identities; `goid` is the goroutine of the event that
+    /// brought them (0: unknown). In that order: a client's next request on a connection
+    /// starts after its previous one finished. Returns the server requests (of any process)
+    /// adopted by the client requests that started.
+    fn record_finished(&self, pid: u32, w: &mut Watched, goid: u64) -> Vec<(Orphan, SpanContext)> {
+        // One lock of the tracer per event, and only when tracing is on.
+        let mut tracing = self.span_sink.get().map(|sink| (sink, lock(&self.tracer)));
+        for e in w.connections.drain_finished() {
+            let duration = Duration::from_nanos(e.end_ns.saturating_sub(e.start_ns));
+            let route = match e.role {
+                Role::Server => {
+                    let route = route_of(&e, w.routes.pattern(&e));
+                    Some(self.metrics.record_server(
+                        &mut w.series,
+                        &route,
+                        e.method,
+                        e.status,
+                        duration,
+                    ))
+                }
+                Role::Client => {
+                    self.metrics
+                        .record_client(&mut w.series, e.peer, e.method, e.status, duration);
+                    None
+                }
+            };
+            if let Some((sink, tracer)) = tracing.as_mut() {
+                if let (Role::Server, Some(span)) = (e.role, &e.span) {
+                    w.goroutines.served(goid, span);
+                }
+                let route = route.as_deref();
+                if let Some(span) = tracer.finish(e, route, &w.resource) {
+                    self.metrics.agent.spans.inc();
+                    sink.submit(span);
                 }
             }
         }
+        let mut adopted = Vec::new();
+        while let Some(started) = w.connections.take_started() {
+            let Some((_, tracer)) = tracing.as_mut() else {
+                continue;
+            };
+            let parent = match started.role {
+                Role::Client => match w.goroutines.caller(started.fd) {
+                    Caller::Request(span) => Some(span),
+                    Caller::NoRequest => None,
+                    Caller::Unknown => w.connections.sole_server_span(),
+                },
+                Role::Server => None,
+            };
+            let ctx = tracer.start(&started, parent);
+            w.connections.set_span(started.fd, ctx);
+            match started.role {
+                Role::Server => {
+                    w.goroutines.serving(goid, ctx);
+                    tracer.orphan(pid, &started, &ctx);
+                }
+                Role::Client => adopted.extend(tracer.adopt(&started, &ctx)),
+            }
+        }
+        adopted
     }
 
-    fn count_dropped(&self, d: Dropped) {
+    /// Completes responses that have been quiet for [`RESPONSE_QUIET_NS`] and whose socket
+    /// has nothing left in flight: their last byte was seen.
+    fn finish_quiet_responses(&self) {
+        let now = monotonic_ns();
+        let mut watched = lock(&self.watched);
+        let mut adopted = Vec::new();
+        for (pid, w) in watched.iter_mut() {
+            let quiet = w.connections.quiet_responses(now, RESPONSE_QUIET_NS);
+            if quiet.is_empty() {
+                continue;
+            }
+            let busy = target::sockets::busy_sockets(*pid, &quiet);
+            for fd in quiet.into_iter().filter(|fd| !busy.contains(fd)) {
+                w.connections.finish_response(fd);
+            }
+            adopted.extend(self.record_finished(*pid, w, 0));
+        }
+        adopt(&mut watched, adopted);
+    }
+
+    fn count_dropped(&self, d: Dropped, service_name: &str) {
         let m = &self.metrics.agent;
         match d {
             // Data on files, pipes and terminals is expected: not a loss.
@@ -557,6 +631,14 @@ impl Agent {
             Dropped::Overflow => {
                 m.lost("connection_table_full").inc();
             }
+            Dropped::NotHttp { role, reason } => m.non_http_connection(
+                service_name,
+                match role {
+                    Role::Server => "server",
+                    Role::Client => "client",
+                },
+                reason,
+            ),
         }
     }
 
@@ -643,6 +725,19 @@ fn pace_discovery(pid: u32, w: &mut Watched, probes: &mut Probes, now: Instant) 
     {
         routes.read_patterns(pid);
     }
+}
+
+/// The kernel's monotonic clock (`bpf_ktime_get_ns`), as event timestamps use it.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -52,6 +52,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             | nr::RECVMSG
             | nr::ACCEPT4
             | nr::GETSOCKNAME
+            | nr::SENDFILE
     ) {
         return 0;
     }
@@ -60,13 +61,29 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     match syscall {
-        nr::READ | nr::RECVFROM if ret > 0 => data(tgid, &regs, ret, DIR_INGRESS, regs.rsi),
-        nr::WRITE | nr::SENDTO if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, regs.rsi),
-        nr::READV if ret > 0 => data(tgid, &regs, ret, DIR_INGRESS, first_iov_base(regs.rsi)),
-        nr::WRITEV if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, first_iov_base(regs.rsi)),
+        nr::READ | nr::RECVFROM if ret > 0 => data(tgid, &regs, ret, DIR_INGRESS, regs.rsi, ret),
+        nr::WRITE | nr::SENDTO if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, regs.rsi, ret),
+        // Only the first buffer of a vector is copied, and no more of it than it holds.
+        nr::READV if ret > 0 => {
+            let (base, len) = first_iov(regs.rsi);
+            data(tgid, &regs, ret, DIR_INGRESS, base, len)
+        }
+        nr::WRITEV if ret > 0 => {
+            let (base, len) = first_iov(regs.rsi);
+            data(tgid, &regs, ret, DIR_EGRESS, base, len)
+        }
         // struct msghdr: msg_iov at offset 16.
-        nr::RECVMSG if ret > 0 => data(tgid, &regs, ret, DIR_INGRESS, msg_iov_base(regs.rsi)),
-        nr::SENDMSG if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, msg_iov_base(regs.rsi)),
+        nr::RECVMSG if ret > 0 => {
+            let (base, len) = msg_iov(regs.rsi);
+            data(tgid, &regs, ret, DIR_INGRESS, base, len)
+        }
+        nr::SENDMSG if ret > 0 => {
+            let (base, len) = msg_iov(regs.rsi);
+            data(tgid, &regs, ret, DIR_EGRESS, base, len)
+        }
+        // sendfile(out_fd, in_fd, ...): file bytes sent on a socket (a static file's body):
+        // counted, nothing to copy.
+        nr::SENDFILE if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, 0, 0),
         // The kernel wrote the peer's address to rsi (if the caller asked for it).
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => conn(tgid, syscall, ret as u32, ret, regs.rsi),
         nr::CONNECT => conn(tgid, syscall, regs.rdi as u32, ret, regs.rsi),
@@ -121,23 +138,38 @@ fn peer_address(sockaddr: u64, event: &mut SockConn) {
     }
 }
 
+/// `struct iovec`: base, then length.
 #[inline(always)]
-fn first_iov_base(iov: u64) -> u64 {
-    read::<u64>(iov).unwrap_or(0)
+fn first_iov(iov: u64) -> (u64, i64) {
+    match (read::<u64>(iov), read::<i64>(iov + 8)) {
+        (Ok(base), Ok(len)) => (base, len),
+        _ => (0, 0),
+    }
 }
 
 #[inline(always)]
-fn msg_iov_base(msghdr: u64) -> u64 {
-    read::<u64>(msghdr + 16).map(first_iov_base).unwrap_or(0)
+fn msg_iov(msghdr: u64) -> (u64, i64) {
+    read::<u64>(msghdr + 16).map(first_iov).unwrap_or((0, 0))
 }
 
-/// Reads get a long prefix (a whole request line); writes a short one (a status line).
+/// Reads get a long prefix (a whole request line); writes a short one (a status line). At
+/// most `readable` bytes are copied from `buf` (a vector's first buffer may be shorter than
+/// what the call transferred).
 #[inline(always)]
-fn data(tgid: u32, regs: &pt_regs, ret: i64, direction: u32, buf: u64) {
+fn data(tgid: u32, regs: &pt_regs, ret: i64, direction: u32, buf: u64, readable: i64) {
+    let copy = if readable < ret { readable } else { ret };
     if direction == DIR_EGRESS {
-        data_n::<EGRESS_PREFIX>(EventKind::SockDataShort, tgid, regs, ret, direction, buf)
+        data_n::<EGRESS_PREFIX>(
+            EventKind::SockDataShort,
+            tgid,
+            regs,
+            ret,
+            direction,
+            buf,
+            copy,
+        )
     } else {
-        ingress(tgid, regs, ret, buf)
+        ingress(tgid, regs, ret, buf, copy)
     }
 }
 
@@ -145,14 +177,16 @@ fn data(tgid: u32, regs: &pt_regs, ret: i64, direction: u32, buf: u64) {
 /// copied to the ring buffer only as far as filled (header + prefix), so a 100-byte request
 /// costs 148 bytes of ring, and a request head with long headers is still seen whole.
 #[inline(always)]
-fn ingress(tgid: u32, regs: &pt_regs, ret: i64, buf: u64) {
+fn ingress(tgid: u32, regs: &pt_regs, ret: i64, buf: u64, copy: i64) {
     let Some(e) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let n = if ret as u64 > DATA_PREFIX as u64 {
+    let n = if copy <= 0 {
+        0
+    } else if copy as u64 > DATA_PREFIX as u64 {
         DATA_PREFIX
     } else {
-        ret as usize
+        copy as usize
     };
     // SAFETY: the per-CPU scratch slot; programs do not nest on one CPU.
     let len = unsafe {
@@ -165,7 +199,7 @@ fn ingress(tgid: u32, regs: &pt_regs, ret: i64, buf: u64) {
         (*e).direction = DIR_INGRESS;
         (*e).prefix_len = 0;
         (*e).goid = goroutine(tgid, regs);
-        if buf != 0 {
+        if buf != 0 && n > 0 {
             if let Some(dst) = (*e).prefix.get_mut(..n) {
                 if aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, dst).is_ok() {
                     (*e).prefix_len = n as u32;
@@ -192,16 +226,19 @@ fn data_n<const N: usize>(
     ret: i64,
     direction: u32,
     buf: u64,
+    copy: i64,
 ) {
     let Some(mut entry) = EVENTS.reserve::<SockDataN<N>>(0) else {
         count(Stat::EventsLostRingFull);
         return;
     };
     let e = entry.as_mut_ptr();
-    let n = if ret as u64 > N as u64 {
+    let n = if copy <= 0 {
+        0
+    } else if copy as u64 > N as u64 {
         N
     } else {
-        ret as usize
+        copy as usize
     };
     unsafe {
         (*e).kind = kind as u32;
@@ -213,7 +250,7 @@ fn data_n<const N: usize>(
         (*e).direction = direction;
         (*e).prefix_len = 0;
         (*e).goid = goroutine(tgid, regs);
-        if buf != 0 {
+        if buf != 0 && n > 0 {
             if let Some(dst) = (*e).prefix.get_mut(..n) {
                 if aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, dst).is_ok() {
                     (*e).prefix_len = n as u32;

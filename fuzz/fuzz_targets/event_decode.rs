@@ -48,12 +48,20 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             _ => continue,
         };
         let fd = 3 + d.fd % 3;
-        let exchange = if d.direction == DIR_INGRESS {
-            conns.ingress(fd, d.ts_ns, d.prefix())
+        let _ = if d.direction == DIR_INGRESS {
+            conns.ingress(fd, d.ts_ns, d.prefix(), d.bytes)
         } else {
-            conns.egress(fd, d.ts_ns, d.prefix(), d.captured_all())
+            conns.egress(fd, d.ts_ns, d.prefix(), d.bytes)
         };
-        if let Some(started) = conns.take_started() {
+        for e in conns.drain_finished().collect::<Vec<_>>() {
+            if let (Role::Server, Some(span)) = (e.role, &e.span) {
+                goroutines.served(d.goid, span);
+            }
+            let _ = ServerRequest::from_exchange(&e, None);
+            let _ = ClientRequest::from_exchange(&e);
+            let _ = tracer.finish(e, None, &resource);
+        }
+        while let Some(started) = conns.take_started() {
             let parent = match goroutines.caller(started.fd) {
                 Caller::Request(s) => Some(s),
                 Caller::NoRequest => None,
@@ -70,18 +78,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        if let Ok(Some(e)) = exchange {
-            if let (Role::Server, Some(span)) = (e.role, &e.span) {
-                goroutines.served(d.goid, span);
-            }
-            let _ = ServerRequest::from_exchange(&e, None);
-            let _ = ClientRequest::from_exchange(&e);
-            let _ = tracer.finish(e, None, &resource);
-        }
     }
     // The parsers directly, on the raw bytes.
-    let _ = conns.ingress(3, 0, data);
-    let _ = conns.egress(3, 1, data, true);
-    let _ = conns.egress(4, 2, data, false);
-    let _ = conns.ingress(4, 3, data);
+    let n = data.len() as i64;
+    let _ = conns.ingress(3, 0, data, n);
+    let _ = conns.egress(3, 1, data, n);
+    let _ = conns.egress(4, 2, data, n + 1);
+    let _ = conns.ingress(4, 3, data, n);
 });

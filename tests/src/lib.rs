@@ -4,6 +4,7 @@
 
 pub mod load;
 pub mod metrics;
+pub mod servers;
 
 use std::{
     collections::HashMap,

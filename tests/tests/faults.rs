@@ -1,5 +1,6 @@
-//! Bad input and faults: pids that do not exist, are not Go, or are not HTTP servers; targets
-//! that exit; the agent killed with SIGKILL under load; missing privileges.
+//! Bad input and faults: pids that do not exist, are not Go (watched through their sockets), or
+//! are Go without an HTTP server; targets that exit; the agent killed with SIGKILL under load;
+//! missing privileges.
 
 use std::{
     process::{Command, Stdio},
@@ -35,14 +36,27 @@ fn pid_that_does_not_exist() {
     assert!(log.contains("nothing to watch"), "{log}");
 }
 
+/// Any language is watched through its socket syscalls: a process that is not Go is watched,
+/// and the log says what that means (and that it has no TCP socket yet).
 #[test]
-fn pid_that_is_not_go() {
+fn pid_that_is_not_go_is_watched_through_its_sockets() {
     let sleeper = Proc {
         child: Command::new("sleep").arg("60").spawn().unwrap(),
     };
-    let (code, log) = agent_exits_with(&["--pid", &sleeper.pid().to_string()]);
-    assert_eq!(code, Some(1), "{log}");
-    assert!(log.contains("not a Go program"), "{log}");
+    let pid = sleeper.pid().to_string();
+    let agent = Agent::start(&["--pid".into(), pid.clone()]);
+    let s = agent.scrape();
+    assert_eq!(s.sum("obs_agent_processes_watched", &[]), 1.0);
+    let by_pid = [("pid", pid.as_str())];
+    let info: Vec<_> = s.matching("obs_agent_target_info", &by_pid).collect();
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].labels["go_version"], "");
+    let log = agent.log();
+    assert!(
+        log.contains("not Go: HTTP/1.x from its socket syscalls")
+            && log.contains("no TCP connection or listener yet"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! attached, alternating over several rounds in one run (these machines are shared and
 //! noisy, so only side-by-side ratios mean anything). Reports throughput and latency ratios,
 //! the agent's CPU per 1,000 requests, its peak RSS, events lost, and whether the agent's
-//! request count equals what the server answered.
+//! request count equals what the server answered. With `--unwatched`, what the agent costs
+//! a process it does not watch, in nanoseconds per syscall.
 
 use std::{
     path::{Path, PathBuf},
@@ -34,7 +35,8 @@ pub struct BenchArgs {
     /// Which Go release builds the server (major.minor, e.g. 1.19 or 1.27).
     #[arg(long, default_value = "1.19")]
     go: String,
-    /// Pin the server to CPU 0 and wrk to CPU 1 (less noise; the agent runs where it can).
+    /// Pin the server to CPU 0 and wrk to CPU 1 (less noise; the agent runs where it can);
+    /// with --unwatched, the syscall loop to CPU 1.
     #[arg(long)]
     pin: bool,
     /// Traced variant: the server makes one outgoing HTTP call per request to a second
@@ -42,6 +44,12 @@ pub struct BenchArgs {
     /// linked across the two processes).
     #[arg(long)]
     traced: bool,
+    /// Unwatched variant: what the agent costs a process it does not watch. This process
+    /// (xtask) times a loop of cheap syscalls (getpid; 1-byte reads of /dev/zero, a syscall
+    /// the socket program looks at) with and without the agent (watching another process),
+    /// and reports nanoseconds per syscall.
+    #[arg(long)]
+    unwatched: bool,
     /// More arguments for the agent (e.g. --agent-arg=--trace-sample-ratio=0 to measure
     /// metrics without spans). Repeatable.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -66,6 +74,9 @@ struct AgentCost {
 pub fn bench(args: BenchArgs) -> Result<()> {
     let tools = install_test_tools()?;
     let agent = build()?;
+    if args.unwatched {
+        return bench_unwatched(&agent, &args);
+    }
     let app = if args.traced { "gochain" } else { "gohello" };
     let server_bin = build_go_app(tools.go(&args.go)?, app)?;
     let port = 18080 + (std::process::id() % 1000) as u16;
@@ -208,6 +219,121 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     } else {
         println!(
             "  requests counted by the agent / answered to wrk:    {counted} / {total_requests}"
+        );
+    }
+    Ok(())
+}
+
+/// Syscalls per timed loop of the unwatched variant.
+const UNWATCHED_SYSCALLS: u32 = 2_000_000;
+
+/// Nanoseconds per syscall of this (unwatched) process: getpid, and 1-byte reads.
+fn syscall_loop() -> Result<(f64, f64)> {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut sum = 0u64;
+    for _ in 0..UNWATCHED_SYSCALLS {
+        // std calls getpid(2) each time (glibc does not cache it).
+        sum = sum.wrapping_add(u64::from(std::process::id()));
+    }
+    let getpid_ns = started.elapsed().as_nanos() as f64 / f64::from(UNWATCHED_SYSCALLS);
+    std::hint::black_box(sum);
+    let mut zero = std::fs::File::open("/dev/zero")?;
+    let mut byte = [0u8; 1];
+    let started = Instant::now();
+    for _ in 0..UNWATCHED_SYSCALLS {
+        zero.read_exact(&mut byte)?;
+    }
+    let read_ns = started.elapsed().as_nanos() as f64 / f64::from(UNWATCHED_SYSCALLS);
+    Ok((getpid_ns, read_ns))
+}
+
+/// The unwatched variant: this process's syscalls, alternately with and without the agent
+/// running (watching a `sleep`, so that its programs are loaded and attached).
+fn bench_unwatched(agent: &Path, args: &BenchArgs) -> Result<()> {
+    let sleeper = ChildGuard(
+        Command::new("sleep")
+            .arg("100000")
+            .spawn()
+            .context("starting sleep")?,
+    );
+    let port = 19464 + (std::process::id() % 500) as u16;
+    let listen = format!("127.0.0.1:{port}");
+    if args.pin {
+        // This process (the loop) on CPU 1; the agent runs where it can.
+        output(Command::new("taskset").args([
+            "-a",
+            "-p",
+            "-c",
+            "1",
+            &std::process::id().to_string(),
+        ]))
+        .context("pinning this process with taskset")?;
+    }
+    // Warm up.
+    syscall_loop()?;
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for round in 0..args.rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for attached in order {
+            if attached {
+                let mut child = ChildGuard(
+                    Command::new(agent)
+                        .args(["--pid", &sleeper.0.id().to_string()])
+                        .args(["--listen", &listen, "--log-level", "warn"])
+                        .args(&args.agent_args)
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .context("starting obs-agent")?,
+                );
+                wait_http(&format!("http://{listen}/metrics"))?;
+                let (getpid, read) = syscall_loop()?;
+                eprintln!(
+                    "round {round}: with agent    getpid {getpid:>6.1} ns  read {read:>6.1} ns"
+                );
+                with.push((getpid, read));
+                unsafe_kill_term(child.0.id());
+                let _ = child.0.wait();
+            } else {
+                let (getpid, read) = syscall_loop()?;
+                eprintln!(
+                    "round {round}: without agent getpid {getpid:>6.1} ns  read {read:>6.1} ns"
+                );
+                without.push((getpid, read));
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let column = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).collect::<Vec<_>>();
+    println!();
+    println!(
+        "obs-agent benchmark: an unwatched process's syscalls ({UNWATCHED_SYSCALLS} per loop), {} rounds, the agent watching another process{}",
+        args.rounds,
+        if args.pin { ", loop pinned to CPU 1" } else { "" }
+    );
+    for (name, f) in [
+        ("getpid", (|p: &(f64, f64)| p.0) as fn(&(f64, f64)) -> f64),
+        ("read (1 byte of /dev/zero)", |p: &(f64, f64)| p.1),
+    ] {
+        let w = median(column(&with, f));
+        let wo = median(column(&without, f));
+        let ratios = median(
+            with.iter()
+                .zip(&without)
+                .map(|(a, b)| f(a) / f(b))
+                .collect(),
+        );
+        println!(
+            "  {name:<28} without {wo:>6.1} ns, with {w:>6.1} ns: {:+.1} ns per syscall, ratio {ratios:.3} (median of rounds)",
+            w - wo
         );
     }
     Ok(())

@@ -50,8 +50,9 @@ impl TestTools {
     }
 }
 
-/// Installs every supported Go release, Prometheus + promtool, wrk, curl, objcopy (to strip
-/// test binaries), gcc (cgo builds), setpriv and unshare (to run the agent without root or with
+/// Installs every supported Go release, Prometheus + promtool, wrk, curl, nginx (Debian's
+/// nginx-light) and node (servers in other languages; python3 is the system's), objcopy (to
+/// strip test binaries), gcc (cgo builds), setpriv and unshare (to run the agent without root or with
 /// only the deployment's capabilities), bpftool, the manifest checkers (yamllint,
 /// kubernetes-validate) and the rotel OTLP collector.
 pub fn install_test_tools() -> Result<TestTools> {
@@ -66,6 +67,9 @@ pub fn install_test_tools() -> Result<TestTools> {
             "libc6-dev",
             "util-linux",
             "bpftool",
+            "nginx-light",
+            "nodejs",
+            "python3",
         ],
         &[
             "prometheus",
@@ -77,6 +81,9 @@ pub fn install_test_tools() -> Result<TestTools> {
             "setpriv",
             "unshare",
             "bpftool",
+            "nginx",
+            "node",
+            "python3",
         ],
     )?;
     Ok(TestTools {

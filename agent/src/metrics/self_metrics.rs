@@ -18,6 +18,15 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NonHttpLabels {
+    pub service_name: String,
+    /// `server` (accepted) or `client` (connected; connected UDP and Unix sockets too, e.g.
+    /// DNS lookups).
+    pub role: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
     pub pid: u32,
     pub service_name: String,
@@ -70,6 +79,10 @@ pub struct SelfMetrics {
     pub spans_dropped: Family<ReasonLabels, Counter>,
     /// Spans waiting in the export queue now.
     pub spans_queued: Gauge,
+    /// Connections of watched processes that do not speak HTTP/1.x (seen from their first
+    /// bytes), by service, end (`server`, `client`) and what they look like: `tls`, `http2`,
+    /// `other`.
+    pub non_http_connections: Family<NonHttpLabels, Counter>,
 }
 
 impl Default for SelfMetrics {
@@ -91,6 +104,7 @@ impl Default for SelfMetrics {
             spans_exported: Counter::default(),
             spans_dropped: Family::default(),
             spans_queued: Gauge::default(),
+            non_http_connections: Family::default(),
         }
     }
 }
@@ -174,7 +188,24 @@ impl SelfMetrics {
             "Spans waiting in the OTLP export queue",
             m.spans_queued.clone(),
         );
+        r.register(
+            "non_http_connections",
+            "Connections of watched processes that do not speak HTTP/1.x, by service, by which \
+             end the process is (server, client) and by what they look like (tls, http2, \
+             other); they make no request series",
+            m.non_http_connections.clone(),
+        );
         m
+    }
+
+    pub fn non_http_connection(&self, service_name: &str, role: &str, reason: &str) {
+        self.non_http_connections
+            .get_or_create(&NonHttpLabels {
+                service_name: service_name.to_owned(),
+                role: role.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn span_dropped(&self, reason: &str, count: u64) {

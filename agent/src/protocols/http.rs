@@ -299,6 +299,105 @@ fn request_line_head(data: &[u8]) -> Option<RequestStart> {
     })
 }
 
+/// How a request's body is delimited, from its headers (RFC 9112, section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// Neither `Content-Length` nor `Transfer-Encoding`: no body.
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Framing the agent cannot follow (conflicting or malformed lengths, other codings).
+    Unknown,
+}
+
+/// A request whose whole head (request line and headers) is in the bytes parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub start: RequestStart,
+    /// Bytes of the head, through the blank line.
+    pub head_len: usize,
+    pub body: BodyFraming,
+    /// `Expect: 100-continue`: the client waits for an interim response before the body.
+    pub expect_continue: bool,
+}
+
+/// Headers looked at per request head; a head with more is taken as cut (framing unknown).
+const MAX_HEADERS: usize = 64;
+
+/// The request head at the start of `data`, if it is complete there (the blank line that ends
+/// the headers was captured).
+pub fn parse_request_head(data: &[u8]) -> Option<RequestHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let mut length: Option<u64> = None;
+    let mut body = BodyFraming::None;
+    let mut chunked = false;
+    let mut other_coding = false;
+    let mut expect_continue = false;
+    let mut traceparent = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let parsed = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (parsed, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => body = BodyFraming::Unknown,
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding decides: chunked must be last for a request.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            other_coding |= !chunked;
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if traceparent.is_none() && h.name.eq_ignore_ascii_case("traceparent") {
+            traceparent = TraceParent::parse(h.value);
+        }
+    }
+    if body != BodyFraming::Unknown {
+        body = match (chunked && !other_coding, other_coding, length) {
+            (true, _, _) => BodyFraming::Chunked,
+            (_, true, _) => BodyFraming::Unknown,
+            (_, _, Some(0)) | (_, _, None) => BodyFraming::None,
+            (_, _, Some(n)) => BodyFraming::Length(n),
+        };
+    }
+    Some(RequestHead {
+        start: RequestStart {
+            method: normalize_method(req.method?.as_bytes()),
+            path: req.path?.to_owned(),
+            truncated: false,
+            traceparent,
+        },
+        head_len,
+        body,
+        expect_continue,
+    })
+}
+
+/// What other protocol the first bytes of a connection look like, for the self metric of
+/// connections that are not HTTP/1.x: `tls` (a TLS record), `http2` (the HTTP/2 connection
+/// preface), else `other`.
+pub fn other_protocol(data: &[u8]) -> &'static str {
+    if data.len() >= 2 && data[0] == 0x16 && data[1] == 0x03 {
+        "tls"
+    } else if data.starts_with(b"PRI * HTTP/2.0") {
+        "http2"
+    } else {
+        "other"
+    }
+}
+
 /// The status code of an HTTP/1.x response starting at `data`, if it is one.
 pub fn parse_status(data: &[u8]) -> Option<u16> {
     let mut headers = [httparse::EMPTY_HEADER; 0];

@@ -1,4 +1,5 @@
-//! Which processes to watch: the `--pid` list, or every Go process on the machine; and what
+//! Which processes to watch: the `--pid` list, or node-wide every Go process and every other
+//! process with a TCP socket listening or connected; and what
 //! each one is (executable, binary identity, service name, start time to detect pid reuse).
 
 pub mod go_mux;
@@ -13,8 +14,9 @@ pub use process::{BinaryId, Process, ProcessError};
 pub enum Selection {
     /// Exactly these pids (`--pid`); a pid that exits is not replaced.
     Pids(Vec<u32>),
-    /// Every Go process on the machine, now and as they start.
-    AllGo,
+    /// Node-wide: every Go process on the machine, and every other process with a TCP
+    /// socket listening or connected, now and as they start.
+    Node,
 }
 
 /// All pids currently in /proc, except our own.

@@ -31,6 +31,9 @@ struct TcpEntry {
     local: SocketAddr,
     remote: SocketAddr,
     state: u8,
+    /// Bytes written and not yet acknowledged, and bytes received and not yet read.
+    tx_queue: u32,
+    rx_queue: u32,
     inode: u64,
 }
 
@@ -78,6 +81,80 @@ pub fn open_sockets(pid: u32) -> Vec<OpenSocket> {
         .collect()
 }
 
+/// The TCP tables of network namespaces, read once each (a node-wide scan looks at every
+/// process, and most share a few namespaces).
+#[derive(Default)]
+pub struct TcpTables {
+    /// Network namespace inode -> (socket inode -> TCP state).
+    by_netns: HashMap<u64, HashMap<u64, u8>>,
+}
+
+impl TcpTables {
+    /// Whether `pid` has a TCP socket listening or connected (IPv4 or IPv6).
+    pub fn has_tcp_socket(&mut self, pid: u32) -> bool {
+        let fds = socket_fds(pid);
+        if fds.is_empty() {
+            return false;
+        }
+        let Ok(netns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            return false;
+        };
+        use std::os::unix::fs::MetadataExt;
+        let states = self.by_netns.entry(netns.ino()).or_insert_with(|| {
+            let mut states = HashMap::new();
+            for table in ["tcp", "tcp6"] {
+                if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+                    states.extend(
+                        parse_tcp_table(&text)
+                            .into_iter()
+                            .map(|e| (e.inode, e.state)),
+                    );
+                }
+            }
+            states
+        });
+        fds.iter().any(|(_, inode)| {
+            states
+                .get(inode)
+                .is_some_and(|&s| s == LISTEN || s == ESTABLISHED)
+        })
+    }
+}
+
+/// Which of `fds` (TCP sockets of `pid`) still have bytes in flight: written and not yet
+/// acknowledged by the peer, or received and not yet read. A response on such a socket is
+/// still being transferred (a slow reader), however long since the last write.
+pub fn busy_sockets(pid: u32, fds: &[u32]) -> HashSet<u32> {
+    let inodes: HashMap<u64, u32> = fds
+        .iter()
+        .filter_map(|&fd| {
+            let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((inode, fd))
+        })
+        .collect();
+    let mut busy = HashSet::new();
+    if inodes.is_empty() {
+        return busy;
+    }
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            busy.extend(
+                parse_tcp_table(&text)
+                    .into_iter()
+                    .filter(|e| e.tx_queue > 0 || e.rx_queue > 0)
+                    .filter_map(|e| inodes.get(&e.inode).copied()),
+            );
+        }
+    }
+    busy
+}
+
 /// (descriptor, socket inode) of every socket the process has open.
 fn socket_fds(pid: u32) -> Vec<(u32, u64)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -104,10 +181,13 @@ fn parse_tcp_table(text: &str) -> Vec<TcpEntry> {
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
+            let (tx, rx) = f.get(4)?.split_once(':')?;
             Some(TcpEntry {
                 local: parse_hex_addr(f.get(1)?)?,
                 remote: parse_hex_addr(f.get(2)?)?,
                 state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                tx_queue: u32::from_str_radix(tx, 16).ok()?,
+                rx_queue: u32::from_str_radix(rx, 16).ok()?,
                 inode: f.get(9)?.parse().ok()?,
             })
         })
@@ -140,7 +220,7 @@ mod tests {
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0 100 0 0 10 0
-   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1002 1 0 20 4 30 10 -1
+   1: 0100007F:1F90 0100007F:D431 01 0001F000:00000010 00:00000000 00000000     0        0 1002 1 0 20 4 30 10 -1
    2: 0100007F:9C40 0100007F:0050 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0 20 4 30 10 -1
    garbage line
 ";
@@ -152,6 +232,7 @@ mod tests {
         assert_eq!(e[0].local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(e[0].state, LISTEN);
         assert_eq!(e[1].remote, "127.0.0.1:54321".parse().unwrap());
+        assert_eq!((e[1].tx_queue, e[1].rx_queue), (0x1F000, 0x10));
         assert_eq!(e[2].inode, 1003);
         let v6 = parse_hex_addr("00000000000000000000000001000000:0050").unwrap();
         assert_eq!(v6, "[::1]:80".parse().unwrap());
@@ -174,5 +255,6 @@ mod tests {
         assert_eq!(a.role, Some(Role::Server));
         assert_eq!(a.peer, Some(client.local_addr().unwrap()));
         assert_eq!(find(listener.as_raw_fd()).unwrap().role, None);
+        assert!(TcpTables::default().has_tcp_socket(std::process::id()));
     }
 }
