@@ -574,10 +574,21 @@ impl Agent {
             }
         }
         let mut adopted = Vec::new();
-        while let Some(started) = w.connections.take_started() {
+        while let Some(mut started) = w.connections.take_started() {
             let Some((_, tracer)) = tracing.as_mut() else {
                 continue;
             };
+            // A client that never asked for its own address (most runtimes but Go's): read
+            // it once per connection from /proc, so the server end in another watched
+            // process can find this call.
+            if started.role == Role::Client && started.local.is_none() && started.peer.is_some() {
+                let local = target::sockets::local_address(pid, started.fd);
+                log::debug!("pid {pid} fd {}: local address {local:?}", started.fd);
+                if let Some(local) = local {
+                    w.connections.set_local(started.fd, local);
+                    started.local = Some(local);
+                }
+            }
             let parent = match started.role {
                 Role::Client => match w.goroutines.caller(started.fd) {
                     Caller::Request(span) => Some(span),

@@ -82,7 +82,8 @@ impl ScriptServer {
 }
 
 /// Debian's nginx in one process (`master_process off`, so the process that serves is the
-/// one started), serving `root` with `sendfile` and proxying `/api/` to a backend.
+/// one started), serving `root` with `sendfile` and proxying `/api/` to a backend over
+/// kept-alive HTTP/1.1 connections (as nginx is usually set up in front of an application).
 pub struct Nginx {
     pub proc: Proc,
     pub port: u16,
@@ -114,10 +115,15 @@ http {{
     uwsgi_temp_path {d}/tmp;
     scgi_temp_path {d}/tmp;
     types {{ text/html html; application/octet-stream bin; }}
+    upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 4; }}
     server {{
         listen 127.0.0.1:{port};
         root {d}/www;
-        location /api/ {{ proxy_pass http://127.0.0.1:{backend_port}/; }}
+        location /api/ {{
+            proxy_pass http://backend/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
     }}
 }}
 "

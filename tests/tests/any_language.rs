@@ -504,6 +504,48 @@ fn nginx_files_and_proxy() {
     );
 }
 
+/// A trace through nginx to its Python backend, neither of which asks for its sockets' own
+/// addresses (the agent reads nginx's from /proc on the kept-alive upstream connection):
+/// nginx's server span continues the test's `traceparent`, nginx's call to the backend is
+/// its child, and the backend's server span is that call's child (the agent sees both ends;
+/// nginx passes the test's `traceparent` on, but the call it saw is nearer).
+#[test]
+fn trace_through_nginx_to_its_backend() {
+    let backend = ScriptServer::python("traced-backend", &[]);
+    let nginx = Nginx::start(backend.port);
+    let agent = Agent::for_pids(&[nginx.proc.pid(), backend.proc.pid()]);
+    for n in 0..3u32 {
+        let trace_id = format!("0af7651916cd43dd8448eb211c8f{n:04x}");
+        let caller = format!("b7ad6b71692033{n:02x}");
+        let r = ureq::get(&nginx.url(&format!("/api/items/{n}")))
+            .set("traceparent", &format!("00-{trace_id}-{caller}-01"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
+        let spans = wait_for(Duration::from_secs(10), || {
+            let body: serde_json::Value =
+                serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
+            body["spans"].as_array().filter(|s| s.len() >= 3).cloned()
+        })
+        .unwrap_or_else(|| panic!("trace {trace_id} incomplete; log:\n{}", agent.log()));
+        assert_eq!(spans.len(), 3, "{spans:#?}");
+        let find = |service: &str, kind: &str| {
+            spans
+                .iter()
+                .find(|s| s["resource"]["service.name"] == service && s["kind"] == kind)
+                .unwrap_or_else(|| panic!("no {kind} span of {service}: {spans:#?}"))
+        };
+        let front = find("nginx", "server");
+        let call = find("nginx", "client");
+        let back = find("traced-backend", "server");
+        assert_eq!(front["parent_span_id"], caller.as_str(), "{spans:#?}");
+        assert_eq!(call["parent_span_id"], front["span_id"], "{spans:#?}");
+        assert_eq!(back["parent_span_id"], call["span_id"], "{spans:#?}");
+        assert_eq!(back["attributes"]["url.path"], format!("/items/{n}"));
+    }
+}
+
 /// A client that reads a 16 MiB file slowly: nginx sends it by sendfile in many calls
 /// (non-blocking, between EAGAINs); the request lasts to the last byte, not the headers.
 #[test]

@@ -83,7 +83,9 @@ pub fn peer_address(c: &SockConn) -> Option<std::net::SocketAddr> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let ip = match c.family {
         AF_INET => IpAddr::V4(Ipv4Addr::new(c.addr[0], c.addr[1], c.addr[2], c.addr[3])),
-        AF_INET6 => IpAddr::V6(Ipv6Addr::from(c.addr)),
+        // An IPv4 client of a dual-stack socket is seen as ::ffff:a.b.c.d by one end and
+        // a.b.c.d by the other: one form, so both ends name the connection alike.
+        AF_INET6 => Ipv6Addr::from(c.addr).to_canonical(),
         _ => return None,
     };
     Some(std::net::SocketAddr::new(ip, c.port))

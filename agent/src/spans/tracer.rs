@@ -17,7 +17,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use super::{
     http1::{Exchange, Role, SpanContext, Started},
-    trace::{HttpAttributes, Resource, Span, SpanId, SpanKind},
+    trace::{HttpAttributes, Resource, Span, SpanId, SpanKind, TraceId},
 };
 use crate::protocols::http::collapse_path;
 
@@ -35,6 +35,10 @@ pub struct Orphan {
     pub pid: u32,
     pub fd: u32,
     pub span_id: SpanId,
+    /// The trace it started in, and whether an incoming `traceparent` chose it (then only a
+    /// client span of the same trace adopts it).
+    pub trace_id: TraceId,
+    pub continued: bool,
 }
 
 pub struct Tracer {
@@ -42,10 +46,12 @@ pub struct Tracer {
     sample_ratio: f64,
     /// Wall clock minus the kernel's monotonic clock (event timestamps), in nanoseconds.
     clock_offset_ns: i128,
-    /// Client requests in flight by (client address, server address).
-    client_links: HashMap<(SocketAddr, SocketAddr), SpanContext>,
-    /// Server requests waiting for their client, by (client address, server address).
-    orphans: HashMap<(SocketAddr, SocketAddr), Orphan>,
+    /// Client requests in flight by client address (unique on this machine while the
+    /// connection lasts), with the server address they went to.
+    client_links: HashMap<SocketAddr, (SocketAddr, SpanContext)>,
+    /// Server requests waiting for their client, by client address, with the server's own
+    /// address when known (processes that never ask for it: not known).
+    orphans: HashMap<SocketAddr, (Option<SocketAddr>, Orphan)>,
 }
 
 impl Tracer {
@@ -65,14 +71,20 @@ impl Tracer {
         let span_id = self.span_id();
         let ctx = match started.role {
             Role::Server => {
-                if let Some(tp) = started.traceparent {
+                let client = self.client_at(started.peer, started.local);
+                // A proxy passes its caller's traceparent on unchanged: when the agent saw the
+                // call itself (same trace), that call is the nearer parent.
+                let tp = started
+                    .traceparent
+                    .filter(|tp| client.is_none_or(|c| c.trace_id != tp.trace_id));
+                if let Some(tp) = tp {
                     SpanContext {
                         trace_id: tp.trace_id,
                         span_id,
                         parent_id: Some(tp.parent_id),
                         sampled: tp.sampled,
                     }
-                } else if let Some(client) = self.client_at(started.peer, started.local) {
+                } else if let Some(client) = client {
                     SpanContext {
                         trace_id: client.trace_id,
                         span_id,
@@ -98,7 +110,7 @@ impl Tracer {
                 if self.client_links.len() >= MAX_CLIENT_LINKS {
                     self.client_links.clear();
                 }
-                self.client_links.insert((local, peer), ctx);
+                self.client_links.insert(local, (peer, ctx));
             }
         }
         ctx
@@ -108,16 +120,15 @@ impl Tracer {
     /// its client is on this machine: remember it, so that the client's span, if its event
     /// comes late, adopts it (`adopt`).
     pub fn orphan(&mut self, pid: u32, started: &Started, ctx: &SpanContext) {
-        let (Role::Server, None, None, Some(peer), Some(local)) = (
-            started.role,
-            ctx.parent_id,
-            started.traceparent,
-            started.peer,
-            started.local,
-        ) else {
+        let (Role::Server, Some(peer)) = (started.role, started.peer) else {
             return;
         };
-        let same_machine = peer.ip().is_loopback() || peer.ip() == local.ip();
+        // Linked already: nothing to wait for.
+        if self.client_at(started.peer, started.local).is_some() {
+            return;
+        }
+        let same_machine =
+            peer.ip().is_loopback() || started.local.is_some_and(|l| l.ip() == peer.ip());
         if !same_machine {
             return;
         }
@@ -125,12 +136,17 @@ impl Tracer {
             self.orphans.clear();
         }
         self.orphans.insert(
-            (peer, local),
-            Orphan {
-                pid,
-                fd: started.fd,
-                span_id: ctx.span_id,
-            },
+            peer,
+            (
+                started.local,
+                Orphan {
+                    pid,
+                    fd: started.fd,
+                    span_id: ctx.span_id,
+                    trace_id: ctx.trace_id,
+                    continued: ctx.parent_id.is_some(),
+                },
+            ),
         );
     }
 
@@ -142,8 +158,15 @@ impl Tracer {
         started: &Started,
         client: &SpanContext,
     ) -> Option<(Orphan, SpanContext)> {
-        let key = (started.local?, started.peer?);
-        let orphan = self.orphans.remove(&key)?;
+        let (local, peer) = (started.local?, started.peer?);
+        let (server, _) = self.orphans.get(&local)?;
+        if server.is_some_and(|s| s != peer) {
+            return None;
+        }
+        let (_, orphan) = self.orphans.remove(&local)?;
+        if orphan.continued && orphan.trace_id != client.trace_id {
+            return None;
+        }
         Some((
             orphan,
             SpanContext {
@@ -166,16 +189,22 @@ impl Tracer {
     ) -> Option<Span> {
         match (e.role, e.local, e.peer) {
             (Role::Client, Some(local), Some(peer)) => {
-                self.client_links.remove(&(local, peer));
+                if self
+                    .client_links
+                    .get(&local)
+                    .is_some_and(|(s, _)| *s == peer)
+                {
+                    self.client_links.remove(&local);
+                }
             }
-            (Role::Server, Some(local), Some(peer)) if !self.orphans.is_empty() => {
+            (Role::Server, _, Some(peer)) if !self.orphans.is_empty() => {
                 if let Some(span) = e.span {
                     if self
                         .orphans
-                        .get(&(peer, local))
-                        .is_some_and(|o| o.span_id == span.span_id)
+                        .get(&peer)
+                        .is_some_and(|(_, o)| o.span_id == span.span_id)
                     {
-                        self.orphans.remove(&(peer, local));
+                        self.orphans.remove(&peer);
                     }
                 }
             }
@@ -228,7 +257,9 @@ impl Tracer {
         peer: Option<SocketAddr>,
         local: Option<SocketAddr>,
     ) -> Option<SpanContext> {
-        self.client_links.get(&(peer?, local?)).copied()
+        let (server, ctx) = self.client_links.get(&peer?)?;
+        // The server's own address, when it knows it, must be where the client went.
+        local.is_none_or(|l| l == *server).then_some(*ctx)
     }
 
     fn root(&mut self, span_id: [u8; 8]) -> SpanContext {

@@ -155,6 +155,26 @@ pub fn busy_sockets(pid: u32, fds: &[u32]) -> HashSet<u32> {
     busy
 }
 
+/// This end's address of TCP socket `fd` of `pid`, from /proc: for processes that never ask
+/// (getsockname), the local end that links a call to the server span of the same connection
+/// in another watched process. `None` if the socket is gone or not TCP.
+pub fn local_address(pid: u32, fd: u32) -> Option<SocketAddr> {
+    let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let inode: u64 = target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    ["tcp", "tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
+        parse_tcp_table(&text)
+            .into_iter()
+            .find(|e| e.inode == inode)
+            .map(|e| e.local)
+    })
+}
+
 /// (descriptor, socket inode) of every socket the process has open.
 fn socket_fds(pid: u32) -> Vec<(u32, u64)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -207,7 +227,8 @@ fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
                 let word = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
                 chunk.copy_from_slice(&word.to_le_bytes());
             }
-            IpAddr::V6(Ipv6Addr::from(bytes))
+            // IPv4 clients of dual-stack sockets in the IPv4 form, as the events give them.
+            Ipv6Addr::from(bytes).to_canonical()
         }
         _ => return None,
     };
@@ -224,6 +245,19 @@ mod tests {
    2: 0100007F:9C40 0100007F:0050 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0 20 4 30 10 -1
    garbage line
 ";
+
+    #[test]
+    fn local_address_of_a_connected_socket() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let pid = std::process::id();
+        assert_eq!(
+            local_address(pid, client.as_raw_fd() as u32),
+            Some(client.local_addr().unwrap())
+        );
+        assert_eq!(local_address(pid, 0xffff), None);
+    }
 
     #[test]
     fn parses_proc_net_tcp() {
