@@ -187,26 +187,22 @@ impl Tracer {
         route: Option<&Arc<str>>,
         resource: &Arc<Resource>,
     ) -> Option<Span> {
-        match (e.role, e.local, e.peer) {
-            (Role::Client, Some(local), Some(peer)) => {
+        match (e.role, e.local, e.peer, e.span) {
+            (Role::Client, Some(local), Some(peer), _)
                 if self
                     .client_links
                     .get(&local)
-                    .is_some_and(|(s, _)| *s == peer)
-                {
-                    self.client_links.remove(&local);
-                }
+                    .is_some_and(|(s, _)| *s == peer) =>
+            {
+                self.client_links.remove(&local);
             }
-            (Role::Server, _, Some(peer)) if !self.orphans.is_empty() => {
-                if let Some(span) = e.span {
-                    if self
-                        .orphans
-                        .get(&peer)
-                        .is_some_and(|(_, o)| o.span_id == span.span_id)
-                    {
-                        self.orphans.remove(&peer);
-                    }
-                }
+            (Role::Server, _, Some(peer), Some(span))
+                if self
+                    .orphans
+                    .get(&peer)
+                    .is_some_and(|(_, o)| o.span_id == span.span_id) =>
+            {
+                self.orphans.remove(&peer);
             }
             _ => {}
         }
