@@ -462,7 +462,7 @@ impl Agent {
     }
 
     /// One decoded (or undecodable) event from the kernel.
-    pub fn handle(&self, event: Result<Event, DecodeError>) {
+    pub fn handle(&self, event: Result<Event<'_>, DecodeError>) {
         let m = &self.metrics.agent;
         m.events_received.inc();
         let event = match event {

@@ -11,7 +11,7 @@ use obs_common::{
     go_http::GoMuxSeen,
     go_trace::GoClientCall,
     sockets::{
-        SockConn, SockDataN, SockDataShort, AF_INET, AF_INET6, DATA_PREFIX, SOCK_DATA_HEADER,
+        SockConn, SockDataN, AF_INET, AF_INET6, DATA_PREFIX, EGRESS_PREFIX, SOCK_DATA_HEADER,
     },
     EventKind,
 };
@@ -19,9 +19,10 @@ use tokio::io::unix::AsyncFd;
 
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Socket data, long (read) or short (written) prefix alike, without a heap allocation.
+/// Socket data, long (read) or short (written) prefix alike, borrowed from the ring buffer's
+/// record: no copy, no allocation.
 #[derive(Clone, Debug)]
-pub struct Data {
+pub struct Data<'a> {
     pub tgid: u32,
     pub fd: u32,
     pub ts_ns: u64,
@@ -30,51 +31,25 @@ pub struct Data {
     pub goid: u64,
     /// What the syscall transferred (the prefix is at most this).
     pub bytes: i64,
-    len: usize,
-    prefix: [u8; DATA_PREFIX],
+    prefix: &'a [u8],
 }
 
-impl Data {
-    pub fn prefix(&self) -> &[u8] {
-        &self.prefix[..self.len]
+impl<'a> Data<'a> {
+    pub fn prefix(&self) -> &'a [u8] {
+        self.prefix
     }
 
     /// Whether the prefix holds everything the syscall transferred.
     pub fn captured_all(&self) -> bool {
-        self.bytes <= self.len as i64
-    }
-
-    fn from_record<const N: usize>(d: &SockDataN<N>) -> Self {
-        let len = (d.prefix_len as usize).min(N);
-        Self::from_parts(d, &d.prefix[..len])
-    }
-
-    fn from_parts<const N: usize>(d: &SockDataN<N>, bytes: &[u8]) -> Self {
-        let len = bytes.len().min(DATA_PREFIX);
-        let mut prefix = [0; DATA_PREFIX];
-        prefix[..len].copy_from_slice(&bytes[..len]);
-        Self {
-            tgid: d.tgid,
-            fd: d.fd,
-            ts_ns: d.ts_ns,
-            direction: d.direction,
-            goid: d.goid,
-            bytes: d.bytes,
-            len,
-            prefix,
-        }
+        self.bytes <= self.prefix.len() as i64
     }
 }
 
 #[derive(Clone, Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "moved by value, never stored: no allocation per event"
-)]
-pub enum Event {
+pub enum Event<'a> {
     GoMuxSeen(GoMuxSeen),
     GoClientCall(GoClientCall),
-    SockData(Data),
+    SockData(Data<'a>),
     SockConn(SockConn),
 }
 
@@ -116,7 +91,7 @@ impl DecodeError {
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let kind_bytes: [u8; 4] = record
         .get(..4)
         .and_then(|b| b.try_into().ok())
@@ -125,31 +100,54 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     let kind = EventKind::from_u32(raw_kind).ok_or(DecodeError::UnknownKind(raw_kind))?;
     match kind {
         EventKind::GoMuxSeen => read_pod::<GoMuxSeen>(kind, record).map(Event::GoMuxSeen),
-        EventKind::SockData => decode_read(record).map(Event::SockData),
+        EventKind::SockData => decode_data(kind, record, DATA_PREFIX, false).map(Event::SockData),
         EventKind::SockDataShort => {
-            read_pod::<SockDataShort>(kind, record).map(|d| Event::SockData(Data::from_record(&d)))
+            decode_data(kind, record, EGRESS_PREFIX, true).map(Event::SockData)
         }
         EventKind::SockConn => read_pod::<SockConn>(kind, record).map(Event::SockConn),
         EventKind::GoClientCall => read_pod::<GoClientCall>(kind, record).map(Event::GoClientCall),
     }
 }
 
-/// A read's record: a header and as much of the prefix as was copied (`prefix_len`).
-fn decode_read(record: &[u8]) -> Result<Data, DecodeError> {
+/// A data record: a header, then the prefix. Reads' records are as long as their prefix
+/// (`prefix_len`, at most `max`); writes' have room for `max` bytes whatever was copied
+/// (`whole`).
+fn decode_data(
+    kind: EventKind,
+    record: &[u8],
+    max: usize,
+    whole: bool,
+) -> Result<Data<'_>, DecodeError> {
     let wrong = || DecodeError::WrongSize {
-        kind: EventKind::SockData,
+        kind,
         got: record.len(),
-        want: SOCK_DATA_HEADER + DATA_PREFIX,
+        want: SOCK_DATA_HEADER + max,
     };
-    if record.len() < SOCK_DATA_HEADER || record.len() > SOCK_DATA_HEADER + DATA_PREFIX {
+    let fits = if whole {
+        record.len() == SOCK_DATA_HEADER + max
+    } else {
+        (SOCK_DATA_HEADER..=SOCK_DATA_HEADER + max).contains(&record.len())
+    };
+    if !fits {
         return Err(wrong());
     }
-    let header = read_pod::<SockDataN<0>>(EventKind::SockData, &record[..SOCK_DATA_HEADER])?;
-    let prefix = &record[SOCK_DATA_HEADER..];
-    if header.prefix_len as usize != prefix.len() {
-        return Err(wrong());
-    }
-    Ok(Data::from_parts(&header, prefix))
+    let header = read_pod::<SockDataN<0>>(kind, &record[..SOCK_DATA_HEADER])?;
+    let room = &record[SOCK_DATA_HEADER..];
+    let len = header.prefix_len as usize;
+    let prefix = match (whole, room.get(..len)) {
+        (true, Some(p)) => p,
+        (false, Some(p)) if len == room.len() => p,
+        _ => return Err(wrong()),
+    };
+    Ok(Data {
+        tgid: header.tgid,
+        fd: header.fd,
+        ts_ns: header.ts_ns,
+        direction: header.direction,
+        goid: header.goid,
+        bytes: header.bytes,
+        prefix,
+    })
 }
 
 /// Copies a record into `T`. Sound because every `T` passed here is `repr(C)` plain data
@@ -170,7 +168,7 @@ fn read_pod<T: aya::Pod>(kind: EventKind, record: &[u8]) -> Result<T, DecodeErro
 /// Drains the ring buffer forever, handing each record (decoded or not) to `sink`.
 pub async fn read_forever<F>(ring: RingBuf<MapData>, mut sink: F) -> std::io::Result<()>
 where
-    F: FnMut(Result<Event, DecodeError>),
+    F: FnMut(Result<Event<'_>, DecodeError>),
 {
     // SAFETY: the AsyncFd owns the ring buffer, which owns the fd: it stays open for as long
     // as it is registered.
@@ -189,7 +187,7 @@ where
     }
 }
 
-fn drain<F: FnMut(Result<Event, DecodeError>)>(ring: &mut RingBuf<MapData>, sink: &mut F) {
+fn drain<F: FnMut(Result<Event<'_>, DecodeError>)>(ring: &mut RingBuf<MapData>, sink: &mut F) {
     while let Some(record) = ring.next() {
         sink(decode(&record));
     }
@@ -243,6 +241,17 @@ mod tests {
         // A prefix length that disagrees with the record's, or a record too long: refused.
         read.push(b'x');
         assert!(matches!(decode(&read), Err(DecodeError::WrongSize { .. })));
+        // A write's record has room for its prefix whatever was copied; more than the room
+        // is refused.
+        let mut short = record(EventKind::SockDataShort, SOCK_DATA_HEADER + EGRESS_PREFIX);
+        short[36..40].copy_from_slice(&3u32.to_ne_bytes());
+        short[SOCK_DATA_HEADER..SOCK_DATA_HEADER + 3].copy_from_slice(b"HTT");
+        let Ok(Event::SockData(d)) = decode(&short) else {
+            panic!("not data");
+        };
+        assert_eq!(d.prefix(), b"HTT");
+        short[36..40].copy_from_slice(&(EGRESS_PREFIX as u32 + 1).to_ne_bytes());
+        assert!(matches!(decode(&short), Err(DecodeError::WrongSize { .. })));
         let mut long = record(EventKind::SockData, SOCK_DATA_HEADER + DATA_PREFIX + 1);
         long[36..40].copy_from_slice(&(DATA_PREFIX as u32 + 1).to_ne_bytes());
         assert!(matches!(decode(&long), Err(DecodeError::WrongSize { .. })));
