@@ -71,7 +71,7 @@ impl Tracer {
         let span_id = self.span_id();
         let ctx = match started.role {
             Role::Server => {
-                let client = self.client_at(started.peer, started.local);
+                let client = self.take_client(started.peer, started.local);
                 // A proxy passes its caller's traceparent on unchanged: when the agent saw the
                 // call itself (same trace), that call is the nearer parent.
                 let tp = started
@@ -123,8 +123,11 @@ impl Tracer {
         let (Role::Server, Some(peer)) = (started.role, started.peer) else {
             return;
         };
-        // Linked already: nothing to wait for.
-        if self.client_at(started.peer, started.local).is_some() {
+        // Linked already (a parent that is not the traceparent's): nothing to wait for.
+        let continued = started
+            .traceparent
+            .is_some_and(|tp| ctx.parent_id == Some(tp.parent_id));
+        if ctx.parent_id.is_some() && !continued {
             return;
         }
         let same_machine =
@@ -144,7 +147,7 @@ impl Tracer {
                     fd: started.fd,
                     span_id: ctx.span_id,
                     trace_id: ctx.trace_id,
-                    continued: ctx.parent_id.is_some(),
+                    continued,
                 },
             ),
         );
@@ -248,14 +251,20 @@ impl Tracer {
         })
     }
 
-    fn client_at(
-        &self,
+    /// The client request in flight from `peer` to `local`, taken: one client request is
+    /// served by one server request, and a link left behind would be found by the next
+    /// request on the connection if its server end's event came before its client end's.
+    fn take_client(
+        &mut self,
         peer: Option<SocketAddr>,
         local: Option<SocketAddr>,
     ) -> Option<SpanContext> {
-        let (server, ctx) = self.client_links.get(&peer?)?;
+        let peer = peer?;
+        let (server, ctx) = self.client_links.get(&peer)?;
         // The server's own address, when it knows it, must be where the client went.
-        local.is_none_or(|l| l == *server).then_some(*ctx)
+        let ctx = local.is_none_or(|l| l == *server).then_some(*ctx)?;
+        self.client_links.remove(&peer);
+        Some(ctx)
     }
 
     fn root(&mut self, span_id: [u8; 8]) -> SpanContext {
@@ -358,6 +367,23 @@ mod tests {
         assert_eq!(adopted.parent_id, Some(client_ctx.span_id));
         // Once only.
         assert_eq!(t.adopt(&client, &client_ctx), None);
+    }
+
+    #[test]
+    fn a_client_span_parents_one_server_span() {
+        let mut t = Tracer::new(1.0);
+        let client = started(Role::Client, "127.0.0.1:50000", "127.0.0.1:8080");
+        let first = t.start(&client, None);
+        let server = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50000");
+        assert_eq!(t.start(&server, None).parent_id, Some(first.span_id));
+        // The next request on the keep-alive connection, its server end seen before its
+        // client end: not the first call's child, but adopted when the call shows up.
+        let next = t.start(&server, None);
+        assert_eq!(next.parent_id, None);
+        t.orphan(7, &server, &next);
+        let second = t.start(&client, None);
+        let (_, adopted) = t.adopt(&client, &second).expect("adopted");
+        assert_eq!(adopted.parent_id, Some(second.span_id));
     }
 
     #[test]
