@@ -15,6 +15,7 @@ use obs_common::{
 
 use crate::{
     events::{peer_address, DecodeError, Event},
+    go_process::GoProcess,
     metrics::{
         self_metrics_labels::{module_labels, target_labels},
         Metrics, ModuleLabels, ServiceLabels, TargetLabels,
@@ -31,6 +32,7 @@ use crate::{
     symbols::{
         elf::ElfFile,
         go_http::{self, MuxLayout, ProbePoint},
+        go_runtime::FunctionNames,
         offsets::LayoutSource,
         SymbolsError,
     },
@@ -134,6 +136,8 @@ struct Watched {
     /// Go processes with goroutine tracking: which request each call is made for.
     goroutines: Goroutines,
     routes: Routes,
+    /// Its Go runtime's figures (goroutines, GC, panics), when its goroutines are followed.
+    go: Option<GoProcess>,
 }
 
 pub struct Agent {
@@ -206,18 +210,23 @@ impl Agent {
         {
             let mut probes = lock(&self.probes);
             probes.watch_sockets(pid)?;
-            // Only spans need it: without, a call is linked to the process's request in
-            // flight when there is exactly one.
-            if self.span_sink.get().is_some() {
-                match &binary.goroutines {
-                    Ok(tracking) => match probes.attach_goroutine_tracking(&process, tracking) {
-                        Ok(()) => goroutines_followed = true,
-                        Err(e) => {
-                            log::warn!("pid {pid}: goroutines not followed: {}", error_chain(&e))
-                        }
-                    },
-                    Err(why) => log::info!("pid {pid}: goroutines not followed: {why}"),
-                }
+            // Runtime metrics need the creation and panic probes whenever the process is
+            // watched; spans also need goroutine parentage and the transport probe (without
+            // them, a call is linked to the process's request in flight when there is
+            // exactly one).
+            match &binary.goroutines {
+                Ok(tracking) => match probes.attach_goroutine_tracking(
+                    &process,
+                    tracking,
+                    &binary.panics,
+                    self.span_sink.get().is_some(),
+                ) {
+                    Ok(()) => goroutines_followed = true,
+                    Err(e) => {
+                        log::warn!("pid {pid}: goroutines not followed: {}", error_chain(&e))
+                    }
+                },
+                Err(why) => log::info!("pid {pid}: goroutines not followed: {why}"),
             }
             if let Some((point, _)) = routes.discovery {
                 // Without it, routes fall back to collapsed paths; requests are still counted.
@@ -264,6 +273,12 @@ impl Agent {
                 .get_or_create(m)
                 .set(1);
         }
+        let mut go = goroutines_followed.then(|| GoProcess::new(&process, &binary));
+        if let Some(go) = &mut go {
+            // Goroutines alive and GC cycles completed before now count from the start.
+            let starts = lock(&self.probes).goroutine_starts();
+            go.refresh(&self.metrics.go, &starts_of(&starts, pid));
+        }
         let resource = Arc::new(Resource {
             service_name: process.service_name.clone(),
             instance_id: format!("{}:{}:{}", self.host_name, pid, process.start_time),
@@ -282,6 +297,7 @@ impl Agent {
                 connections,
                 goroutines: Goroutines::default(),
                 routes,
+                go,
             },
         );
         Ok(())
@@ -295,7 +311,9 @@ impl Agent {
         let result = ElfFile::open(&process.exe_link)
             .and_then(|elf| {
                 if go_http::is_go(&elf) {
-                    go_http::analyze(&elf)
+                    let mut binary = go_http::analyze(&elf)?;
+                    binary.function_names = Some(Arc::new(FunctionNames::new(elf)));
+                    Ok(binary)
                 } else {
                     Err(SymbolsError::NotGo)
                 }
@@ -321,7 +339,13 @@ impl Agent {
             let mut probes = lock(&self.probes);
             watched.retain(|pid, w| {
                 match w.exited_at {
-                    Some(t) => return now.duration_since(t) <= EXIT_GRACE,
+                    Some(t) if now.duration_since(t) <= EXIT_GRACE => return true,
+                    Some(_) => {
+                        if let Some(go) = &mut w.go {
+                            go.exited(&self.metrics.go);
+                        }
+                        return false;
+                    }
                     None if !w.process.is_alive() => {
                         probes.detach(*pid);
                         log::info!(
@@ -335,6 +359,9 @@ impl Agent {
                         }
                         w.connections = Connections::default();
                         w.goroutines = Goroutines::default();
+                        if let Some(go) = &mut w.go {
+                            go.exited(&self.metrics.go);
+                        }
                         self.metrics.agent.target_info.remove(&w.target);
                         for m in &w.modules {
                             self.metrics.agent.target_module_info.remove(m);
@@ -417,6 +444,7 @@ impl Agent {
         let tgid = match &event {
             Event::GoMuxSeen(e) => e.tgid,
             Event::GoClientCall(e) => e.tgid,
+            Event::GoPanic(e) => e.tgid,
             Event::SockConn(e) => e.tgid,
             Event::SockData(e) => e.tgid,
         };
@@ -433,6 +461,11 @@ impl Agent {
                 }
             }
             Event::GoClientCall(c) => w.goroutines.call(c.fd, Chain::from(&c)),
+            Event::GoPanic(p) => {
+                if let Some(go) = &mut w.go {
+                    go.panic_event(&self.metrics.go, &p);
+                }
+            }
             Event::SockConn(c) => match u64::from(c.syscall) {
                 nr::ACCEPT | nr::ACCEPT4 => {
                     w.connections
@@ -544,8 +577,15 @@ impl Agent {
 
     /// Brings gauges and kernel-side counters up to date (called before each scrape).
     pub fn refresh(&self) {
+        // The same lock order as `reconcile`: watched, then probes.
+        let mut watched = lock(&self.watched);
         let probes = lock(&self.probes);
-        let watched = lock(&self.watched);
+        let starts = probes.goroutine_starts();
+        for (pid, w) in watched.iter_mut() {
+            if let (None, Some(go)) = (w.exited_at, &mut w.go) {
+                go.refresh(&self.metrics.go, &starts_of(&starts, *pid));
+            }
+        }
         let mut active: HashMap<&str, i64> = HashMap::new();
         let mut live = 0;
         for w in watched.values() {
@@ -625,6 +665,18 @@ fn pace_discovery(pid: u32, w: &mut Watched, probes: &mut Probes, now: Instant) 
     {
         routes.read_patterns(pid);
     }
+}
+
+/// One process's goroutine creation counts, by runtime start address.
+fn starts_of(
+    starts: &HashMap<obs_common::go_runtime::GoStartKey, u64>,
+    pid: u32,
+) -> HashMap<u64, u64> {
+    starts
+        .iter()
+        .filter(|(k, _)| k.tgid == pid)
+        .map(|(k, n)| (k.startpc, *n))
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -9,6 +9,7 @@ use std::{mem::size_of, time::Duration};
 use aya::maps::{MapData, RingBuf};
 use obs_common::{
     go_http::GoMuxSeen,
+    go_runtime::GoPanic,
     go_trace::GoClientCall,
     sockets::{SockConn, SockData, SockDataN, SockDataShort, AF_INET, AF_INET6, DATA_PREFIX},
     EventKind,
@@ -67,6 +68,7 @@ impl Data {
 pub enum Event {
     GoMuxSeen(GoMuxSeen),
     GoClientCall(GoClientCall),
+    GoPanic(GoPanic),
     SockData(Data),
     SockConn(SockConn),
 }
@@ -116,6 +118,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     let kind = EventKind::from_u32(raw_kind).ok_or(DecodeError::UnknownKind(raw_kind))?;
     match kind {
         EventKind::GoMuxSeen => read_pod::<GoMuxSeen>(kind, record).map(Event::GoMuxSeen),
+        EventKind::GoPanic => read_pod::<GoPanic>(kind, record).map(Event::GoPanic),
         EventKind::SockData => {
             read_pod::<SockData>(kind, record).map(|d| Event::SockData(Data::from_record(&d)))
         }

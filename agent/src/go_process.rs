@@ -1,0 +1,148 @@
+//! One watched Go process's runtime figures: reads its runtime's state, names the addresses
+//! the kernel reports (goroutine start functions, panicking callers) and feeds
+//! `metrics::go_runtime`. Called from `runtime` at each refresh and on panic events.
+
+use std::{collections::HashMap, sync::Arc};
+
+use obs_common::go_runtime::{GoPanic, PANIC_FATAL, PANIC_RECOVERED, PANIC_STARTED};
+
+use crate::{
+    metrics::go_runtime::{panicking_function, GoRuntimeMetrics, ProcessRuntime},
+    symbols::{
+        go_http::GoHttpBinary,
+        go_runtime::{FunctionNames, RuntimeState},
+    },
+    target::{go_runtime, memory::ProcessMemory, Process},
+};
+
+/// Most start addresses named per process (the kernel's table bounds them too).
+const MAX_NAMES: usize = 4096;
+
+pub struct GoProcess {
+    pid: u32,
+    /// Where the runtime's counts are, when they can be read (not in stripped binaries).
+    state: Option<RuntimeState>,
+    mem: Option<ProcessMemory>,
+    /// Runtime address minus link-time address.
+    bias: u64,
+    names: Option<Arc<FunctionNames>>,
+    /// Link-time start address -> function name.
+    start_names: HashMap<u64, String>,
+    pub runtime: ProcessRuntime,
+    read_failed: bool,
+}
+
+impl GoProcess {
+    pub fn new(process: &Process, binary: &GoHttpBinary) -> Self {
+        let pid = process.pid;
+        let bias = binary
+            .image_base
+            .map(|base| go_runtime::load_bias(pid, process.binary, base))
+            .transpose()
+            .unwrap_or_else(|e| {
+                log::info!("pid {pid}: load address unknown ({e}); runtime state not read");
+                None
+            });
+        let state = match (&binary.runtime_state, bias) {
+            (Ok(state), Some(_)) => Some(*state),
+            (Err(why), _) => {
+                log::info!("pid {pid}: Go runtime state not read: {why}");
+                None
+            }
+            _ => None,
+        };
+        let mem = state.and_then(|_| match ProcessMemory::open(pid) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::info!("pid {pid}: cannot open its memory ({e}); runtime state not read");
+                None
+            }
+        });
+        Self {
+            pid,
+            state,
+            mem,
+            bias: bias.unwrap_or(0),
+            names: binary.function_names.clone(),
+            start_names: HashMap::new(),
+            runtime: ProcessRuntime::new(&process.service_name, pid),
+            read_failed: false,
+        }
+    }
+
+    /// Whether the runtime's own counts are read (else only probe-based figures exist).
+    pub fn reads_state(&self) -> bool {
+        self.state.is_some() && self.mem.is_some()
+    }
+
+    /// Brings the process's figures up to date: creations counted by the kernel (`starts`:
+    /// runtime start address -> count), then the runtime's state (in this order, so that
+    /// "exited = created - live" never counts a goroutine created between the two reads).
+    pub fn refresh(&mut self, m: &GoRuntimeMetrics, starts: &HashMap<u64, u64>) {
+        let counts: HashMap<u64, u64> = starts
+            .iter()
+            .map(|(pc, n)| (pc.wrapping_sub(self.bias), *n))
+            .collect();
+        let unnamed: Vec<u64> = self
+            .runtime
+            .unnamed(&counts, &self.start_names)
+            .take(MAX_NAMES.saturating_sub(self.start_names.len()))
+            .collect();
+        if !unnamed.is_empty() {
+            let names = self.name(&unnamed);
+            for (pc, name) in unnamed.into_iter().zip(names) {
+                self.start_names
+                    .insert(pc, name.unwrap_or_else(|| "_UNKNOWN".to_owned()));
+            }
+        }
+        self.runtime.record_creations(m, &counts, &self.start_names);
+        let (Some(state), Some(mem)) = (&self.state, &self.mem) else {
+            return;
+        };
+        match go_runtime::read(mem, state, self.bias) {
+            Ok(snapshot) => {
+                self.read_failed = false;
+                self.runtime
+                    .record_snapshot(m, state.pauses.scheme, &snapshot)
+            }
+            Err(e) if !self.read_failed => {
+                self.read_failed = true;
+                log::debug!("pid {}: reading the Go runtime's state: {e}", self.pid);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A panic event from the kernel.
+    pub fn panic_event(&mut self, m: &GoRuntimeMetrics, e: &GoPanic) {
+        match e.what {
+            PANIC_STARTED => {
+                let depth = (e.depth as usize).min(e.pcs.len());
+                // Return addresses: the call is the byte before.
+                let pcs: Vec<u64> = e.pcs[..depth]
+                    .iter()
+                    .map(|pc| pc.wrapping_sub(self.bias).wrapping_sub(1))
+                    .collect();
+                let function = panicking_function(&self.name(&pcs));
+                self.runtime.panic_started(e.goid, function);
+            }
+            PANIC_RECOVERED => self.runtime.panics_resolved(m, e.goid, true),
+            PANIC_FATAL => self.runtime.panics_resolved(m, e.goid, false),
+            _ => {}
+        }
+    }
+
+    fn name(&self, pcs: &[u64]) -> Vec<Option<String>> {
+        match &self.names {
+            Some(n) => n.names(pcs),
+            None => vec![None; pcs.len()],
+        }
+    }
+
+    /// The process exited: unresolved panics count as not recovered; its series go.
+    pub fn exited(&mut self, m: &GoRuntimeMetrics) {
+        self.runtime.exited(m);
+        self.runtime.remove_series(m);
+        self.mem = None;
+    }
+}

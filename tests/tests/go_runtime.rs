@@ -1,0 +1,262 @@
+//! Go runtime metrics against the runtime's own figures: a Go program (tests/apps/goruntime)
+//! reports its runtime/metrics and is driven through phases (10,000 goroutines spawned and
+//! exited, forced GC cycles, panics recovered); at each quiescent point the agent's
+//! `go_goroutines`, `go_gc_cycles_total`, `go_gc_pause_seconds_count`, heap figures and
+//! goroutine/panic counts by function equal the program's own. Also: attaching to a process
+//! that has been running for a while, a stripped binary (probe-based figures only), and a
+//! process that dies of an unrecovered panic.
+
+use std::{collections::BTreeMap, thread::sleep, time::Duration};
+
+use obs_integration_tests::{
+    go_build, metrics::Samples, toolchain, toolchains, wait_for, Agent, BuildMode, GoServer,
+};
+use serde_json::Value;
+
+/// One request on a fresh connection, closed after (so no connection goroutine outlives it).
+fn get(app: &GoServer, path: &str) {
+    ureq::get(&app.url(path))
+        .set("Connection", "close")
+        .timeout(Duration::from_secs(60))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+}
+
+/// The program's own figures, sampled once its last request's goroutines are gone; the
+/// agent's scrape in the same quiescent state.
+fn quiescent(app: &GoServer, agent: &Agent) -> (BTreeMap<String, Value>, Samples) {
+    get(app, "/sample");
+    sleep(Duration::from_millis(600));
+    let samples = agent.scrape();
+    let body = ureq::get(&app.url("/stats"))
+        .set("Connection", "close")
+        .call()
+        .expect("GET /stats")
+        .into_string()
+        .unwrap();
+    (serde_json::from_str(&body).expect("stats JSON"), samples)
+}
+
+fn own(stats: &BTreeMap<String, Value>, name: &str) -> f64 {
+    stats
+        .get(name)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{name} missing from {stats:?}"))
+}
+
+struct Checked<'a> {
+    agent: &'a Agent,
+    pid: String,
+    service: &'a str,
+    minor: u32,
+}
+
+impl Checked<'_> {
+    fn value(&self, samples: &Samples, name: &str, extra: &[(&str, &str)]) -> f64 {
+        let mut with = vec![("pid", self.pid.as_str()), ("service_name", self.service)];
+        with.extend_from_slice(extra);
+        let found: Vec<_> = samples.matching(name, &with).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{name}{extra:?}: {found:?}; agent log:\n{}",
+            self.agent.log()
+        );
+        found[0].value
+    }
+
+    /// The agent's figures equal the runtime's own in this quiescent state.
+    fn runtime_figures_match(&self, phase: &str, app: &GoServer) {
+        let (stats, s) = quiescent(app, self.agent);
+        let goroutines = self.value(&s, "go_goroutines", &[]);
+        assert_eq!(
+            goroutines,
+            own(&stats, "num_goroutine"),
+            "{phase}: go_goroutines vs runtime.NumGoroutine"
+        );
+        // From Go 1.26 /sched/goroutines counts system goroutines too (gcount(true)).
+        if self.minor < 26 {
+            assert_eq!(
+                goroutines,
+                own(&stats, "/sched/goroutines:goroutines"),
+                "{phase}: go_goroutines vs /sched/goroutines:goroutines"
+            );
+        }
+        assert_eq!(
+            self.value(&s, "go_gc_cycles_total", &[]),
+            own(&stats, "/gc/cycles/total:gc-cycles"),
+            "{phase}: GC cycles"
+        );
+        assert_eq!(
+            self.value(&s, "go_gc_pause_seconds_count", &[]),
+            own(&stats, "/gc/pauses:seconds#count"),
+            "{phase}: GC pauses"
+        );
+        assert_eq!(
+            self.value(&s, "go_gc_heap_goal_bytes", &[]),
+            own(&stats, "/gc/heap/goal:bytes"),
+            "{phase}: heap goal"
+        );
+        if self.minor >= 21 {
+            assert_eq!(
+                self.value(&s, "go_gc_heap_live_bytes", &[]),
+                own(&stats, "/gc/heap/live:bytes"),
+                "{phase}: live heap"
+            );
+        }
+        // Every goroutine created (or alive at attach) either lives or has exited.
+        let created = s.sum(
+            "go_goroutines_created_total",
+            &[("pid", &self.pid), ("service_name", self.service)],
+        );
+        let exited = self.value(&s, "go_goroutines_exited_total", &[]);
+        assert_eq!(created - exited, goroutines, "{phase}: created - exited");
+    }
+}
+
+fn panics(s: &Samples, service: &str, function: &str, recovered: &str) -> f64 {
+    s.sum(
+        "go_panics_total",
+        &[
+            ("service_name", service),
+            ("function", function),
+            ("recovered", recovered),
+        ],
+    )
+}
+
+fn phases(minor: &str) {
+    let tc = toolchain(minor);
+    let service = format!("goruntime-{}", minor.replace('.', "-"));
+    let app = GoServer::start_bin(
+        &go_build("goruntime", &tc, BuildMode::Default),
+        &[("OTEL_SERVICE_NAME", &service)],
+    );
+    // Some history before the agent attaches: goroutines alive, GC cycles done.
+    get(&app, "/spawn?n=500");
+    get(&app, "/gc?n=3");
+    let agent = Agent::for_pids(&[app.proc.pid()]);
+    let c = Checked {
+        agent: &agent,
+        pid: app.proc.pid().to_string(),
+        service: &service,
+        minor: tc.minor_number(),
+    };
+    c.runtime_figures_match("attached after 500 goroutines and 3 GCs", &app);
+    let before = c.value(
+        &agent.scrape(),
+        "go_goroutines_created_total",
+        &[("function", "_BEFORE_ATTACH")],
+    );
+    assert!(before >= 500.0, "alive at attach: {before}");
+
+    get(&app, "/spawn?n=10000");
+    c.runtime_figures_match("10,000 goroutines spawned", &app);
+    let s = agent.scrape();
+    assert_eq!(
+        c.value(&s, "go_goroutines_created_total", &[("function", "main.blocker")]),
+        10_000.0,
+        "creations by start function"
+    );
+
+    get(&app, "/release");
+    c.runtime_figures_match("all blockers exited", &app);
+    get(&app, "/gc?n=7");
+    c.runtime_figures_match("7 forced GC cycles", &app);
+
+    get(&app, "/panic?n=13");
+    get(&app, "/indexpanic?n=4");
+    let (stats, s) = quiescent(&app, &agent);
+    assert_eq!(own(&stats, "recovered_panics"), 17.0);
+    assert_eq!(panics(&s, &service, "main.explicitPanic", "true"), 13.0);
+    // An index out of range panics in runtime helpers called from main.indexPanic.
+    assert_eq!(
+        panics(&s, &service, "main.indexPanic", "true"),
+        4.0,
+        "{:?}",
+        s.matching("go_panics_total", &[]).collect::<Vec<_>>()
+    );
+    assert_eq!(s.sum("go_panics_total", &[("service_name", &service)]), 17.0);
+    c.runtime_figures_match("after panics", &app);
+    assert_eq!(agent.scrape().sum("obs_agent_kernel_errors_total", &[]), 0.0);
+}
+
+#[test]
+fn runtime_figures_equal_the_runtimes_own_go_1_19() {
+    phases("1.19");
+}
+
+#[test]
+fn runtime_figures_equal_the_runtimes_own_newest_go() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    phases(&newest.minor);
+}
+
+/// Without a symbol table the runtime's globals cannot be found without guessing: no
+/// runtime-state series; creations by function and panics (probes) still counted.
+#[test]
+fn stripped_binary_counts_creations_and_panics() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    let service = "goruntime-stripped";
+    let app = GoServer::start_bin(
+        &go_build("goruntime", &newest, BuildMode::Pie),
+        &[("OTEL_SERVICE_NAME", service)],
+    );
+    let agent = Agent::for_pids(&[app.proc.pid()]);
+    get(&app, "/spawn?n=1000");
+    get(&app, "/release");
+    get(&app, "/panic?n=3");
+    let pid = app.proc.pid().to_string();
+    let s = wait_for(Duration::from_secs(5), || {
+        let s = agent.scrape();
+        (panics(&s, service, "main.explicitPanic", "true") >= 3.0).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("panics not counted; log:\n{}", agent.log()));
+    assert_eq!(panics(&s, service, "main.explicitPanic", "true"), 3.0);
+    assert_eq!(
+        s.sum(
+            "go_goroutines_created_total",
+            &[("pid", &pid), ("function", "main.blocker")]
+        ),
+        1000.0
+    );
+    assert_eq!(s.matching("go_goroutines", &[("pid", &pid)]).count(), 0);
+}
+
+/// A process that dies of an unrecovered panic: counted as not recovered, by function, and
+/// its per-process state and series are released.
+#[test]
+fn unrecovered_panic_is_counted_and_released() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    let service = "goruntime-crash";
+    let mut app = GoServer::start_bin(
+        &go_build("goruntime", &newest, BuildMode::Default),
+        &[("OTEL_SERVICE_NAME", service)],
+    );
+    let pid = app.proc.pid().to_string();
+    let agent = Agent::for_pids(&[app.proc.pid()]);
+    assert_eq!(
+        agent
+            .scrape()
+            .matching("go_goroutines", &[("pid", &pid)])
+            .count(),
+        1
+    );
+    get(&app, "/crash");
+    let died = wait_for(Duration::from_secs(10), || (!app.proc.is_running()).then_some(()));
+    assert!(died.is_some(), "the program did not die");
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = agent.scrape();
+        (s.sum("obs_agent_processes_watched", &[]) == 0.0).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("exit not noticed; log:\n{}", agent.log()));
+    assert_eq!(panics(&s, service, "main.crash", "false"), 1.0, "{}", agent.log());
+    assert_eq!(s.sum("go_panics_total", &[("service_name", service)]), 1.0);
+    assert_eq!(s.matching("go_goroutines", &[("pid", &pid)]).count(), 0);
+    assert_eq!(
+        s.matching("go_goroutines_created_total", &[("pid", &pid)])
+            .count(),
+        0
+    );
+    assert_eq!(s.sum("obs_agent_probes_attached", &[]), 2.0, "only the syscall programs");
+}
