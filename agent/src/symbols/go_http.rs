@@ -322,18 +322,25 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
     })
 }
 
-/// The offsets goroutine tracking reads with.
-pub fn go_offsets(l: &dwarf::Layouts) -> Result<GoOffsets, SymbolsError> {
-    Ok(GoOffsets {
+/// The offsets goroutine tracking reads with: the runtime's, always; the transport's (for
+/// the `roundTrip` probe) when the binary has net/http's client, else zero (`transport`
+/// false).
+pub fn go_offsets(l: &dwarf::Layouts) -> Result<(GoOffsets, bool), SymbolsError> {
+    let mut offsets = GoOffsets {
         g_goid: offset_of(l, G, "goid")?,
         g_m: offset_of(l, G, "m")?,
         m_curg: offset_of(l, M, "curg")?,
-        pconn_conn: offset_of(l, PERSIST_CONN, "conn")?,
-        conn_fd: offset_of(l, NET_CONN, "fd")?,
-        netfd_sysfd: offset_of(l, NET_FD, "pfd")? + offset_of(l, POLL_FD, "Sysfd")?,
         g_startpc: offset_of(l, G, "startpc")?,
-        flags: 0,
-    })
+        ..GoOffsets::default()
+    };
+    let transport = (|| -> Result<(), SymbolsError> {
+        offsets.pconn_conn = offset_of(l, PERSIST_CONN, "conn")?;
+        offsets.conn_fd = offset_of(l, NET_CONN, "fd")?;
+        offsets.netfd_sysfd = offset_of(l, NET_FD, "pfd")? + offset_of(l, POLL_FD, "Sysfd")?;
+        Ok(())
+    })()
+    .is_ok();
+    Ok((offsets, transport))
 }
 
 fn goroutine_tracking(
@@ -342,7 +349,7 @@ fn goroutine_tracking(
     functions: &std::collections::HashMap<String, super::elf::FunctionSymbol>,
 ) -> Result<GoroutineTracking, String> {
     let (layouts, _) = offsets::layouts_for(elf, build).map_err(|e| e.to_string())?;
-    let offsets = go_offsets(&layouts).map_err(|e| e.to_string())?;
+    let (offsets, transport) = go_offsets(&layouts).map_err(|e| e.to_string())?;
     let (Some(closure), Some(runqput)) = (functions.get(NEWPROC_CLOSURE), functions.get(RUNQPUT))
     else {
         return Err(format!("{NEWPROC_CLOSURE} or {RUNQPUT} not found"));
@@ -353,7 +360,7 @@ fn goroutine_tracking(
     let call = disasm::find_call_to(code, closure.address, runqput.address)
         .ok_or_else(|| format!("no call to {RUNQPUT} in {NEWPROC_CLOSURE}"))?;
     let newproc = point(elf, NEWPROC_CLOSURE, closure.address, call)?;
-    let round_trip = match functions.get(ROUND_TRIP) {
+    let round_trip = match functions.get(ROUND_TRIP).filter(|_| transport) {
         Some(f) => {
             let code = elf
                 .bytes_at(f.address, f.size.clamp(1, 64))
