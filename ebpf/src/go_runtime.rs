@@ -4,9 +4,7 @@
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
 use obs_common::{
-    go_runtime::{
-        GoPanic, GoStartKey, PANIC_FATAL, PANIC_FRAMES, PANIC_RECOVERED, PANIC_STARTED,
-    },
+    go_runtime::{GoPanic, GoStartKey, PANIC_FATAL, PANIC_FRAMES, PANIC_RECOVERED, PANIC_STARTED},
     go_trace::GoOffsets,
     stats::Stat,
     EventKind,
@@ -30,13 +28,13 @@ pub fn count_creation(tgid: u32, off: &GoOffsets, newg: u64) {
         startpc,
     };
     // Per-CPU values: this CPU's slot is ours alone (programs do not nest on one CPU).
-    if let Some(n) = GO_STARTS.get_ptr_mut(&key) {
+    if let Some(n) = GO_STARTS.get_ptr_mut(key) {
         unsafe { *n += 1 };
         return;
     }
     // Another CPU may insert the same key first (EEXIST): then add to our slot of theirs.
-    if GO_STARTS.insert(&key, &1, BPF_NOEXIST).is_err() {
-        match GO_STARTS.get_ptr_mut(&key) {
+    if GO_STARTS.insert(key, 1, BPF_NOEXIST).is_err() {
+        match GO_STARTS.get_ptr_mut(key) {
             Some(n) => unsafe { *n += 1 },
             None => count(Stat::GoStartsFull),
         }

@@ -154,7 +154,11 @@ fn phases(minor: &str) {
     c.runtime_figures_match("10,000 goroutines spawned", &app);
     let s = agent.scrape();
     assert_eq!(
-        c.value(&s, "go_goroutines_created_total", &[("function", "main.blocker")]),
+        c.value(
+            &s,
+            "go_goroutines_created_total",
+            &[("function", "main.blocker")]
+        ),
         10_000.0,
         "creations by start function"
     );
@@ -176,9 +180,15 @@ fn phases(minor: &str) {
         "{:?}",
         s.matching("go_panics_total", &[]).collect::<Vec<_>>()
     );
-    assert_eq!(s.sum("go_panics_total", &[("service_name", &service)]), 17.0);
+    assert_eq!(
+        s.sum("go_panics_total", &[("service_name", &service)]),
+        17.0
+    );
     c.runtime_figures_match("after panics", &app);
-    assert_eq!(agent.scrape().sum("obs_agent_kernel_errors_total", &[]), 0.0);
+    assert_eq!(
+        agent.scrape().sum("obs_agent_kernel_errors_total", &[]),
+        0.0
+    );
 }
 
 #[test]
@@ -243,14 +253,21 @@ fn unrecovered_panic_is_counted_and_released() {
         1
     );
     get(&app, "/crash");
-    let died = wait_for(Duration::from_secs(10), || (!app.proc.is_running()).then_some(()));
+    let died = wait_for(Duration::from_secs(10), || {
+        (!app.proc.is_running()).then_some(())
+    });
     assert!(died.is_some(), "the program did not die");
     let s = wait_for(Duration::from_secs(10), || {
         let s = agent.scrape();
         (s.sum("obs_agent_processes_watched", &[]) == 0.0).then_some(s)
     })
     .unwrap_or_else(|| panic!("exit not noticed; log:\n{}", agent.log()));
-    assert_eq!(panics(&s, service, "main.crash", "false"), 1.0, "{}", agent.log());
+    assert_eq!(
+        panics(&s, service, "main.crash", "false"),
+        1.0,
+        "{}",
+        agent.log()
+    );
     assert_eq!(s.sum("go_panics_total", &[("service_name", service)]), 1.0);
     assert_eq!(s.matching("go_goroutines", &[("pid", &pid)]).count(), 0);
     assert_eq!(
@@ -258,5 +275,9 @@ fn unrecovered_panic_is_counted_and_released() {
             .count(),
         0
     );
-    assert_eq!(s.sum("obs_agent_probes_attached", &[]), 2.0, "only the syscall programs");
+    assert_eq!(
+        s.sum("obs_agent_probes_attached", &[]),
+        2.0,
+        "only the syscall programs"
+    );
 }

@@ -198,7 +198,10 @@ impl GoRuntimeMetrics {
     }
 
     fn panic_function(&self, service: &str, function: &str) -> String {
-        let mut guard = self.panic_functions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self
+            .panic_functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         guard.admit(service, function).to_owned()
     }
 }
@@ -462,14 +465,22 @@ mod tests {
     #[test]
     fn panicking_function_skips_runtime_helpers() {
         let f = |names: &[&str]| {
-            panicking_function(&names.iter().map(|n| Some(n.to_string())).collect::<Vec<_>>())
+            panicking_function(
+                &names
+                    .iter()
+                    .map(|n| Some(n.to_string()))
+                    .collect::<Vec<_>>(),
+            )
         };
         assert_eq!(f(&["main.handler", "net/http.x"]), "main.handler");
         assert_eq!(
             f(&["runtime.goPanicIndex", "main.index", "main.main"]),
             "main.index"
         );
-        assert_eq!(f(&["runtime.panicmem", "runtime.sigpanic"]), "runtime.panicmem");
+        assert_eq!(
+            f(&["runtime.panicmem", "runtime.sigpanic"]),
+            "runtime.panicmem"
+        );
         assert_eq!(panicking_function(&[]), "_UNKNOWN");
     }
 }

@@ -10,10 +10,10 @@ use obs_common::go_trace::GoOffsets;
 
 use super::{
     buildinfo::{self, BuildInfo},
-    go_runtime,
     disasm::{self, ProbeSite, SiteKind},
     dwarf::{self, offset_of},
     elf::ElfFile,
+    go_runtime,
     offsets::{self, LayoutSource},
     SymbolsError,
 };
@@ -78,9 +78,18 @@ pub const WANTED_FIELDS: &[(&str, &[&str])] = &[
     (go_runtime::G_LIST, &["size"]),
     (go_runtime::P, &["gFree"]),
     (go_runtime::P_GFREE_COUNTED, &["n"]),
-    (go_runtime::MSTATS, &["numgc", "pause_total_ns", "gcPauseDist"]),
-    (go_runtime::TIME_HISTOGRAM, &["counts", "underflow", "overflow"]),
-    (go_runtime::GC_CONTROLLER, &["heapMarked", "gcPercentHeapGoal"]),
+    (
+        go_runtime::MSTATS,
+        &["numgc", "pause_total_ns", "gcPauseDist"],
+    ),
+    (
+        go_runtime::TIME_HISTOGRAM,
+        &["counts", "underflow", "overflow"],
+    ),
+    (
+        go_runtime::GC_CONTROLLER,
+        &["heapMarked", "gcPercentHeapGoal"],
+    ),
 ];
 
 /// Where one probe goes.

@@ -44,7 +44,9 @@ pub fn load_bias(pid: u32, binary: BinaryId, image_base: u64) -> io::Result<u64>
         ) else {
             continue;
         };
-        if inode.parse::<u64>().ok() != Some(binary.ino) || u64::from_str_radix(offset, 16).ok() != Some(0) {
+        if inode.parse::<u64>().ok() != Some(binary.ino)
+            || u64::from_str_radix(offset, 16).ok() != Some(0)
+        {
             continue;
         }
         let start = range
