@@ -22,19 +22,33 @@ fn get(app: &GoServer, path: &str) {
         .unwrap_or_else(|e| panic!("GET {path}: {e}"));
 }
 
-/// The program's own figures, sampled once its last request's goroutines are gone; the
-/// agent's scrape in the same quiescent state.
-fn quiescent(app: &GoServer, agent: &Agent) -> (BTreeMap<String, Value>, Samples) {
+/// The program's own figures, sampled once its last request's goroutines are gone.
+fn own_sample(app: &GoServer) -> BTreeMap<String, Value> {
     get(app, "/sample");
     sleep(Duration::from_millis(600));
-    let samples = agent.scrape();
     let body = ureq::get(&app.url("/stats"))
         .set("Connection", "close")
         .call()
         .expect("GET /stats")
         .into_string()
         .unwrap();
-    (serde_json::from_str(&body).expect("stats JSON"), samples)
+    serde_json::from_str(&body).expect("stats JSON")
+}
+
+/// The program's own figures and the agent's scrape in the same quiescent state: the
+/// program's samples before and after the scrape agree (a GC cycle the runtime starts on its
+/// own in between means another try).
+fn quiescent(app: &GoServer, agent: &Agent) -> (BTreeMap<String, Value>, Samples) {
+    let mut before = own_sample(app);
+    for _ in 0..5 {
+        let samples = agent.scrape();
+        let after = own_sample(app);
+        if after == before {
+            return (after, samples);
+        }
+        before = after;
+    }
+    panic!("the program did not settle; last sample {before:?}");
 }
 
 fn own(stats: &BTreeMap<String, Value>, name: &str) -> f64 {
