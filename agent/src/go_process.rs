@@ -75,10 +75,29 @@ impl GoProcess {
         self.state.is_some() && self.mem.is_some()
     }
 
-    /// Brings the process's figures up to date: creations counted by the kernel (`starts`:
-    /// runtime start address -> count), then the runtime's state (in this order, so that
-    /// "exited = created - live" never counts a goroutine created between the two reads).
-    pub fn refresh(&mut self, m: &GoRuntimeMetrics, starts: &HashMap<u64, u64>) {
+    /// Reads the runtime's state. Then call `record_creations` with the kernel's counts read
+    /// after it, so that the creations not attributed to a function never count one too
+    /// many.
+    pub fn read_state(&mut self, m: &GoRuntimeMetrics) {
+        if let (Some(state), Some(mem)) = (&self.state, &self.mem) {
+            match go_runtime::read(mem, state, self.bias) {
+                Ok(snapshot) => {
+                    self.read_failed = false;
+                    self.runtime
+                        .record_snapshot(m, state.pauses.scheme, &snapshot)
+                }
+                Err(e) if !self.read_failed => {
+                    self.read_failed = true;
+                    log::debug!("pid {}: reading the Go runtime's state: {e}", self.pid);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Creations counted by the kernel since attach (`starts`: runtime start address ->
+    /// count), attributed to start functions.
+    pub fn record_creations(&mut self, m: &GoRuntimeMetrics, starts: &HashMap<u64, u64>) {
         let counts: HashMap<u64, u64> = starts
             .iter()
             .map(|(pc, n)| (pc.wrapping_sub(self.bias), *n))
@@ -96,21 +115,6 @@ impl GoProcess {
             }
         }
         self.runtime.record_creations(m, &counts, &self.start_names);
-        let (Some(state), Some(mem)) = (&self.state, &self.mem) else {
-            return;
-        };
-        match go_runtime::read(mem, state, self.bias) {
-            Ok(snapshot) => {
-                self.read_failed = false;
-                self.runtime
-                    .record_snapshot(m, state.pauses.scheme, &snapshot)
-            }
-            Err(e) if !self.read_failed => {
-                self.read_failed = true;
-                log::debug!("pid {}: reading the Go runtime's state: {e}", self.pid);
-            }
-            Err(_) => {}
-        }
     }
 
     /// A panic event from the kernel.

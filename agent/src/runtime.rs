@@ -276,8 +276,9 @@ impl Agent {
         let mut go = goroutines_followed.then(|| GoProcess::new(&process, &binary));
         if let Some(go) = &mut go {
             // Goroutines alive and GC cycles completed before now count from the start.
+            go.read_state(&self.metrics.go);
             let starts = lock(&self.probes).goroutine_starts();
-            go.refresh(&self.metrics.go, &starts_of(&starts, pid));
+            go.record_creations(&self.metrics.go, &starts_of(&starts, pid));
         }
         let resource = Arc::new(Resource {
             service_name: process.service_name.clone(),
@@ -580,10 +581,16 @@ impl Agent {
         // The same lock order as `reconcile`: watched, then probes.
         let mut watched = lock(&self.watched);
         let probes = lock(&self.probes);
+        // The runtime's state first, then the kernel's creation counts (see `GoProcess`).
+        for w in watched.values_mut() {
+            if let (None, Some(go)) = (w.exited_at, &mut w.go) {
+                go.read_state(&self.metrics.go);
+            }
+        }
         let starts = probes.goroutine_starts();
         for (pid, w) in watched.iter_mut() {
             if let (None, Some(go)) = (w.exited_at, &mut w.go) {
-                go.refresh(&self.metrics.go, &starts_of(&starts, *pid));
+                go.record_creations(&self.metrics.go, &starts_of(&starts, *pid));
             }
         }
         let mut active: HashMap<&str, i64> = HashMap::new();

@@ -4,8 +4,10 @@
 //! - read from the runtime's own state at each refresh (every scrape, and every second):
 //!   live goroutines, GC cycles, the GC pause histogram and its total, heap goal and live
 //!   heap: exact, including what happened before the agent attached;
-//! - counted by the `go_newproc` uprobe per start function: goroutines created since attach
-//!   (plus those alive at attach, under [`BEFORE_ATTACH`]); exited = created - live;
+//! - goroutines created (since the process started, from goroutine ids) and exited (created
+//!   minus live, system goroutines included in both) from the runtime's state too; the
+//!   `go_newproc` uprobe attributes creations to start functions since attach, the rest
+//!   (before attach) is [`UNATTRIBUTED`];
 //! - panic events: counted when resolved (recovered, or fatal).
 
 use std::{
@@ -20,13 +22,11 @@ use prometheus_client::{
 };
 
 use super::route_guard::{RouteGuard, OVERFLOW_ROUTE};
-use crate::{
-    symbols::go_runtime::{is_system_goroutine, PauseScheme},
-    target::go_runtime::Snapshot,
-};
+use crate::{symbols::go_runtime::PauseScheme, target::go_runtime::Snapshot};
 
-/// The `function` of goroutines alive when the agent attached (their creation was not seen).
-pub const BEFORE_ATTACH: &str = "_BEFORE_ATTACH";
+/// The `function` of created goroutines whose start the probe did not see (created before
+/// the agent attached).
+pub const UNATTRIBUTED: &str = "_UNATTRIBUTED";
 /// Distinct start functions per process, and panicking functions per service, exported by
 /// name; later ones are `_OTHER`.
 pub const MAX_FUNCTIONS: usize = 64;
@@ -158,12 +158,12 @@ impl GoRuntimeMetrics {
         );
         r.register(
             "go_goroutines_created",
-            "Goroutines created, by the function they started with; those alive when the agent attached under function=\"_BEFORE_ATTACH\"",
+            "Goroutines created since the process started (runtime system goroutines included), by the function they started with; those created before the agent attached under function=\"_UNATTRIBUTED\"",
             m.created.clone(),
         );
         r.register(
             "go_goroutines_exited",
-            "Goroutines that exited since the agent attached (created minus live)",
+            "Goroutines that exited since the process started (created minus live, system goroutines included)",
             m.exited.clone(),
         );
         r.register(
@@ -211,11 +211,11 @@ impl GoRuntimeMetrics {
 #[derive(Debug, Default)]
 pub struct ProcessRuntime {
     pub labels: Option<GoProcessLabels>,
-    /// Goroutines alive at the first read after attach (`None` until then).
-    alive_at_attach: Option<u64>,
-    /// Creations seen by the probe, per start address, non-system ones only.
-    created_seen: HashMap<u64, u64>,
-    /// Exported counts per function label.
+    /// Goroutines created since the process started, from the last read of its state.
+    created_total: Option<u64>,
+    /// Creations the probe saw, per start function label.
+    attributed: HashMap<String, u64>,
+    /// Exported counts per function label (`UNATTRIBUTED` included).
     exported_created: HashMap<String, u64>,
     exported_exited: u64,
     exported_cycles: u64,
@@ -239,37 +239,28 @@ impl ProcessRuntime {
         self.labels.clone().expect("set at creation")
     }
 
-    /// Updates the gauges and counters from a snapshot of the runtime's state.
+    /// Updates the gauges and counters from a snapshot of the runtime's state. Counters only
+    /// move forward (a read racing with the runtime may be a little behind; the next one
+    /// catches up).
     pub fn record_snapshot(&mut self, m: &GoRuntimeMetrics, scheme: PauseScheme, s: &Snapshot) {
         let labels = self.labels();
-        if self.alive_at_attach.is_none() {
-            self.alive_at_attach = Some(s.goroutines);
-            self.add_created(m, BEFORE_ATTACH, s.goroutines);
-        }
         m.goroutines.get_or_create(&labels).set(s.goroutines as i64);
-        if s.gc_cycles > self.exported_cycles {
-            m.gc_cycles
-                .get_or_create(&labels)
-                .inc_by(s.gc_cycles - self.exported_cycles);
-            self.exported_cycles = s.gc_cycles;
-        } else {
-            let _ = m.gc_cycles.get_or_create(&labels);
-        }
+        advance(
+            &m.gc_cycles,
+            &labels,
+            &mut self.exported_cycles,
+            s.gc_cycles,
+        );
         m.gc_pauses
             .get_or_create(&labels)
             .set(pause_histogram(scheme, s));
         m.heap_goal.get_or_create(&labels).set(s.heap_goal as i64);
         m.heap_live.get_or_create(&labels).set(s.heap_live as i64);
-        let created = self.alive_at_attach.unwrap_or(0) + self.created_seen.values().sum::<u64>();
-        let exited = created.saturating_sub(s.goroutines);
-        if exited > self.exported_exited {
-            m.exited
-                .get_or_create(&labels)
-                .inc_by(exited - self.exported_exited);
-            self.exported_exited = exited;
-        } else {
-            let _ = m.exited.get_or_create(&labels);
-        }
+        let live_all = s.goroutines + s.system_goroutines;
+        let exited = s.created.saturating_sub(live_all);
+        advance(&m.exited, &labels, &mut self.exported_exited, exited);
+        // The unattributed rest is exported with the probe's counts read after this.
+        self.created_total = Some(s.created);
     }
 
     /// Start addresses (link-time) whose names are not known yet, among `counts`.
@@ -281,9 +272,8 @@ impl ProcessRuntime {
         counts.keys().copied().filter(|pc| !names.contains_key(pc))
     }
 
-    /// Updates creation counters from the kernel's per-start-address totals (link-time
-    /// addresses), named by `names`. System goroutines are left out, as the runtime's own
-    /// count leaves them out.
+    /// Updates creation counters from the kernel's per-start-address totals since attach
+    /// (link-time addresses), named by `names`.
     pub fn record_creations(
         &mut self,
         m: &GoRuntimeMetrics,
@@ -293,10 +283,6 @@ impl ProcessRuntime {
         let mut by_function: HashMap<String, u64> = HashMap::new();
         for (pc, &n) in counts {
             let name = names.get(pc).map_or("_UNKNOWN", String::as_str);
-            if is_system_goroutine(name) {
-                continue;
-            }
-            self.created_seen.insert(*pc, n);
             let label = self.function_label(name);
             *by_function.entry(label).or_default() += n;
         }
@@ -304,8 +290,28 @@ impl ProcessRuntime {
             let before = self.exported_created.get(&function).copied().unwrap_or(0);
             if n > before {
                 self.add_created(m, &function, n - before);
-                self.exported_created.insert(function, n);
+                self.exported_created.insert(function.clone(), n);
             }
+            self.attributed.insert(function, n);
+        }
+        self.export_unattributed(m);
+    }
+
+    /// The runtime's total minus what the probe attributed.
+    fn export_unattributed(&mut self, m: &GoRuntimeMetrics) {
+        let Some(total) = self.created_total else {
+            return;
+        };
+        let rest = total.saturating_sub(self.attributed.values().sum());
+        let before = self
+            .exported_created
+            .get(UNATTRIBUTED)
+            .copied()
+            .unwrap_or(0);
+        if rest > before || !self.exported_created.contains_key(UNATTRIBUTED) {
+            self.add_created(m, UNATTRIBUTED, rest.saturating_sub(before));
+            self.exported_created
+                .insert(UNATTRIBUTED.to_owned(), rest.max(before));
         }
     }
 
@@ -381,18 +387,27 @@ impl ProcessRuntime {
         m.gc_pauses.remove(&labels);
         m.heap_goal.remove(&labels);
         m.heap_live.remove(&labels);
-        for function in self
-            .exported_created
-            .keys()
-            .map(String::as_str)
-            .chain([BEFORE_ATTACH])
-        {
+        for function in self.exported_created.keys() {
             m.created.remove(&GoStartLabels {
                 service_name: labels.service_name.clone(),
                 pid: labels.pid,
                 function: function.to_owned(),
             });
         }
+    }
+}
+
+/// Moves a counter forward to `now` (never back).
+fn advance(
+    family: &Family<GoProcessLabels, Counter>,
+    labels: &GoProcessLabels,
+    exported: &mut u64,
+    now: u64,
+) {
+    let counter = family.get_or_create(labels);
+    if now > *exported {
+        counter.inc_by(now - *exported);
+        *exported = now;
     }
 }
 

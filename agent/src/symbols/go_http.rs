@@ -72,11 +72,14 @@ pub const WANTED_FIELDS: &[(&str, &[&str])] = &[
     (NET_CONN, &["fd"]),
     (NET_FD, &["pfd"]),
     (POLL_FD, &["Sysfd"]),
-    (go_runtime::SCHEDT, &["gFree", "ngsys", "stwTotalTimeGC"]),
+    (
+        go_runtime::SCHEDT,
+        &["gFree", "ngsys", "stwTotalTimeGC", "goidgen"],
+    ),
     (go_runtime::SCHED_GFREE_COUNTED, &["n"]),
     (go_runtime::SCHED_GFREE_LISTS, &["stack", "noStack"]),
     (go_runtime::G_LIST, &["size"]),
-    (go_runtime::P, &["gFree"]),
+    (go_runtime::P, &["gFree", "goidcache", "goidcacheend"]),
     (go_runtime::P_GFREE_COUNTED, &["n"]),
     (
         go_runtime::MSTATS,

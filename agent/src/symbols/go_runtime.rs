@@ -7,6 +7,9 @@
 //! - live goroutines, as `runtime.gcount` computes them: `allglen` minus the free goroutines
 //!   (`sched.gFree` and every P's `gFree`: a count `n` up to Go 1.24, the lists' `size`
 //!   from 1.25) minus the system goroutines (`sched.ngsys`);
+//! - goroutines created since the process started: every one gets the next id; ids are
+//!   handed to the Ps in batches from `sched.goidgen`, so the count is `goidgen` minus the
+//!   ids the Ps hold unused (`p.goidcacheend - p.goidcache`);
 //! - completed GC cycles, `memstats.numgc`, and total stop-the-world pause time,
 //!   `memstats.pause_total_ns` (`PauseTotalNs`);
 //! - the runtime's own histogram of GC pauses (what `/gc/pauses:seconds` reports):
@@ -66,6 +69,11 @@ pub struct RuntimeState {
     pub sched_free: [Option<u64>; 2],
     /// Offset of the free-goroutine count (int32) in a `p`.
     pub p_free: u64,
+    /// `sched.goidgen` (uint64): the last goroutine id handed out, in batches to the Ps.
+    pub goidgen: u64,
+    /// Offsets of `p.goidcache` and `p.goidcacheend`: a P's ids not used yet.
+    pub p_goidcache: u64,
+    pub p_goidcacheend: u64,
     /// `memstats.numgc` (uint32) and `memstats.pause_total_ns` (uint64).
     pub numgc: u64,
     pub pause_total_ns: u64,
@@ -198,6 +206,9 @@ pub fn runtime_state(elf: &ElfFile, l: &Layouts) -> Result<RuntimeState, String>
         allglen: global(ALLGLEN)?,
         allp: global(ALLP)?,
         ngsys: sched + off(SCHEDT, "ngsys")?,
+        goidgen: sched + off(SCHEDT, "goidgen")?,
+        p_goidcache: off(P, "goidcache")?,
+        p_goidcacheend: off(P, "goidcacheend")?,
         sched_free,
         p_free,
         numgc: memstats + off(MSTATS, "numgc")?,
@@ -275,17 +286,6 @@ impl FunctionNames {
     }
 }
 
-/// Whether the runtime counts a goroutine started at `function` as a system goroutine when
-/// created (runtime.isSystemGoroutine with fixed=false): runtime functions except the main
-/// goroutine and coroutines.
-pub fn is_system_goroutine(function: &str) -> bool {
-    function.starts_with("runtime.")
-        && !matches!(
-            function,
-            "runtime.main" | "runtime.corostart" | "runtime.handleAsyncEvent"
-        )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,14 +311,5 @@ mod tests {
                 assert!(scheme.lower_bound_ns(i) > scheme.lower_bound_ns(i - 1));
             }
         }
-    }
-
-    #[test]
-    fn system_goroutines() {
-        assert!(is_system_goroutine("runtime.bgsweep"));
-        assert!(is_system_goroutine("runtime.gcBgMarkWorker"));
-        assert!(!is_system_goroutine("runtime.main"));
-        assert!(!is_system_goroutine("main.worker"));
-        assert!(!is_system_goroutine("net/http.(*conn).serve"));
     }
 }

@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub goroutines: u64,
     /// `runtime.ngsys`: live system goroutines.
     pub system_goroutines: u64,
+    /// Goroutines created since the process started, system ones included.
+    pub created: u64,
     pub gc_cycles: u64,
     pub pause_total_ns: u64,
     /// The pause histogram's buckets as the runtime keeps them (`counts`), and the counts
@@ -69,6 +71,7 @@ pub fn read(mem: &ProcessMemory, s: &RuntimeState, bias: u64) -> io::Result<Snap
     };
     let allglen = mem.u64(at(s.allglen))? as i64;
     let mut free = 0;
+    let mut unused_ids: u64 = 0;
     for a in s.sched_free.into_iter().flatten() {
         free += i32_at(a)?;
     }
@@ -84,6 +87,8 @@ pub fn read(mem: &ProcessMemory, s: &RuntimeState, bias: u64) -> io::Result<Snap
             let mut b = [0; 4];
             mem.read(p + s.p_free, &mut b)?;
             free += i64::from(i32::from_le_bytes(b));
+            let (next, end) = (mem.u64(p + s.p_goidcache)?, mem.u64(p + s.p_goidcacheend)?);
+            unused_ids += end.saturating_sub(next);
         }
     }
     let system = i32_at(s.ngsys)?;
@@ -96,6 +101,7 @@ pub fn read(mem: &ProcessMemory, s: &RuntimeState, bias: u64) -> io::Result<Snap
         // gcount's own floor: at least the goroutine running.
         goroutines: (allglen - free - system).max(1) as u64,
         system_goroutines: system.max(0) as u64,
+        created: mem.u64(at(s.goidgen))?.saturating_sub(unused_ids),
         gc_cycles: u64::from(u32::from_le_bytes(numgc)),
         pause_total_ns: mem.u64(at(s.pause_total_ns))?,
         pause_counts: counts

@@ -31,6 +31,7 @@ var (
 	release   = make(chan struct{})
 	releaseMu sync.Mutex
 	blockers  sync.WaitGroup
+	started   sync.WaitGroup
 	recovered int64
 	sink      []int
 	lastStats atomic.Value
@@ -42,6 +43,7 @@ func blocker() {
 	releaseMu.Lock()
 	ch := release
 	releaseMu.Unlock()
+	started.Done()
 	<-ch
 }
 
@@ -78,7 +80,7 @@ func count(r *http.Request) int {
 }
 
 func sample() map[string]interface{} {
-	names := []string{"/sched/goroutines:goroutines", "/gc/cycles/total:gc-cycles", "/gc/pauses:seconds", "/gc/heap/goal:bytes", "/gc/heap/live:bytes"}
+	names := []string{"/sched/goroutines:goroutines", "/gc/cycles/total:gc-cycles", "/gc/pauses:seconds", "/gc/heap/goal:bytes", "/gc/heap/live:bytes", "/sched/goroutines-created:goroutines"}
 	s := make([]metrics.Sample, len(names))
 	for i, n := range names {
 		s[i].Name = n
@@ -121,9 +123,12 @@ func main() {
 	mux.HandleFunc("/spawn", func(w http.ResponseWriter, r *http.Request) {
 		n := count(r)
 		blockers.Add(n)
+		started.Add(n)
 		for i := 0; i < n; i++ {
 			go blocker()
 		}
+		// Every one has its channel before /release may replace it.
+		started.Wait()
 	})
 	mux.HandleFunc("/release", func(w http.ResponseWriter, r *http.Request) {
 		releaseMu.Lock()
