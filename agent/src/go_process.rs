@@ -2,14 +2,18 @@
 //! the kernel reports (goroutine start functions, panicking callers) and feeds
 //! `metrics::go_runtime`. Called from `runtime` at each refresh and on panic events.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use obs_common::go_runtime::{GoPanic, PANIC_FATAL, PANIC_RECOVERED, PANIC_STARTED};
 
 use crate::{
     metrics::go_runtime::{panicking_function, GoRuntimeMetrics, ProcessRuntime},
     symbols::{
-        go_http::GoHttpBinary,
+        go_http::{GoHttpBinary, ProbePoint},
         go_runtime::{FunctionNames, RuntimeState},
     },
     target::{go_runtime, memory::ProcessMemory, Process},
@@ -30,7 +34,17 @@ pub struct GoProcess {
     start_names: HashMap<u64, String>,
     pub runtime: ProcessRuntime,
     read_failed: bool,
+    /// The goroutine-creation probe site, and since when it is detached for its cost.
+    newproc: Option<ProbePoint>,
+    pub probe_paused_at: Option<Instant>,
+    /// Goroutines created, as last counted (runtime state, else the probe), and when.
+    last_created: Option<(Instant, u64)>,
+    /// Creations per second between the last two counts.
+    rate: Option<f64>,
 }
+
+/// Counts closer together than this do not make a rate.
+const RATE_MIN_INTERVAL: Duration = Duration::from_millis(200);
 
 impl GoProcess {
     pub fn new(process: &Process, binary: &GoHttpBinary) -> Self {
@@ -67,6 +81,10 @@ impl GoProcess {
             start_names: HashMap::new(),
             runtime: ProcessRuntime::new(&process.service_name, pid),
             read_failed: false,
+            newproc: binary.goroutines.as_ref().ok().map(|t| t.newproc),
+            probe_paused_at: None,
+            last_created: None,
+            rate: None,
         }
     }
 
@@ -84,7 +102,8 @@ impl GoProcess {
                 Ok(snapshot) => {
                     self.read_failed = false;
                     self.runtime
-                        .record_snapshot(m, state.pauses.scheme, &snapshot)
+                        .record_snapshot(m, state.pauses.scheme, &snapshot);
+                    self.note_created(snapshot.created);
                 }
                 Err(e) if !self.read_failed => {
                     self.read_failed = true;
@@ -115,6 +134,38 @@ impl GoProcess {
             }
         }
         self.runtime.record_creations(m, &counts, &self.start_names);
+        if !self.reads_state() {
+            self.note_created(counts.values().sum());
+        }
+    }
+
+    fn note_created(&mut self, created: u64) {
+        let now = Instant::now();
+        match self.last_created {
+            Some((t, _)) if now.duration_since(t) < RATE_MIN_INTERVAL => {}
+            Some((t, n)) => {
+                let secs = now.duration_since(t).as_secs_f64();
+                self.rate = Some(created.saturating_sub(n) as f64 / secs);
+                self.last_created = Some((now, created));
+            }
+            None => self.last_created = Some((now, created)),
+        }
+    }
+
+    /// Goroutine creations per second, when two counts have been made.
+    pub fn creation_rate(&self) -> Option<f64> {
+        self.rate
+    }
+
+    /// The creation probe's site (when goroutines are followed).
+    pub fn newproc_point(&self) -> Option<ProbePoint> {
+        self.newproc
+    }
+
+    /// Starts measuring the rate afresh (the probe's counts restart from a gap).
+    pub fn reset_rate(&mut self) {
+        self.last_created = None;
+        self.rate = None;
     }
 
     /// A panic event from the kernel.

@@ -72,7 +72,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     trace_config.store_max_spans = args.max_stored_spans;
     let traces = export::traces::start(&trace_config, &metrics.agent)?;
     // The span builder's sink: hand `traces.sink()` to whoever assembles spans.
-    let agent = Arc::new(Agent::new(probes, metrics, selection.clone()));
+    let mut agent = Agent::new(probes, metrics, selection.clone());
+    agent.goroutine_probe_max_rate = args.goroutine_probe_max_rate;
+    let agent = Arc::new(agent);
     agent.enable_tracing(traces.sink(), args.trace_sample_ratio);
 
     match &selection {

@@ -49,6 +49,9 @@ const DISCOVERY_QUIET: Duration = Duration::from_secs(1);
 const REDISCOVERY: Duration = Duration::from_secs(300);
 /// Registered patterns are re-read this often (routes added after start).
 const PATTERN_REFRESH: Duration = Duration::from_secs(10);
+/// A goroutine-creation probe detached for its cost, in a process whose runtime state cannot
+/// be read (so the rate is unknown while detached), is tried again after this long.
+const CREATION_PROBE_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -154,6 +157,8 @@ pub struct Agent {
     /// Set once at start (`enable_tracing`); read on every event without a lock.
     span_sink: OnceLock<Arc<dyn SpanSink>>,
     host_name: String,
+    /// Most goroutine creations per second with the creation probe attached (0: no limit).
+    pub goroutine_probe_max_rate: u64,
 }
 
 impl Agent {
@@ -171,6 +176,7 @@ impl Agent {
             host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default(),
+            goroutine_probe_max_rate: 0,
         }
     }
 
@@ -374,6 +380,10 @@ impl Agent {
                 pace_discovery(*pid, w, &mut probes, now);
                 true
             });
+            refresh_go_processes(&mut watched, &probes, &self.metrics);
+            for (pid, w) in watched.iter_mut() {
+                pace_creation_probe(*pid, w, &mut probes, now, self.goroutine_probe_max_rate);
+            }
         }
         if self.selection == Selection::AllGo {
             self.scan_for_new();
@@ -581,18 +591,7 @@ impl Agent {
         // The same lock order as `reconcile`: watched, then probes.
         let mut watched = lock(&self.watched);
         let probes = lock(&self.probes);
-        // The runtime's state first, then the kernel's creation counts (see `GoProcess`).
-        for w in watched.values_mut() {
-            if let (None, Some(go)) = (w.exited_at, &mut w.go) {
-                go.read_state(&self.metrics.go);
-            }
-        }
-        let starts = probes.goroutine_starts();
-        for (pid, w) in watched.iter_mut() {
-            if let (None, Some(go)) = (w.exited_at, &mut w.go) {
-                go.record_creations(&self.metrics.go, &starts_of(&starts, *pid));
-            }
-        }
+        refresh_go_processes(&mut watched, &probes, &self.metrics);
         let mut active: HashMap<&str, i64> = HashMap::new();
         let mut live = 0;
         for w in watched.values() {
@@ -671,6 +670,72 @@ fn pace_discovery(pid: u32, w: &mut Watched, probes: &mut Probes, now: Instant) 
             .is_none_or(|t| now.duration_since(t) >= PATTERN_REFRESH)
     {
         routes.read_patterns(pid);
+    }
+}
+
+/// Go runtime figures of every live Go process: the runtime's state first, then the kernel's
+/// creation counts (see `GoProcess`).
+fn refresh_go_processes(watched: &mut HashMap<u32, Watched>, probes: &Probes, metrics: &Metrics) {
+    for w in watched.values_mut() {
+        if let (None, Some(go)) = (w.exited_at, &mut w.go) {
+            go.read_state(&metrics.go);
+        }
+    }
+    let starts = probes.goroutine_starts();
+    for (pid, w) in watched.iter_mut() {
+        if let (None, Some(go)) = (w.exited_at, &mut w.go) {
+            go.record_creations(&metrics.go, &starts_of(&starts, *pid));
+        }
+    }
+}
+
+/// Detaches the goroutine-creation probe of a process creating goroutines faster than
+/// `max_rate` per second (each creation costs a uprobe hit), and re-attaches it once the
+/// rate, read from the runtime's state, has fallen below half (or, when the state cannot be
+/// read, after a while).
+fn pace_creation_probe(
+    pid: u32,
+    w: &mut Watched,
+    probes: &mut Probes,
+    now: Instant,
+    max_rate: u64,
+) {
+    let (None, Some(go)) = (w.exited_at, &mut w.go) else {
+        return;
+    };
+    let (Some(point), Some(rate)) = (go.newproc_point(), go.creation_rate()) else {
+        return;
+    };
+    if max_rate == 0 {
+        return;
+    }
+    let attached = probes.has_newproc(pid);
+    if attached && rate > max_rate as f64 {
+        probes.detach_newproc(pid);
+        go.probe_paused_at = Some(now);
+        log::info!(
+            "pid {pid}: {rate:.0} goroutines created per second (limit {max_rate}): creation \
+             probe detached; creations by function and goroutine ancestry paused"
+        );
+    } else if !attached {
+        let calm = if go.reads_state() {
+            rate < max_rate as f64 / 2.0
+        } else {
+            go.probe_paused_at
+                .is_some_and(|t| now.duration_since(t) >= CREATION_PROBE_RETRY)
+        };
+        if calm {
+            match probes.attach_newproc(&w.process, point) {
+                Ok(()) => {
+                    go.probe_paused_at = None;
+                    if !go.reads_state() {
+                        go.reset_rate();
+                    }
+                    log::info!("pid {pid}: {rate:.0} goroutines created per second: creation probe re-attached");
+                }
+                Err(e) => log::debug!("pid {pid}: re-attaching the creation probe: {e}"),
+            }
+        }
     }
 }
 

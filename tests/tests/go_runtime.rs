@@ -167,6 +167,12 @@ impl Checked<'_> {
     }
 }
 
+fn args_for(pid: u32, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--pid".to_owned(), pid.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 fn panics(s: &Samples, service: &str, function: &str, recovered: &str) -> f64 {
     s.sum(
         "go_panics_total",
@@ -192,7 +198,12 @@ fn phases_with(minor: &str, before_attach: u32, spawned: u32) {
     // Some history before the agent attaches: goroutines alive, GC cycles done.
     get(&app, &format!("/spawn?n={before_attach}"));
     get(&app, "/gc?n=3");
-    let agent = Agent::for_pids(&[app.proc.pid()]);
+    // No rate limit on the creation probe: bursts of thousands of goroutines are counted
+    // by function (the limit has its own test).
+    let agent = Agent::start(&args_for(
+        app.proc.pid(),
+        &["--goroutine-probe-max-rate", "0"],
+    ));
     let c = Checked {
         agent: &agent,
         pid: app.proc.pid().to_string(),
@@ -297,7 +308,10 @@ fn stripped_counts(tc: &obs_integration_tests::Toolchain, mode: BuildMode) {
         &go_build("goruntime", tc, mode),
         &[("OTEL_SERVICE_NAME", service)],
     );
-    let agent = Agent::for_pids(&[app.proc.pid()]);
+    let agent = Agent::start(&args_for(
+        app.proc.pid(),
+        &["--goroutine-probe-max-rate", "0"],
+    ));
     get(&app, "/spawn?n=1000");
     get(&app, "/release");
     get(&app, "/panic?n=3");
@@ -331,6 +345,49 @@ fn stripped_counts(tc: &obs_integration_tests::Toolchain, mode: BuildMode) {
         0,
         "{service}"
     );
+}
+
+/// A process creating goroutines faster than the limit: the creation probe is detached
+/// (goroutine totals stay exact, from the runtime), and re-attached once it calms down.
+#[test]
+fn creation_probe_paused_above_its_rate_limit() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    let service = "goruntime-churn";
+    let app = GoServer::start_bin(
+        &go_build("goruntime", &newest, BuildMode::Default),
+        &[("OTEL_SERVICE_NAME", service)],
+    );
+    let agent = Agent::start(&args_for(
+        app.proc.pid(),
+        &["--goroutine-probe-max-rate", "5000"],
+    ));
+    get(&app, "/churn?n=1500");
+    assert!(
+        agent.log().contains("creation probe detached"),
+        "{}",
+        agent.log()
+    );
+    let back = wait_for(Duration::from_secs(10), || {
+        agent
+            .log()
+            .contains("creation probe re-attached")
+            .then_some(())
+    });
+    assert!(back.is_some(), "not re-attached; log:\n{}", agent.log());
+    let minor = newest.minor_number();
+    let c = Checked {
+        agent: &agent,
+        pid: app.proc.pid().to_string(),
+        service,
+        minor,
+    };
+    c.runtime_figures_match("after a burst above the limit", &app);
+    let s = agent.scrape();
+    let churned = s.sum(
+        "go_goroutines_created_total",
+        &[("service_name", service), ("function", "main.churner")],
+    );
+    assert!(churned > 0.0, "some creations attributed before the pause");
 }
 
 /// A process that dies of an unrecovered panic: counted as not recovered, by function, and

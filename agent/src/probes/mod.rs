@@ -81,6 +81,8 @@ pub struct Probes {
     links: HashMap<u32, Vec<Link>>,
     /// Goroutine and panic probes, attached for as long as the process is watched.
     goroutine_links: HashMap<u32, Vec<Link>>,
+    /// The goroutine-creation probe, attached while the process's creation rate allows.
+    newproc_links: HashMap<u32, Link>,
 }
 
 impl Probes {
@@ -122,6 +124,7 @@ impl Probes {
             ebpf,
             links: HashMap::new(),
             goroutine_links: HashMap::new(),
+            newproc_links: HashMap::new(),
         })
     }
 
@@ -194,13 +197,20 @@ impl Probes {
                 .ok_or(ProbeError::Missing(names::MAP_GO_PROCS))?;
             aya::maps::HashMap::<_, u32, GoOffsets>::try_from(map)?.insert(pid, offsets, 0)?;
         }
-        let round_trip = tracking.round_trip.filter(|_| follow_parents);
+        let newproc = match self.attach_one(tracking.newproc, process, scope) {
+            Ok(link) => link,
+            Err(e) => {
+                self.forget_go_process(pid);
+                return Err(e);
+            }
+        };
+        self.newproc_links.insert(pid, newproc);
         let mut links = Vec::new();
-        for point in std::iter::once(tracking.newproc).chain(round_trip) {
+        if let Some(point) = tracking.round_trip.filter(|_| follow_parents) {
             match self.attach_one(point, process, scope) {
                 Ok(link) => links.push(link),
                 Err(e) => {
-                    self.detach_links(links);
+                    self.detach_newproc(pid);
                     self.forget_go_process(pid);
                     return Err(e);
                 }
@@ -214,6 +224,34 @@ impl Probes {
         }
         self.goroutine_links.insert(pid, links);
         Ok(())
+    }
+
+    /// Detaches the goroutine-creation probe of `pid` (too costly at its creation rate).
+    pub fn detach_newproc(&mut self, pid: u32) {
+        if let Some(link) = self.newproc_links.remove(&pid) {
+            self.detach_links(vec![link]);
+        }
+    }
+
+    /// Re-attaches the goroutine-creation probe of a process whose goroutines are followed.
+    pub fn attach_newproc(
+        &mut self,
+        process: &Process,
+        point: ProbePoint,
+    ) -> Result<(), ProbeError> {
+        if self.newproc_links.contains_key(&process.pid) {
+            return Ok(());
+        }
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(process.pid).expect("pids of user processes are never 0"),
+        );
+        let link = self.attach_one(point, process, scope)?;
+        self.newproc_links.insert(process.pid, link);
+        Ok(())
+    }
+
+    pub fn has_newproc(&self, pid: u32) -> bool {
+        self.newproc_links.contains_key(&pid)
     }
 
     /// Goroutines created per (process, start function) since the probe was attached.
@@ -311,10 +349,11 @@ impl Probes {
     pub fn detach(&mut self, pid: u32) {
         self.unwatch_sockets(pid);
         self.detach_uprobes(pid);
+        self.detach_newproc(pid);
         if let Some(links) = self.goroutine_links.remove(&pid) {
             self.detach_links(links);
-            self.forget_go_process(pid);
         }
+        self.forget_go_process(pid);
         self.forget_goroutine_starts(pid);
     }
 
@@ -334,12 +373,13 @@ impl Probes {
 
     /// Probes attached now: the two shared syscall programs and the per-process uprobes.
     pub fn attached_count(&self) -> usize {
-        2 + self
-            .links
-            .values()
-            .chain(self.goroutine_links.values())
-            .map(Vec::len)
-            .sum::<usize>()
+        2 + self.newproc_links.len()
+            + self
+                .links
+                .values()
+                .chain(self.goroutine_links.values())
+                .map(Vec::len)
+                .sum::<usize>()
     }
 
     /// The kernel programs' counters, summed over CPUs, indexed by `Stat`.

@@ -69,27 +69,34 @@ pub fn read(mem: &ProcessMemory, s: &RuntimeState, bias: u64) -> io::Result<Snap
         mem.read(at(a), &mut b)?;
         Ok(i64::from(i32::from_le_bytes(b)))
     };
-    let allglen = mem.u64(at(s.allglen))? as i64;
-    let mut free = 0;
-    let mut unused_ids: u64 = 0;
-    for a in s.sched_free.into_iter().flatten() {
-        free += i32_at(a)?;
-    }
+    // Creations are counted before live goroutines, so that "exited = created - live" never
+    // counts a goroutine created between the reads (counters cannot go back).
+    let goidgen = mem.u64(at(s.goidgen))?;
     let (allp, nprocs) = (mem.u64(at(s.allp))?, mem.u64(at(s.allp) + 8)?);
     if nprocs > MAX_PS {
         return Err(io::Error::other(format!("{nprocs} Ps")));
     }
     let mut ps = vec![0u8; nprocs as usize * 8];
     mem.read(allp, &mut ps)?;
-    for p in ps.chunks_exact(8) {
-        let p = u64::from_le_bytes(p.try_into().expect("8 bytes"));
-        if p != 0 {
-            let mut b = [0; 4];
-            mem.read(p + s.p_free, &mut b)?;
-            free += i64::from(i32::from_le_bytes(b));
-            let (next, end) = (mem.u64(p + s.p_goidcache)?, mem.u64(p + s.p_goidcacheend)?);
-            unused_ids += end.saturating_sub(next);
-        }
+    let ps: Vec<u64> = ps
+        .chunks_exact(8)
+        .map(|p| u64::from_le_bytes(p.try_into().expect("8 bytes")))
+        .filter(|&p| p != 0)
+        .collect();
+    let mut unused_ids: u64 = 0;
+    for &p in &ps {
+        let (next, end) = (mem.u64(p + s.p_goidcache)?, mem.u64(p + s.p_goidcacheend)?);
+        unused_ids += end.saturating_sub(next);
+    }
+    let allglen = mem.u64(at(s.allglen))? as i64;
+    let mut free = 0;
+    for a in s.sched_free.into_iter().flatten() {
+        free += i32_at(a)?;
+    }
+    for &p in &ps {
+        let mut b = [0; 4];
+        mem.read(p + s.p_free, &mut b)?;
+        free += i64::from(i32::from_le_bytes(b));
     }
     let system = i32_at(s.ngsys)?;
     let mut numgc = [0; 4];
@@ -101,7 +108,7 @@ pub fn read(mem: &ProcessMemory, s: &RuntimeState, bias: u64) -> io::Result<Snap
         // gcount's own floor: at least the goroutine running.
         goroutines: (allglen - free - system).max(1) as u64,
         system_goroutines: system.max(0) as u64,
-        created: mem.u64(at(s.goidgen))?.saturating_sub(unused_ids),
+        created: goidgen.saturating_sub(unused_ids),
         gc_cycles: u64::from(u32::from_le_bytes(numgc)),
         pause_total_ns: mem.u64(at(s.pause_total_ns))?,
         pause_counts: counts

@@ -10,6 +10,7 @@
 //	/panic?n=N      panic and recover N times in main.explicitPanic
 //	/indexpanic?n=N index out of range, recovered, N times, in main.indexPanic
 //	/crash          die of an unrecovered panic in main.crash (100 ms later)
+//	/churn?n=M      spawn short goroutines (main.churner) in a loop for M milliseconds
 //	/sample         take a sample 300 ms from now; /stats returns the latest sample (JSON)
 package main
 
@@ -45,6 +46,12 @@ func blocker() {
 	releaseMu.Unlock()
 	started.Done()
 	<-ch
+}
+
+var churned sync.WaitGroup
+
+func churner() {
+	churned.Done()
 }
 
 //go:noinline
@@ -136,6 +143,16 @@ func main() {
 		release = make(chan struct{})
 		releaseMu.Unlock()
 		blockers.Wait()
+	})
+	mux.HandleFunc("/churn", func(w http.ResponseWriter, r *http.Request) {
+		deadline := time.Now().Add(time.Duration(count(r)) * time.Millisecond)
+		for time.Now().Before(deadline) {
+			churned.Add(100)
+			for i := 0; i < 100; i++ {
+				go churner()
+			}
+			churned.Wait()
+		}
 	})
 	mux.HandleFunc("/gc", func(w http.ResponseWriter, r *http.Request) {
 		for i := 0; i < count(r); i++ {
