@@ -52,6 +52,9 @@ const PATTERN_REFRESH: Duration = Duration::from_secs(10);
 /// A goroutine-creation probe detached for its cost, in a process whose runtime state cannot
 /// be read (so the rate is unknown while detached), is tried again after this long.
 const CREATION_PROBE_RETRY: Duration = Duration::from_secs(60);
+/// Between the two reads of a process's goroutine count that give its creation rate when it
+/// starts being watched.
+const RATE_AT_ATTACH: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -213,6 +216,34 @@ impl Agent {
             read_at: None,
         };
         let mut goroutines_followed = false;
+        // The runtime's figures from the start; and, when the runtime's state can be read,
+        // its creation rate before the creation probe goes in (a process already making
+        // goroutines faster than the limit would pay for it until the next rescan).
+        let mut go = binary
+            .goroutines
+            .is_ok()
+            .then(|| GoProcess::new(&process, &binary));
+        let mut creation_probe = true;
+        if let Some(go) = go.as_mut().filter(|g| g.reads_state()) {
+            go.read_state(&self.metrics.go);
+            if self.goroutine_probe_max_rate > 0 {
+                std::thread::sleep(RATE_AT_ATTACH);
+                go.read_state(&self.metrics.go);
+                if go
+                    .creation_rate()
+                    .is_some_and(|r| r > self.goroutine_probe_max_rate as f64)
+                {
+                    creation_probe = false;
+                    go.probe_paused_at = Some(Instant::now());
+                    log::info!(
+                        "pid {pid}: {:.0} goroutines created per second (limit {}): creation \
+                         probe not attached for now",
+                        go.creation_rate().unwrap_or(0.0),
+                        self.goroutine_probe_max_rate
+                    );
+                }
+            }
+        }
         {
             let mut probes = lock(&self.probes);
             probes.watch_sockets(pid)?;
@@ -226,6 +257,7 @@ impl Agent {
                     tracking,
                     &binary.panics,
                     self.span_sink.get().is_some(),
+                    creation_probe,
                 ) {
                     Ok(()) => goroutines_followed = true,
                     Err(e) => {
@@ -279,10 +311,12 @@ impl Agent {
                 .get_or_create(m)
                 .set(1);
         }
-        let mut go = goroutines_followed.then(|| GoProcess::new(&process, &binary));
+        if !goroutines_followed {
+            if let Some(go) = go.take() {
+                go.runtime.remove_series(&self.metrics.go);
+            }
+        }
         if let Some(go) = &mut go {
-            // Goroutines alive and GC cycles completed before now count from the start.
-            go.read_state(&self.metrics.go);
             let starts = lock(&self.probes).goroutine_starts();
             go.record_creations(&self.metrics.go, &starts_of(&starts, pid));
         }

@@ -172,15 +172,17 @@ impl Probes {
     }
 
     /// Follows the goroutines and panics of one process: its offsets into `GO_PROCS`, then
-    /// the goroutine-creation uprobe, the panic uprobes the binary has and, when
-    /// `follow_parents` (spans), the transport uprobe. The creation probe is required (all
-    /// or nothing); a panic probe that cannot be attached is logged and left out.
+    /// the goroutine-creation uprobe (unless `creation_probe` is false: too costly for now),
+    /// the panic uprobes the binary has and, when `follow_parents` (spans), the transport
+    /// uprobe. The creation probe is required (all or nothing); a panic probe that cannot be
+    /// attached is logged and left out.
     pub fn attach_goroutine_tracking(
         &mut self,
         process: &Process,
         tracking: &GoroutineTracking,
         panics: &PanicProbes,
         follow_parents: bool,
+        creation_probe: bool,
     ) -> Result<(), ProbeError> {
         let pid = process.pid;
         let scope = UProbeScope::OneProcess(
@@ -197,14 +199,16 @@ impl Probes {
                 .ok_or(ProbeError::Missing(names::MAP_GO_PROCS))?;
             aya::maps::HashMap::<_, u32, GoOffsets>::try_from(map)?.insert(pid, offsets, 0)?;
         }
-        let newproc = match self.attach_one(tracking.newproc, process, scope) {
-            Ok(link) => link,
-            Err(e) => {
-                self.forget_go_process(pid);
-                return Err(e);
-            }
-        };
-        self.newproc_links.insert(pid, newproc);
+        if creation_probe {
+            let newproc = match self.attach_one(tracking.newproc, process, scope) {
+                Ok(link) => link,
+                Err(e) => {
+                    self.forget_go_process(pid);
+                    return Err(e);
+                }
+            };
+            self.newproc_links.insert(pid, newproc);
+        }
         let mut links = Vec::new();
         if let Some(point) = tracking.round_trip.filter(|_| follow_parents) {
             match self.attach_one(point, process, scope) {
