@@ -44,7 +44,7 @@ pub struct GoProcess {
 }
 
 /// Counts closer together than this do not make a rate.
-const RATE_MIN_INTERVAL: Duration = Duration::from_millis(200);
+const RATE_MIN_INTERVAL: Duration = Duration::from_millis(90);
 
 impl GoProcess {
     pub fn new(process: &Process, binary: &GoHttpBinary) -> Self {

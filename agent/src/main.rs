@@ -113,6 +113,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = tokio::task::spawn_blocking(move || a.reconcile()).await;
         }
     });
+    let pace_agent = agent.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(obs_agent::runtime::GO_PACE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let a = pace_agent.clone();
+            // Reads of target memory block: off the event loop.
+            let _ = tokio::task::spawn_blocking(move || a.pace_go_probes()).await;
+        }
+    });
     let server = export::serve(args.listen, agent.clone(), traces.store.clone());
 
     tokio::select! {

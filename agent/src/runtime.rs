@@ -54,7 +54,9 @@ const PATTERN_REFRESH: Duration = Duration::from_secs(10);
 const CREATION_PROBE_RETRY: Duration = Duration::from_secs(60);
 /// Between the two reads of a process's goroutine count that give its creation rate when it
 /// starts being watched.
-const RATE_AT_ATTACH: Duration = Duration::from_millis(200);
+const RATE_AT_ATTACH: Duration = Duration::from_millis(100);
+/// How often the Go runtime figures are refreshed and the creation probes paced.
+pub const GO_PACE_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -414,15 +416,24 @@ impl Agent {
                 pace_discovery(*pid, w, &mut probes, now);
                 true
             });
-            refresh_go_processes(&mut watched, &probes, &self.metrics);
-            for (pid, w) in watched.iter_mut() {
-                pace_creation_probe(*pid, w, &mut probes, now, self.goroutine_probe_max_rate);
-            }
         }
         if self.selection == Selection::AllGo {
             self.scan_for_new();
         }
         self.forget_unused_binaries();
+    }
+
+    /// Refreshes the Go runtime figures and paces the goroutine-creation probes by each
+    /// process's creation rate. Called often (`GO_PACE_INTERVAL`): a process that starts
+    /// making goroutines fast pays for the probe only until the next call.
+    pub fn pace_go_probes(&self) {
+        let now = Instant::now();
+        let mut watched = lock(&self.watched);
+        let mut probes = lock(&self.probes);
+        refresh_go_processes(&mut watched, &probes, &self.metrics);
+        for (pid, w) in watched.iter_mut() {
+            pace_creation_probe(*pid, w, &mut probes, now, self.goroutine_probe_max_rate);
+        }
     }
 
     fn scan_for_new(&self) {
