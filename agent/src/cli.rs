@@ -50,6 +50,14 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub max_routes: usize,
 
+    /// Most goroutine creations per second a process may make while the agent's creation
+    /// probe stays attached to it (each creation then costs ~2 µs more). Above it the probe
+    /// is detached until the rate falls below half: goroutine totals stay exact (read from
+    /// the runtime), creations by start function and goroutine ancestry for spans pause.
+    /// 0: no limit. Example: --goroutine-probe-max-rate 50000
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 10_000)]
+    pub goroutine_probe_max_rate: u64,
+
     /// How often to look for new and exited processes, in milliseconds. Example:
     /// --rescan-ms 500
     #[arg(long, value_name = "MS", default_value_t = 1000)]

@@ -52,6 +52,8 @@ pub struct Report {
     pub refusal: Option<String>,
     /// Whether calls can be linked to their requests by goroutine, or why not.
     pub goroutine_tracking: Option<Result<(), String>>,
+    /// Whether the Go runtime's own counts (goroutines, GC) can be read, or why not.
+    pub runtime_state: Option<Result<(), String>>,
     /// Struct -> members the agent reads (`go_http::WANTED_FIELDS`), what `dwarf_layouts`
     /// and the offsets table cover.
     pub wanted_fields: BTreeMap<&'static str, &'static [&'static str]>,
@@ -117,6 +119,7 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
         dwarf_layouts: offsets::dwarf_layouts(&elf)?.map(|l| sorted(&l)),
         refusal: None,
         goroutine_tracking: None,
+        runtime_state: None,
         wanted_fields: go_http::WANTED_FIELDS.iter().copied().collect(),
     };
     if let Some(info) = elf
@@ -136,6 +139,13 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
             report.http_server = Some(true);
             report.goroutine_tracking =
                 Some(binary.goroutines.as_ref().map(|_| ()).map_err(Clone::clone));
+            report.runtime_state = Some(
+                binary
+                    .runtime_state
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(Clone::clone),
+            );
             report.probe_sites = binary
                 .probe_points()
                 .iter()
@@ -287,6 +297,14 @@ impl fmt::Display for Report {
         match &self.goroutine_tracking {
             Some(Ok(())) => writeln!(f, "goroutines:      followed (calls linked to requests)")?,
             Some(Err(why)) => writeln!(f, "goroutines:      not followed: {why}")?,
+            None => {}
+        }
+        match &self.runtime_state {
+            Some(Ok(())) => writeln!(
+                f,
+                "Go runtime:      its own counts are read (goroutines, GC)"
+            )?,
+            Some(Err(why)) => writeln!(f, "Go runtime:      its own counts are not read: {why}")?,
             None => {}
         }
         match &self.refusal {

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod events;
 pub mod export;
+pub mod go_process;
 pub mod inspect;
 pub mod metrics;
 pub mod probes;

@@ -72,7 +72,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     trace_config.store_max_spans = args.max_stored_spans;
     let traces = export::traces::start(&trace_config, &metrics.agent)?;
     // The span builder's sink: hand `traces.sink()` to whoever assembles spans.
-    let agent = Arc::new(Agent::new(probes, metrics, selection.clone()));
+    let mut agent = Agent::new(probes, metrics, selection.clone());
+    agent.goroutine_probe_max_rate = args.goroutine_probe_max_rate;
+    let agent = Arc::new(agent);
     agent.enable_tracing(traces.sink(), args.trace_sample_ratio);
 
     match &selection {
@@ -109,6 +111,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let a = lifecycle_agent.clone();
             // /proc scans and binary analysis block: keep them off the event loop.
             let _ = tokio::task::spawn_blocking(move || a.reconcile()).await;
+        }
+    });
+    let pace_agent = agent.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(obs_agent::runtime::GO_PACE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let a = pace_agent.clone();
+            // Reads of target memory block: off the event loop.
+            let _ = tokio::task::spawn_blocking(move || a.pace_go_probes()).await;
         }
     });
     let server = export::serve(args.listen, agent.clone(), traces.store.clone());

@@ -15,6 +15,7 @@ use obs_common::{
 
 use crate::{
     events::{peer_address, DecodeError, Event},
+    go_process::GoProcess,
     metrics::{
         self_metrics_labels::{module_labels, target_labels},
         Metrics, ModuleLabels, ProcessSeries, ServiceLabels, TargetLabels,
@@ -32,6 +33,7 @@ use crate::{
     symbols::{
         elf::ElfFile,
         go_http::{self, MuxLayout, ProbePoint},
+        go_runtime::FunctionNames,
         offsets::LayoutSource,
         SymbolsError,
     },
@@ -60,6 +62,14 @@ const DISCOVERY_QUIET: Duration = Duration::from_secs(1);
 const REDISCOVERY: Duration = Duration::from_secs(300);
 /// Registered patterns are re-read this often (routes added after start).
 const PATTERN_REFRESH: Duration = Duration::from_secs(10);
+/// A goroutine-creation probe detached for its cost, in a process whose runtime state cannot
+/// be read (so the rate is unknown while detached), is tried again after this long.
+const CREATION_PROBE_RETRY: Duration = Duration::from_secs(60);
+/// Between the two reads of a process's goroutine count that give its creation rate when it
+/// starts being watched.
+const RATE_AT_ATTACH: Duration = Duration::from_millis(100);
+/// How often the Go runtime figures are refreshed and the creation probes paced.
+pub const GO_PACE_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -149,6 +159,8 @@ struct Watched {
     /// Go processes with goroutine tracking: which request each call is made for.
     goroutines: Goroutines,
     routes: Routes,
+    /// Its Go runtime's figures (goroutines, GC, panics), when its goroutines are followed.
+    go: Option<GoProcess>,
 }
 
 pub struct Agent {
@@ -165,6 +177,8 @@ pub struct Agent {
     /// Set once at start (`enable_tracing`); read on every event without a lock.
     span_sink: OnceLock<Arc<dyn SpanSink>>,
     host_name: String,
+    /// Most goroutine creations per second with the creation probe attached (0: no limit).
+    pub goroutine_probe_max_rate: u64,
 }
 
 impl Agent {
@@ -182,6 +196,7 @@ impl Agent {
             host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default(),
+            goroutine_probe_max_rate: 0,
         }
     }
 
@@ -227,17 +242,50 @@ impl Agent {
             read_at: None,
         };
         let mut goroutines_followed = false;
+        // The runtime's figures from the start; and, when the runtime's state can be read,
+        // its creation rate before the creation probe goes in (a process already making
+        // goroutines faster than the limit would pay for it until the next rescan).
+        let mut go = binary
+            .as_ref()
+            .filter(|b| b.goroutines.is_ok())
+            .map(|b| GoProcess::new(&process, b));
+        let mut creation_probe = true;
+        if let Some(go) = go.as_mut().filter(|g| g.reads_state()) {
+            go.read_state(&self.metrics.go);
+            if self.goroutine_probe_max_rate > 0 {
+                std::thread::sleep(RATE_AT_ATTACH);
+                go.read_state(&self.metrics.go);
+                if go
+                    .creation_rate()
+                    .is_some_and(|r| r > self.goroutine_probe_max_rate as f64)
+                {
+                    creation_probe = false;
+                    go.probe_paused_at = Some(Instant::now());
+                    log::info!(
+                        "pid {pid}: {:.0} goroutines created per second (limit {}): creation \
+                         probe not attached for now",
+                        go.creation_rate().unwrap_or(0.0),
+                        self.goroutine_probe_max_rate
+                    );
+                }
+            }
+        }
         {
             let mut probes = lock(&self.probes);
             probes.watch_sockets(pid)?;
-            // Only spans need it: without, a call is linked to the process's request in
-            // flight when there is exactly one.
-            if let (Some(binary), Some(_)) = (&binary, self.span_sink.get()) {
+            // Runtime metrics need the creation and panic probes whenever the process is
+            // watched; spans also need goroutine parentage and the transport probe (without
+            // them, a call is linked to the process's request in flight when there is
+            // exactly one).
+            if let Some(binary) = &binary {
                 match &binary.goroutines {
-                    // A program that makes no HTTP calls has nothing to link: its goroutine
-                    // creations are not worth a uprobe hit each.
-                    Ok(tracking) if tracking.round_trip.is_none() => {}
-                    Ok(tracking) => match probes.attach_goroutine_tracking(&process, tracking) {
+                    Ok(tracking) => match probes.attach_goroutine_tracking(
+                        &process,
+                        tracking,
+                        &binary.panics,
+                        self.span_sink.get().is_some(),
+                        creation_probe,
+                    ) {
                         Ok(()) => goroutines_followed = true,
                         Err(e) => {
                             log::warn!("pid {pid}: goroutines not followed: {}", error_chain(&e))
@@ -305,6 +353,15 @@ impl Agent {
                 .get_or_create(m)
                 .set(1);
         }
+        if !goroutines_followed {
+            if let Some(go) = go.take() {
+                go.runtime.remove_series(&self.metrics.go);
+            }
+        }
+        if let Some(go) = &mut go {
+            let starts = lock(&self.probes).goroutine_starts();
+            go.record_creations(&self.metrics.go, &starts_of(&starts, pid));
+        }
         let resource = Arc::new(Resource {
             service_name: process.service_name.clone(),
             instance_id: format!("{}:{}:{}", self.host_name, pid, process.start_time),
@@ -324,6 +381,7 @@ impl Agent {
                 connections,
                 goroutines: Goroutines::default(),
                 routes,
+                go,
             },
         );
         Ok(())
@@ -337,7 +395,9 @@ impl Agent {
         let result = ElfFile::open(&process.exe_link)
             .and_then(|elf| {
                 if go_http::is_go(&elf) {
-                    go_http::analyze(&elf)
+                    let mut binary = go_http::analyze(&elf)?;
+                    binary.function_names = Some(Arc::new(FunctionNames::new(elf)));
+                    Ok(binary)
                 } else {
                     Err(SymbolsError::NotGo)
                 }
@@ -363,7 +423,13 @@ impl Agent {
             let mut probes = lock(&self.probes);
             watched.retain(|pid, w| {
                 match w.exited_at {
-                    Some(t) => return now.duration_since(t) <= EXIT_GRACE,
+                    Some(t) if now.duration_since(t) <= EXIT_GRACE => return true,
+                    Some(_) => {
+                        if let Some(go) = &mut w.go {
+                            go.exited(&self.metrics.go);
+                        }
+                        return false;
+                    }
                     None if !w.process.is_alive() => {
                         probes.detach(*pid);
                         log::info!(
@@ -384,6 +450,9 @@ impl Agent {
                         }
                         w.connections = Connections::default();
                         w.goroutines = Goroutines::default();
+                        if let Some(go) = &mut w.go {
+                            go.exited(&self.metrics.go);
+                        }
                         self.metrics.agent.target_info.remove(&w.target);
                         for m in &w.modules {
                             self.metrics.agent.target_module_info.remove(m);
@@ -401,6 +470,19 @@ impl Agent {
             self.scan_for_new();
         }
         self.forget_unused_binaries();
+    }
+
+    /// Refreshes the Go runtime figures and paces the goroutine-creation probes by each
+    /// process's creation rate. Called often (`GO_PACE_INTERVAL`): a process that starts
+    /// making goroutines fast pays for the probe only until the next call.
+    pub fn pace_go_probes(&self) {
+        let now = Instant::now();
+        let mut watched = lock(&self.watched);
+        let mut probes = lock(&self.probes);
+        refresh_go_processes(&mut watched, &probes, &self.metrics);
+        for (pid, w) in watched.iter_mut() {
+            pace_creation_probe(*pid, w, &mut probes, now, self.goroutine_probe_max_rate);
+        }
     }
 
     /// Node-wide mode: watches every Go process, and every other process that has a TCP
@@ -473,6 +555,7 @@ impl Agent {
         let tgid = match &event {
             Event::GoMuxSeen(e) => e.tgid,
             Event::GoClientCall(e) => e.tgid,
+            Event::GoPanic(e) => e.tgid,
             Event::SockConn(e) => e.tgid,
             Event::SockData(e) => e.tgid,
         };
@@ -490,6 +573,11 @@ impl Agent {
                 }
             }
             Event::GoClientCall(c) => w.goroutines.call(c.fd, Chain::from(&c)),
+            Event::GoPanic(p) => {
+                if let Some(go) = &mut w.go {
+                    go.panic_event(&self.metrics.go, &p);
+                }
+            }
             Event::SockConn(c) => {
                 let dropped = match u64::from(c.syscall) {
                     nr::ACCEPT | nr::ACCEPT4 => {
@@ -655,8 +743,10 @@ impl Agent {
 
     /// Brings gauges and kernel-side counters up to date (called before each scrape).
     pub fn refresh(&self) {
+        // The same lock order as `reconcile`: watched, then probes.
+        let mut watched = lock(&self.watched);
         let probes = lock(&self.probes);
-        let watched = lock(&self.watched);
+        refresh_go_processes(&mut watched, &probes, &self.metrics);
         let mut active: HashMap<&str, i64> = HashMap::new();
         let mut live = 0;
         for w in watched.values() {
@@ -749,6 +839,84 @@ fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Go runtime figures of every live Go process: the runtime's state first, then the kernel's
+/// creation counts (see `GoProcess`).
+fn refresh_go_processes(watched: &mut HashMap<u32, Watched>, probes: &Probes, metrics: &Metrics) {
+    for w in watched.values_mut() {
+        if let (None, Some(go)) = (w.exited_at, &mut w.go) {
+            go.read_state(&metrics.go);
+        }
+    }
+    let starts = probes.goroutine_starts();
+    for (pid, w) in watched.iter_mut() {
+        if let (None, Some(go)) = (w.exited_at, &mut w.go) {
+            go.record_creations(&metrics.go, &starts_of(&starts, *pid));
+        }
+    }
+}
+
+/// Detaches the goroutine-creation probe of a process creating goroutines faster than
+/// `max_rate` per second (each creation costs a uprobe hit), and re-attaches it once the
+/// rate, read from the runtime's state, has fallen below half (or, when the state cannot be
+/// read, after a while).
+fn pace_creation_probe(
+    pid: u32,
+    w: &mut Watched,
+    probes: &mut Probes,
+    now: Instant,
+    max_rate: u64,
+) {
+    let (None, Some(go)) = (w.exited_at, &mut w.go) else {
+        return;
+    };
+    let (Some(point), Some(rate)) = (go.newproc_point(), go.creation_rate()) else {
+        return;
+    };
+    if max_rate == 0 {
+        return;
+    }
+    let attached = probes.has_newproc(pid);
+    if attached && rate > max_rate as f64 {
+        probes.detach_newproc(pid);
+        go.probe_paused_at = Some(now);
+        log::info!(
+            "pid {pid}: {rate:.0} goroutines created per second (limit {max_rate}): creation \
+             probe detached; creations by function and goroutine ancestry paused"
+        );
+    } else if !attached {
+        let calm = if go.reads_state() {
+            rate < max_rate as f64 / 2.0
+        } else {
+            go.probe_paused_at
+                .is_some_and(|t| now.duration_since(t) >= CREATION_PROBE_RETRY)
+        };
+        if calm {
+            match probes.attach_newproc(&w.process, point) {
+                Ok(()) => {
+                    go.probe_paused_at = None;
+                    if !go.reads_state() {
+                        go.reset_rate();
+                    }
+                    log::info!("pid {pid}: {rate:.0} goroutines created per second: creation probe re-attached");
+                }
+                Err(e) => log::debug!("pid {pid}: re-attaching the creation probe: {e}"),
+            }
+        }
+    }
+}
+
+/// One process's goroutine creation counts, by runtime start address.
+fn starts_of(
+    starts: &HashMap<obs_common::go_runtime::GoStartKey, u64>,
+    pid: u32,
+) -> HashMap<u64, u64> {
+    starts
+        .iter()
+        .filter(|(k, _)| k.tgid == pid)
+        .map(|(k, n)| (k.startpc, *n))
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

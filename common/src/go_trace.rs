@@ -32,7 +32,14 @@ pub struct GoOffsets {
     pub conn_fd: u64,
     /// `net.netFD.pfd` plus `internal/poll.FD.Sysfd`: the descriptor within a `netFD`.
     pub netfd_sysfd: u64,
+    /// `runtime.g.startpc`: the function a goroutine was started with.
+    pub g_startpc: u64,
+    /// `FOLLOW_PARENTS` when goroutine parentage is recorded (tracing is on).
+    pub flags: u64,
 }
+
+/// `GoOffsets::flags`: record which goroutine created which (for spans).
+pub const FOLLOW_PARENTS: u64 = 1;
 
 /// Key of the goroutine parentage map.
 #[repr(C)]
@@ -55,7 +62,7 @@ pub struct GoClientCall {
     pub goids: [u64; MAX_GOROUTINE_CHAIN],
 }
 
-const _: () = assert!(core::mem::size_of::<GoOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<GoOffsets>() == 64);
 const _: () = assert!(core::mem::size_of::<GoroutineKey>() == 16);
 const _: () = assert!(core::mem::size_of::<GoClientCall>() == 16 + 8 * MAX_GOROUTINE_CHAIN);
 

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod go_http;
+pub mod go_runtime;
 pub mod go_trace;
 pub mod sockets;
 pub mod stats;
@@ -18,11 +19,15 @@ pub mod names {
     pub const MAP_GO_MUXES: &str = "GO_MUXES";
     pub const MAP_GO_PROCS: &str = "GO_PROCS";
     pub const MAP_GO_PARENTS: &str = "GO_PARENTS";
+    pub const MAP_GO_STARTS: &str = "GO_STARTS";
     pub const PROG_SYS_EXIT: &str = "sys_exit";
     pub const PROG_SYS_ENTER_CLOSE: &str = "sys_enter_close";
     pub const PROG_GO_MUX_SERVE_HTTP: &str = "go_mux_serve_http";
     pub const PROG_GO_NEWPROC: &str = "go_newproc";
     pub const PROG_GO_ROUND_TRIP: &str = "go_round_trip";
+    pub const PROG_GO_PANIC: &str = "go_panic";
+    pub const PROG_GO_RECOVERY: &str = "go_recovery";
+    pub const PROG_GO_FATAL_PANIC: &str = "go_fatal_panic";
 }
 
 /// The first field of every record on the event ring buffer.
@@ -34,6 +39,7 @@ pub enum EventKind {
     SockConn = 3,
     SockDataShort = 4,
     GoClientCall = 5,
+    GoPanic = 6,
 }
 
 impl EventKind {
@@ -44,6 +50,7 @@ impl EventKind {
             3 => Some(Self::SockConn),
             4 => Some(Self::SockDataShort),
             5 => Some(Self::GoClientCall),
+            6 => Some(Self::GoPanic),
             _ => None,
         }
     }

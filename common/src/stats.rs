@@ -8,17 +8,24 @@ pub enum Stat {
     EventsLostRingFull = 0,
     /// Reading the target's memory or a syscall's registers failed.
     TargetReadErrors = 1,
+    /// A goroutine creation not counted: the per-start-function counter map was full.
+    GoStartsFull = 2,
 }
 
-pub const STAT_COUNT: u32 = 2;
+pub const STAT_COUNT: u32 = 3;
 
 impl Stat {
-    pub const ALL: [Stat; STAT_COUNT as usize] = [Stat::EventsLostRingFull, Stat::TargetReadErrors];
+    pub const ALL: [Stat; STAT_COUNT as usize] = [
+        Stat::EventsLostRingFull,
+        Stat::TargetReadErrors,
+        Stat::GoStartsFull,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Stat::EventsLostRingFull => "ring_full",
             Stat::TargetReadErrors => "target_read_error",
+            Stat::GoStartsFull => "goroutine_start_table_full",
         }
     }
 }

@@ -4,18 +4,20 @@
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
 use obs_common::{
-    go_trace::{GoClientCall, GoOffsets, GoroutineKey, MAX_GOROUTINE_CHAIN},
+    go_trace::{GoClientCall, GoOffsets, GoroutineKey, FOLLOW_PARENTS, MAX_GOROUTINE_CHAIN},
     stats::Stat,
     EventKind,
 };
 
 use crate::{
+    go_runtime,
     maps::{count, wakeup_flags, EVENTS, GO_PARENTS, GO_PROCS},
     user_mem::read,
 };
 
 /// The `call runtime.runqput` in `runtime.newproc.func1`: RBX is the new goroutine (its
-/// `goid` already given), R14 the system goroutine g0, whose `m.curg` is the creator.
+/// `goid` and `startpc` already set), R14 the system goroutine g0, whose `m.curg` is the
+/// creator. Counts the creation by start function; records the parent when tracing.
 #[uprobe]
 pub fn go_newproc(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -23,6 +25,10 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let (newg, g0) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).r14) };
+    go_runtime::count_creation(tgid, off, newg);
+    if off.flags & FOLLOW_PARENTS == 0 {
+        return 0;
+    }
     let Ok((goid, parent)) = creation(off, newg, g0) else {
         count(Stat::TargetReadErrors);
         return 0;

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod go_http;
+mod go_runtime;
 mod go_trace;
 mod maps;
 mod sockets;

@@ -3,10 +3,11 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use obs_common::{
     go_http::MuxKey,
+    go_runtime::{GoStartKey, MAX_GO_STARTS},
     go_trace::{GoOffsets, GoroutineKey, MAX_GOROUTINE_PARENTS},
     sockets::SockData,
     stats::{Stat, STAT_COUNT},
@@ -50,6 +51,12 @@ pub static GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(MAX_WAT
 #[map(name = "GO_PARENTS")]
 pub static GO_PARENTS: LruHashMap<GoroutineKey, u64> =
     LruHashMap::with_max_entries(MAX_GOROUTINE_PARENTS, 0);
+
+/// (process, start function) -> goroutines created there, per CPU. User space sums the CPUs
+/// and deletes a process's keys when it exits.
+#[map(name = "GO_STARTS")]
+pub static GO_STARTS: PerCpuHashMap<GoStartKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_GO_STARTS, 0);
 
 #[inline(always)]
 pub fn count(stat: Stat) {

@@ -236,13 +236,20 @@ fn sigkill_under_load_leaves_the_target_unharmed() {
     let pid = server.proc.pid();
     let bin = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     let binary = analyze_path(&bin).expect("analyse goserver");
+    // ServeMux discovery, goroutine creation, panics (gopanic, recovery, fatalpanic).
     let points = binary.probe_points();
-    assert_eq!(points.len(), 1, "the ServeMux discovery probe");
-    let original = read_process_memory(pid, points[0].address, 1);
+    assert_eq!(points.len(), 5, "{points:?}");
+    let read_all = || -> Vec<Vec<u8>> {
+        points
+            .iter()
+            .map(|p| read_process_memory(pid, p.address, 1))
+            .collect()
+    };
+    let original = read_all();
 
     let mut agent = Agent::for_pids(&[pid]);
-    // Attached and not yet used: the kernel has put a breakpoint at the probe site.
-    assert_eq!(read_process_memory(pid, points[0].address, 1), vec![0xcc]);
+    // Attached: the kernel has put a breakpoint at each probe site.
+    assert_eq!(read_all(), vec![vec![0xcc]; points.len()]);
     let programs = bpf_program_ids(agent.proc.pid());
     assert!(
         programs.len() >= 2,
@@ -292,7 +299,7 @@ fn sigkill_under_load_leaves_the_target_unharmed() {
         .expect("target still serves");
     // The probes are gone: the target's code is byte-for-byte what it was, and the kernel
     // freed the agent's programs.
-    assert_eq!(read_process_memory(pid, points[0].address, 1), original);
+    assert_eq!(read_all(), original);
     let _ = agent.proc.child.wait();
     let still = wait_for(Duration::from_secs(5), || {
         programs.iter().all(|&id| !program_loaded(id)).then_some(())

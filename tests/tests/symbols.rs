@@ -2,7 +2,7 @@
 //! give an error or a result, never a panic.
 
 use obs_agent::symbols::disasm::SiteKind;
-use obs_agent::symbols::{elf::ElfFile, go_http, SymbolsError};
+use obs_agent::symbols::{elf::ElfFile, go_http, go_runtime, SymbolsError};
 use obs_integration_tests::{go_app, tempdir, xorshift, GoVersion};
 
 #[test]
@@ -17,14 +17,32 @@ fn real_binaries_are_analysed_for_both_go_versions() {
             version.has_patterns(),
             "{version:?}"
         );
+        // Every probe on an instruction the kernel emulates, but `fatalpanic` (nosplit: no
+        // stack check; hit once, as the process dies).
         for p in b.probe_points() {
-            assert_eq!(
-                p.site.kind,
-                SiteKind::StackCheckJump,
-                "{version:?} {}",
-                p.function
+            let expected = match p.function {
+                go_runtime::FATALPANIC => SiteKind::Entry,
+                go_http::NEWPROC_CLOSURE => SiteKind::Call,
+                _ => SiteKind::StackCheckJump,
+            };
+            assert_eq!(p.site.kind, expected, "{version:?} {}", p.function);
+        }
+        let functions: Vec<&str> = b.probe_points().iter().map(|p| p.function).collect();
+        for f in [
+            go_http::NEWPROC_CLOSURE,
+            go_runtime::GOPANIC,
+            go_runtime::RECOVERY,
+        ] {
+            assert!(
+                functions.contains(&f),
+                "{version:?}: no probe in {f}: {functions:?}"
             );
         }
+        assert!(
+            b.runtime_state.is_ok(),
+            "{version:?}: {:?}",
+            b.runtime_state
+        );
     }
 }
 

@@ -50,6 +50,14 @@ pub struct BenchArgs {
     /// and reports nanoseconds per syscall.
     #[arg(long)]
     unwatched: bool,
+    /// Goroutine-heavy variant: tests/apps/gospawn spawns short goroutines in a loop
+    /// (batches of 256, waited for); throughput is goroutines per second.
+    #[arg(long)]
+    goroutines: bool,
+    /// With --goroutines: rounds of a small computation each goroutine does (0: none, the
+    /// cost of a goroutine alone). Repeatable: one measurement series per value.
+    #[arg(long = "work", default_values_t = [0u32, 100, 1000, 10000])]
+    work: Vec<u32>,
     /// More arguments for the agent (e.g. --agent-arg=--trace-sample-ratio=0 to measure
     /// metrics without spans). Repeatable.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -72,6 +80,9 @@ struct AgentCost {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.goroutines {
+        return goroutine_bench(&args);
+    }
     let tools = install_test_tools()?;
     let agent = build()?;
     if args.unwatched {
@@ -334,6 +345,99 @@ fn bench_unwatched(agent: &Path, args: &BenchArgs) -> Result<()> {
         println!(
             "  {name:<28} without {wo:>6.1} ns, with {w:>6.1} ns: {:+.1} ns per syscall, ratio {ratios:.3} (median of rounds)",
             w - wo
+        );
+    }
+    Ok(())
+}
+
+/// The goroutine-heavy variant: goroutines spawned per second by gospawn, with and without
+/// the agent watching it, alternating, per amount of work per goroutine.
+fn goroutine_bench(args: &BenchArgs) -> Result<()> {
+    let tools = install_test_tools()?;
+    let agent = build()?;
+    let bin = build_go_app(tools.go(&args.go)?, "gospawn")?;
+    let port = 18080 + (std::process::id() % 1000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let mut c = if args.pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let server = ChildGuard(
+        c.args(["-addr", &addr])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting gospawn")?,
+    );
+    let run = |work: u32| -> Result<f64> {
+        let url = format!("http://{addr}/run?ms={}&work={work}", args.seconds * 1000);
+        let n: f64 = output(Command::new("curl").args(["-sf", &url]))?
+            .trim()
+            .parse()?;
+        Ok(n / f64::from(args.seconds))
+    };
+    wait_http(&format!("http://{addr}/run?ms=1"))?;
+    run(0)?;
+    let go_version = version_of(tools.go(&args.go)?)?;
+    let mut summary = Vec::new();
+    for &work in &args.work {
+        let mut ratios = Vec::new();
+        for round in 0..args.rounds {
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            let (mut with, mut without) = (0.0, 0.0);
+            for attached in order {
+                if attached {
+                    let port = 19464 + (std::process::id() % 500) as u16;
+                    let listen = format!("127.0.0.1:{port}");
+                    let mut child = ChildGuard(
+                        Command::new(&agent)
+                            .args(["--pid", &server.0.id().to_string()])
+                            .args(["--listen", &listen, "--log-level", "warn"])
+                            .args(&args.agent_args)
+                            .stdout(Stdio::null())
+                            .spawn()
+                            .context("starting obs-agent")?,
+                    );
+                    let metrics_url = format!("http://{listen}/metrics");
+                    wait_http(&metrics_url)?;
+                    with = run(work)?;
+                    let created = scrape_sum(&metrics_url, "go_goroutines_created_total")?;
+                    unsafe_kill_term(child.0.id());
+                    let _ = child.0.wait();
+                    eprintln!(
+                        "work {work}, round {round}: with agent    {with:>10.0} goroutines/s (agent counted {created} created)"
+                    );
+                } else {
+                    without = run(work)?;
+                    eprintln!(
+                        "work {work}, round {round}: without agent {without:>10.0} goroutines/s"
+                    );
+                }
+            }
+            ratios.push(with / without);
+        }
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        summary.push((work, ratios[ratios.len() / 2]));
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!();
+    println!(
+        "obs-agent goroutine benchmark: gospawn ({go_version}), {} s per measurement, {} rounds, agent args {:?}, load average {}",
+        args.seconds,
+        args.rounds,
+        args.agent_args,
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    for (work, ratio) in summary {
+        println!(
+            "  work {work:>6} per goroutine: throughput ratio (with/without, median) {ratio:.3}  ({:+.1}%)",
+            (ratio - 1.0) * 100.0
         );
     }
     Ok(())

@@ -9,6 +9,7 @@ use std::{mem::size_of, time::Duration};
 use aya::maps::{MapData, RingBuf};
 use obs_common::{
     go_http::GoMuxSeen,
+    go_runtime::GoPanic,
     go_trace::GoClientCall,
     sockets::{
         SockConn, SockDataN, AF_INET, AF_INET6, DATA_PREFIX, EGRESS_PREFIX, SOCK_DATA_HEADER,
@@ -49,6 +50,7 @@ impl<'a> Data<'a> {
 pub enum Event<'a> {
     GoMuxSeen(GoMuxSeen),
     GoClientCall(GoClientCall),
+    GoPanic(GoPanic),
     SockData(Data<'a>),
     SockConn(SockConn),
 }
@@ -100,6 +102,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let kind = EventKind::from_u32(raw_kind).ok_or(DecodeError::UnknownKind(raw_kind))?;
     match kind {
         EventKind::GoMuxSeen => read_pod::<GoMuxSeen>(kind, record).map(Event::GoMuxSeen),
+        EventKind::GoPanic => read_pod::<GoPanic>(kind, record).map(Event::GoPanic),
         EventKind::SockData => decode_data(kind, record, DATA_PREFIX, false).map(Event::SockData),
         EventKind::SockDataShort => {
             decode_data(kind, record, EGRESS_PREFIX, true).map(Event::SockData)

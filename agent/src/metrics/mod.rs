@@ -1,6 +1,7 @@
 //! The Prometheus registry: RED metrics of served requests (OpenTelemetry names, as their
 //! Prometheus translation), the cardinality guard on routes, and the agent's own metrics.
 
+pub mod go_runtime;
 mod route_guard;
 mod self_metrics;
 mod series;
@@ -57,6 +58,7 @@ pub struct Metrics {
     pub server_active: Family<ServiceLabels, Gauge>,
     pub client_duration: Family<HttpClientLabels, Histogram, fn() -> Histogram>,
     pub agent: SelfMetrics,
+    pub go: go_runtime::GoRuntimeMetrics,
     routes: Mutex<RouteGuard>,
     /// The same cap on distinct servers a service calls.
     peers: Mutex<RouteGuard>,
@@ -86,7 +88,9 @@ impl Metrics {
             client_duration.clone(),
         );
         let agent = SelfMetrics::register(registry.sub_registry_with_prefix("obs_agent"));
+        let go = go_runtime::GoRuntimeMetrics::register(&mut registry);
         Self {
+            go,
             registry,
             server_duration,
             server_active,

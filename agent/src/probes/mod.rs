@@ -13,14 +13,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use obs_common::{
-    go_trace::GoOffsets,
+    go_runtime::GoStartKey,
+    go_trace::{GoOffsets, FOLLOW_PARENTS},
     names,
     stats::{Stat, STAT_COUNT},
 };
 
 use crate::{
-    symbols::go_http::{
-        GoroutineTracking, ProbePoint, MUX_SERVE_HTTP, NEWPROC_CLOSURE, ROUND_TRIP,
+    symbols::{
+        go_http::{GoroutineTracking, ProbePoint, MUX_SERVE_HTTP, NEWPROC_CLOSURE, ROUND_TRIP},
+        go_runtime::{PanicProbes, FATALPANIC, GOPANIC, RECOVERY},
     },
     target::Process,
 };
@@ -77,8 +79,10 @@ pub struct Probes {
     ebpf: Ebpf,
     /// Mux discovery, attached and detached as discovery goes.
     links: HashMap<u32, Vec<Link>>,
-    /// Goroutine tracking, attached for as long as the process is watched.
+    /// Goroutine and panic probes, attached for as long as the process is watched.
     goroutine_links: HashMap<u32, Vec<Link>>,
+    /// The goroutine-creation probe, attached while the process's creation rate allows.
+    newproc_links: HashMap<u32, Link>,
 }
 
 impl Probes {
@@ -98,6 +102,9 @@ impl Probes {
             names::PROG_GO_MUX_SERVE_HTTP,
             names::PROG_GO_NEWPROC,
             names::PROG_GO_ROUND_TRIP,
+            names::PROG_GO_PANIC,
+            names::PROG_GO_RECOVERY,
+            names::PROG_GO_FATAL_PANIC,
         ] {
             program::<UProbe>(&mut ebpf, name)?.load().map_err(load)?;
         }
@@ -117,6 +124,7 @@ impl Probes {
             ebpf,
             links: HashMap::new(),
             goroutine_links: HashMap::new(),
+            newproc_links: HashMap::new(),
         })
     }
 
@@ -163,41 +171,124 @@ impl Probes {
         Ok(())
     }
 
-    /// Follows the goroutines of one process: its offsets into `GO_PROCS`, then the
-    /// goroutine-creation and transport uprobes. All or nothing.
+    /// Follows the goroutines and panics of one process: its offsets into `GO_PROCS`, then
+    /// the goroutine-creation uprobe (unless `creation_probe` is false: too costly for now),
+    /// the panic uprobes the binary has and, when `follow_parents` (spans), the transport
+    /// uprobe. The creation probe is required (all or nothing); a panic probe that cannot be
+    /// attached is logged and left out.
     pub fn attach_goroutine_tracking(
         &mut self,
         process: &Process,
         tracking: &GoroutineTracking,
+        panics: &PanicProbes,
+        follow_parents: bool,
+        creation_probe: bool,
     ) -> Result<(), ProbeError> {
         let pid = process.pid;
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).expect("pids of user processes are never 0"),
         );
+        let mut offsets = tracking.offsets;
+        if follow_parents {
+            offsets.flags |= FOLLOW_PARENTS;
+        }
         {
             let map = self
                 .ebpf
                 .map_mut(names::MAP_GO_PROCS)
                 .ok_or(ProbeError::Missing(names::MAP_GO_PROCS))?;
-            aya::maps::HashMap::<_, u32, GoOffsets>::try_from(map)?.insert(
-                pid,
-                tracking.offsets,
-                0,
-            )?;
+            aya::maps::HashMap::<_, u32, GoOffsets>::try_from(map)?.insert(pid, offsets, 0)?;
+        }
+        if creation_probe {
+            let newproc = match self.attach_one(tracking.newproc, process, scope) {
+                Ok(link) => link,
+                Err(e) => {
+                    self.forget_go_process(pid);
+                    return Err(e);
+                }
+            };
+            self.newproc_links.insert(pid, newproc);
         }
         let mut links = Vec::new();
-        for point in std::iter::once(tracking.newproc).chain(tracking.round_trip) {
+        if let Some(point) = tracking.round_trip.filter(|_| follow_parents) {
             match self.attach_one(point, process, scope) {
                 Ok(link) => links.push(link),
                 Err(e) => {
-                    self.detach_links(links);
+                    self.detach_newproc(pid);
                     self.forget_go_process(pid);
                     return Err(e);
                 }
             }
         }
+        for point in panics.points() {
+            match self.attach_one(point, process, scope) {
+                Ok(link) => links.push(link),
+                Err(e) => log::warn!("pid {pid}: panics not followed: {}", error_chain(&e)),
+            }
+        }
         self.goroutine_links.insert(pid, links);
         Ok(())
+    }
+
+    /// Detaches the goroutine-creation probe of `pid` (too costly at its creation rate).
+    pub fn detach_newproc(&mut self, pid: u32) {
+        if let Some(link) = self.newproc_links.remove(&pid) {
+            self.detach_links(vec![link]);
+        }
+    }
+
+    /// Re-attaches the goroutine-creation probe of a process whose goroutines are followed.
+    pub fn attach_newproc(
+        &mut self,
+        process: &Process,
+        point: ProbePoint,
+    ) -> Result<(), ProbeError> {
+        if self.newproc_links.contains_key(&process.pid) {
+            return Ok(());
+        }
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(process.pid).expect("pids of user processes are never 0"),
+        );
+        let link = self.attach_one(point, process, scope)?;
+        self.newproc_links.insert(process.pid, link);
+        Ok(())
+    }
+
+    pub fn has_newproc(&self, pid: u32) -> bool {
+        self.newproc_links.contains_key(&pid)
+    }
+
+    /// Goroutines created per (process, start function) since the probe was attached.
+    pub fn goroutine_starts(&self) -> HashMap<GoStartKey, u64> {
+        let Some(map) = self.ebpf.map(names::MAP_GO_STARTS) else {
+            return HashMap::new();
+        };
+        let Ok(starts) = aya::maps::PerCpuHashMap::<_, GoStartKey, u64>::try_from(map) else {
+            return HashMap::new();
+        };
+        starts
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
+            .collect()
+    }
+
+    /// Forgets a process's creation counters (it exited).
+    fn forget_goroutine_starts(&mut self, pid: u32) {
+        let Some(map) = self.ebpf.map_mut(names::MAP_GO_STARTS) else {
+            return;
+        };
+        let Ok(mut starts) = aya::maps::PerCpuHashMap::<_, GoStartKey, u64>::try_from(map) else {
+            return;
+        };
+        let keys: Vec<GoStartKey> = starts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == pid)
+            .collect();
+        for key in keys {
+            let _ = starts.remove(&key);
+        }
     }
 
     fn forget_go_process(&mut self, pid: u32) {
@@ -218,6 +309,9 @@ impl Probes {
             MUX_SERVE_HTTP => names::PROG_GO_MUX_SERVE_HTTP,
             NEWPROC_CLOSURE => names::PROG_GO_NEWPROC,
             ROUND_TRIP => names::PROG_GO_ROUND_TRIP,
+            GOPANIC => names::PROG_GO_PANIC,
+            RECOVERY => names::PROG_GO_RECOVERY,
+            FATALPANIC => names::PROG_GO_FATAL_PANIC,
             other => unreachable!("no program for {other}"),
         };
         let uprobe: &mut UProbe = self
@@ -259,10 +353,12 @@ impl Probes {
     pub fn detach(&mut self, pid: u32) {
         self.unwatch_sockets(pid);
         self.detach_uprobes(pid);
+        self.detach_newproc(pid);
         if let Some(links) = self.goroutine_links.remove(&pid) {
             self.detach_links(links);
-            self.forget_go_process(pid);
         }
+        self.forget_go_process(pid);
+        self.forget_goroutine_starts(pid);
     }
 
     fn detach_links(&mut self, links: Vec<Link>) {
@@ -281,12 +377,13 @@ impl Probes {
 
     /// Probes attached now: the two shared syscall programs and the per-process uprobes.
     pub fn attached_count(&self) -> usize {
-        2 + self
-            .links
-            .values()
-            .chain(self.goroutine_links.values())
-            .map(Vec::len)
-            .sum::<usize>()
+        2 + self.newproc_links.len()
+            + self
+                .links
+                .values()
+                .chain(self.goroutine_links.values())
+                .map(Vec::len)
+                .sum::<usize>()
     }
 
     /// The kernel programs' counters, summed over CPUs, indexed by `Stat`.

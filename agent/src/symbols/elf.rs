@@ -131,6 +131,17 @@ impl ElfFile {
         })
     }
 
+    /// The link-time address the loader maps the file's first page at (the lowest loadable
+    /// segment's, page-aligned): subtracted from where it is mapped, it gives a process's load
+    /// bias (0 unless PIE).
+    pub fn image_base(&self) -> Option<u64> {
+        let obj = self.object().ok()?;
+        obj.segments()
+            .filter(|seg| seg.file_range().0 == 0)
+            .map(|seg| seg.address() & !0xfff)
+            .min()
+    }
+
     /// Up to `len` bytes of the file at a virtual address.
     pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
         let off = self.file_offset(vaddr)? as usize;

@@ -13,6 +13,7 @@ use super::{
     disasm::{self, ProbeSite, SiteKind},
     dwarf::{self, offset_of},
     elf::ElfFile,
+    go_runtime,
     offsets::{self, LayoutSource},
     SymbolsError,
 };
@@ -65,12 +66,33 @@ pub const WANTED_FIELDS: &[(&str, &[&str])] = &[
     (SWISS_GROUP, &["ctrl", "slots"]),
     (HMAP, &["B", "buckets", "oldbuckets"]),
     (BUCKET, &["tophash", "values", "elems", "overflow"]),
-    (G, &["goid", "m"]),
+    (G, &["goid", "m", "startpc"]),
     (M, &["curg"]),
     (PERSIST_CONN, &["conn"]),
     (NET_CONN, &["fd"]),
     (NET_FD, &["pfd"]),
     (POLL_FD, &["Sysfd"]),
+    (
+        go_runtime::SCHEDT,
+        &["gFree", "ngsys", "stwTotalTimeGC", "goidgen"],
+    ),
+    (go_runtime::SCHED_GFREE_COUNTED, &["n"]),
+    (go_runtime::SCHED_GFREE_LISTS, &["stack", "noStack"]),
+    (go_runtime::G_LIST, &["size"]),
+    (go_runtime::P, &["gFree", "goidcache", "goidcacheend"]),
+    (go_runtime::P_GFREE_COUNTED, &["n"]),
+    (
+        go_runtime::MSTATS,
+        &["numgc", "pause_total_ns", "gcPauseDist"],
+    ),
+    (
+        go_runtime::TIME_HISTOGRAM,
+        &["counts", "underflow", "overflow"],
+    ),
+    (
+        go_runtime::GC_CONTROLLER,
+        &["heapMarked", "gcPercentHeapGoal"],
+    ),
 ];
 
 /// Where one probe goes.
@@ -161,6 +183,14 @@ pub struct GoHttpBinary {
     pub mux_discovery: Option<(ProbePoint, MuxLayout)>,
     /// Where the mux layout's offsets came from (with `mux_discovery`).
     pub layout_source: Option<LayoutSource>,
+    /// Panic probes (where the functions were found).
+    pub panics: go_runtime::PanicProbes,
+    /// Where the runtime keeps its own counts, or why they cannot be read.
+    pub runtime_state: Result<go_runtime::RuntimeState, String>,
+    /// The link-time address of the file's first loaded page (for a process's load bias).
+    pub image_base: Option<u64>,
+    /// Names of functions at addresses (set by whoever keeps the binary open).
+    pub function_names: Option<std::sync::Arc<go_runtime::FunctionNames>>,
 }
 
 impl GoHttpBinary {
@@ -173,6 +203,7 @@ impl GoHttpBinary {
             .iter()
             .map(|(p, _)| *p)
             .chain(goroutines.flatten())
+            .chain(self.panics.points())
             .collect()
     }
 }
@@ -235,13 +266,15 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
         .and_then(|s| {
             buildinfo::parse(&s).map_err(|e| SymbolsError::BadElf(format!("Go build info: {e}")))
         })?;
-    let functions = elf.go_functions(&[
+    let mut wanted = vec![
         SERVER_HANDLER,
         MUX_SERVE_HTTP,
         NEWPROC_CLOSURE,
         RUNQPUT,
         ROUND_TRIP,
-    ])?;
+    ];
+    wanted.extend(go_runtime::PANIC_FUNCTIONS);
+    let functions = elf.go_functions(&wanted)?;
     if !functions.contains_key(SERVER_HANDLER) {
         return Err(SymbolsError::NotHttpServer(SERVER_HANDLER));
     }
@@ -286,24 +319,40 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
     };
     let layout_source = mux_discovery.and(layouts).map(|(_, source)| source);
     let goroutines = goroutine_tracking(elf, &build, &functions);
+    let runtime_state = offsets::layouts_for(elf, &build)
+        .map_err(|e| e.to_string())
+        .and_then(|(l, _)| go_runtime::runtime_state(elf, &l));
     Ok(GoHttpBinary {
         build,
         goroutines,
         mux_discovery,
         layout_source,
+        panics: go_runtime::panic_probes(elf, &functions),
+        runtime_state,
+        image_base: elf.image_base(),
+        function_names: None,
     })
 }
 
-/// The offsets goroutine tracking reads with.
-pub fn go_offsets(l: &dwarf::Layouts) -> Result<GoOffsets, SymbolsError> {
-    Ok(GoOffsets {
+/// The offsets goroutine tracking reads with: the runtime's, always; the transport's (for
+/// the `roundTrip` probe) when the binary has net/http's client, else zero (`transport`
+/// false).
+pub fn go_offsets(l: &dwarf::Layouts) -> Result<(GoOffsets, bool), SymbolsError> {
+    let mut offsets = GoOffsets {
         g_goid: offset_of(l, G, "goid")?,
         g_m: offset_of(l, G, "m")?,
         m_curg: offset_of(l, M, "curg")?,
-        pconn_conn: offset_of(l, PERSIST_CONN, "conn")?,
-        conn_fd: offset_of(l, NET_CONN, "fd")?,
-        netfd_sysfd: offset_of(l, NET_FD, "pfd")? + offset_of(l, POLL_FD, "Sysfd")?,
-    })
+        g_startpc: offset_of(l, G, "startpc")?,
+        ..GoOffsets::default()
+    };
+    let transport = (|| -> Result<(), SymbolsError> {
+        offsets.pconn_conn = offset_of(l, PERSIST_CONN, "conn")?;
+        offsets.conn_fd = offset_of(l, NET_CONN, "fd")?;
+        offsets.netfd_sysfd = offset_of(l, NET_FD, "pfd")? + offset_of(l, POLL_FD, "Sysfd")?;
+        Ok(())
+    })()
+    .is_ok();
+    Ok((offsets, transport))
 }
 
 fn goroutine_tracking(
@@ -312,7 +361,7 @@ fn goroutine_tracking(
     functions: &std::collections::HashMap<String, super::elf::FunctionSymbol>,
 ) -> Result<GoroutineTracking, String> {
     let (layouts, _) = offsets::layouts_for(elf, build).map_err(|e| e.to_string())?;
-    let offsets = go_offsets(&layouts).map_err(|e| e.to_string())?;
+    let (offsets, transport) = go_offsets(&layouts).map_err(|e| e.to_string())?;
     let (Some(closure), Some(runqput)) = (functions.get(NEWPROC_CLOSURE), functions.get(RUNQPUT))
     else {
         return Err(format!("{NEWPROC_CLOSURE} or {RUNQPUT} not found"));
@@ -323,7 +372,7 @@ fn goroutine_tracking(
     let call = disasm::find_call_to(code, closure.address, runqput.address)
         .ok_or_else(|| format!("no call to {RUNQPUT} in {NEWPROC_CLOSURE}"))?;
     let newproc = point(elf, NEWPROC_CLOSURE, closure.address, call)?;
-    let round_trip = match functions.get(ROUND_TRIP) {
+    let round_trip = match functions.get(ROUND_TRIP).filter(|_| transport) {
         Some(f) => {
             let code = elf
                 .bytes_at(f.address, f.size.clamp(1, 64))

@@ -9,6 +9,7 @@ pub mod disasm;
 pub mod dwarf;
 pub mod elf;
 pub mod go_http;
+pub mod go_runtime;
 pub mod offsets;
 pub mod pclntab;
 

@@ -324,6 +324,34 @@ impl<'a> Pclntab<'a> {
             .collect()
     }
 
+    /// The name of the function whose code holds `pc` (a link-time address), for
+    /// symbolizing addresses read from a process: a binary search of the entry column.
+    pub fn function_name_at(&self, pc: u64) -> Option<String> {
+        let off = u32::try_from(pc.checked_sub(self.text_start)?).ok()?;
+        if off >= entry_off(self.pcln, self.nfunc)? {
+            return None;
+        }
+        // The last function whose entry is at or before `off`.
+        let (mut lo, mut hi) = (0, self.nfunc);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if entry_off(self.pcln, mid)? <= off {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        if entry_off(self.pcln, lo)? > off {
+            return None;
+        }
+        let func = self.func(lo)?;
+        let name = read_i32(func, FUNC_NAME_OFF)
+            .and_then(|off| usize::try_from(off).ok())
+            .and_then(|off| self.funcnametab.get(off..))?;
+        let end = name.iter().position(|&b| b == 0)?;
+        Some(String::from_utf8_lossy(&name[..end]).into_owned())
+    }
+
     /// The `_func` record of function `i`.
     fn func(&self, i: usize) -> Option<&'a [u8]> {
         let off = read_u32(self.pcln, i * FUNCTAB_ENTRY_LEN + 4)?;

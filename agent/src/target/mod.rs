@@ -3,6 +3,7 @@
 //! each one is (executable, binary identity, service name, start time to detect pid reuse).
 
 pub mod go_mux;
+pub mod go_runtime;
 pub mod memory;
 pub mod process;
 pub mod sockets;

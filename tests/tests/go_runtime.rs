@@ -1,0 +1,440 @@
+//! Go runtime metrics against the runtime's own figures: a Go program (tests/apps/goruntime)
+//! reports its runtime/metrics and is driven through phases (10,000 goroutines spawned and
+//! exited, forced GC cycles, panics recovered); at each quiescent point the agent's
+//! `go_goroutines`, `go_gc_cycles_total`, `go_gc_pause_seconds_count`, heap figures and
+//! goroutine/panic counts by function equal the program's own. Also: attaching to a process
+//! that has been running for a while, a stripped binary (probe-based figures only), and a
+//! process that dies of an unrecovered panic.
+
+use std::{collections::BTreeMap, thread::sleep, time::Duration};
+
+use obs_integration_tests::{
+    go_build, metrics::Samples, toolchain, toolchains, wait_for, Agent, BuildMode, GoServer,
+};
+use serde_json::Value;
+
+/// One request on a fresh connection, closed after (so no connection goroutine outlives it).
+fn get(app: &GoServer, path: &str) {
+    ureq::get(&app.url(path))
+        .set("Connection", "close")
+        .timeout(Duration::from_secs(60))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+}
+
+/// Asks the program for a sample of its own figures, taken once this request's goroutines
+/// are gone; returns when it has been taken.
+fn take_sample(app: &GoServer) {
+    get(app, "/sample");
+    sleep(Duration::from_millis(600));
+}
+
+/// The latest sample (fetching it starts goroutines: after the agent's scrape).
+fn fetch_sample(app: &GoServer) -> BTreeMap<String, Value> {
+    let body = ureq::get(&app.url("/stats"))
+        .set("Connection", "close")
+        .call()
+        .expect("GET /stats")
+        .into_string()
+        .unwrap();
+    serde_json::from_str(&body).expect("stats JSON")
+}
+
+/// Figures only a GC cycle changes.
+fn gc_figures(stats: &BTreeMap<String, Value>) -> Vec<Option<&Value>> {
+    [
+        "/gc/cycles/total:gc-cycles",
+        "/gc/pauses:seconds#count",
+        "/gc/heap/goal:bytes",
+        "/gc/heap/live:bytes",
+    ]
+    .iter()
+    .map(|k| stats.get(*k))
+    .collect()
+}
+
+/// The program's own figures and the agent's scrape in the same quiescent state: nothing
+/// runs between the sample and the scrape, and a later sample shows that no GC cycle (which
+/// the runtime may start on its own) completed in between; else another try.
+fn quiescent(app: &GoServer, agent: &Agent) -> (BTreeMap<String, Value>, Samples) {
+    for _ in 0..5 {
+        take_sample(app);
+        let samples = agent.scrape();
+        let stats = fetch_sample(app);
+        take_sample(app);
+        if gc_figures(&fetch_sample(app)) == gc_figures(&stats) {
+            return (stats, samples);
+        }
+    }
+    panic!("the program's GC did not settle");
+}
+
+fn own(stats: &BTreeMap<String, Value>, name: &str) -> f64 {
+    stats
+        .get(name)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{name} missing from {stats:?}"))
+}
+
+struct Checked<'a> {
+    agent: &'a Agent,
+    pid: String,
+    service: &'a str,
+    minor: u32,
+}
+
+impl Checked<'_> {
+    fn value(&self, samples: &Samples, name: &str, extra: &[(&str, &str)]) -> f64 {
+        let mut with = vec![("pid", self.pid.as_str()), ("service_name", self.service)];
+        with.extend_from_slice(extra);
+        let found: Vec<_> = samples.matching(name, &with).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{name}{extra:?}: {found:?}; agent log:\n{}",
+            self.agent.log()
+        );
+        found[0].value
+    }
+
+    /// The agent's figures equal the runtime's own in this quiescent state.
+    fn runtime_figures_match(&self, phase: &str, app: &GoServer) {
+        let (stats, s) = quiescent(app, self.agent);
+        let goroutines = self.value(&s, "go_goroutines", &[]);
+        assert_eq!(
+            goroutines,
+            own(&stats, "num_goroutine"),
+            "{phase}: go_goroutines vs runtime.NumGoroutine"
+        );
+        // From Go 1.26 /sched/goroutines counts system goroutines too (gcount(true)).
+        if self.minor < 26 {
+            assert_eq!(
+                goroutines,
+                own(&stats, "/sched/goroutines:goroutines"),
+                "{phase}: go_goroutines vs /sched/goroutines:goroutines"
+            );
+        }
+        assert_eq!(
+            self.value(&s, "go_gc_cycles_total", &[]),
+            own(&stats, "/gc/cycles/total:gc-cycles"),
+            "{phase}: GC cycles"
+        );
+        assert_eq!(
+            self.value(&s, "go_gc_pause_seconds_count", &[]),
+            own(&stats, "/gc/pauses:seconds#count"),
+            "{phase}: GC pauses"
+        );
+        assert_eq!(
+            self.value(&s, "go_gc_heap_goal_bytes", &[]),
+            own(&stats, "/gc/heap/goal:bytes"),
+            "{phase}: heap goal"
+        );
+        if self.minor >= 21 {
+            assert_eq!(
+                self.value(&s, "go_gc_heap_live_bytes", &[]),
+                own(&stats, "/gc/heap/live:bytes"),
+                "{phase}: live heap"
+            );
+        }
+        // Every goroutine created either lives or has exited (system goroutines included in
+        // both, which /sched/goroutines counts from Go 1.26, with its own creation count).
+        let created = s.sum(
+            "go_goroutines_created_total",
+            &[("pid", &self.pid), ("service_name", self.service)],
+        );
+        let exited = self.value(&s, "go_goroutines_exited_total", &[]);
+        if self.minor >= 26 {
+            // Goroutine ids also go to the goroutine the runtime sets up for each C thread that
+            // calls into Go (one at start in a cgo build); the runtime's count of creations
+            // leaves those out.
+            let extra = created - own(&stats, "/sched/goroutines-created:goroutines");
+            assert!(
+                (0.0..=2.0).contains(&extra),
+                "{phase}: created {created}, {extra} more than the runtime's count"
+            );
+            assert_eq!(
+                created - exited,
+                own(&stats, "/sched/goroutines:goroutines"),
+                "{phase}: created - exited"
+            );
+        } else {
+            let system = created - exited - goroutines;
+            assert!(
+                (1.0..=64.0).contains(&system),
+                "{phase}: created - exited - live = {system} system goroutines?"
+            );
+        }
+    }
+}
+
+fn args_for(pid: u32, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--pid".to_owned(), pid.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn panics(s: &Samples, service: &str, function: &str, recovered: &str) -> f64 {
+    s.sum(
+        "go_panics_total",
+        &[
+            ("service_name", service),
+            ("function", function),
+            ("recovered", recovered),
+        ],
+    )
+}
+
+fn phases(minor: &str) {
+    phases_with(minor, 500, 10_000);
+}
+
+fn phases_with(minor: &str, before_attach: u32, spawned: u32) {
+    let tc = toolchain(minor);
+    let service = format!("goruntime-{}", minor.replace('.', "-"));
+    let app = GoServer::start_bin(
+        &go_build("goruntime", &tc, BuildMode::Default),
+        &[("OTEL_SERVICE_NAME", &service)],
+    );
+    // Some history before the agent attaches: goroutines alive, GC cycles done.
+    get(&app, &format!("/spawn?n={before_attach}"));
+    get(&app, "/gc?n=3");
+    // No rate limit on the creation probe: bursts of thousands of goroutines are counted
+    // by function (the limit has its own test).
+    let agent = Agent::start(&args_for(
+        app.proc.pid(),
+        &["--goroutine-probe-max-rate", "0"],
+    ));
+    let c = Checked {
+        agent: &agent,
+        pid: app.proc.pid().to_string(),
+        service: &service,
+        minor: tc.minor_number(),
+    };
+    c.runtime_figures_match("attached after goroutines and 3 GCs", &app);
+    let before = c.value(
+        &agent.scrape(),
+        "go_goroutines_created_total",
+        &[("function", "_UNATTRIBUTED")],
+    );
+    assert!(
+        before >= f64::from(before_attach),
+        "created before attach: {before}"
+    );
+
+    get(&app, &format!("/spawn?n={spawned}"));
+    c.runtime_figures_match("goroutines spawned", &app);
+    let s = agent.scrape();
+    assert_eq!(
+        c.value(
+            &s,
+            "go_goroutines_created_total",
+            &[("function", "main.blocker")]
+        ),
+        f64::from(spawned),
+        "creations by start function"
+    );
+
+    get(&app, "/release");
+    c.runtime_figures_match("all blockers exited", &app);
+    get(&app, "/gc?n=7");
+    c.runtime_figures_match("7 forced GC cycles", &app);
+
+    get(&app, "/panic?n=13");
+    get(&app, "/indexpanic?n=4");
+    let (stats, s) = quiescent(&app, &agent);
+    assert_eq!(own(&stats, "recovered_panics"), 17.0);
+    assert_eq!(panics(&s, &service, "main.explicitPanic", "true"), 13.0);
+    // An index out of range panics in runtime helpers called from main.indexPanic.
+    assert_eq!(
+        panics(&s, &service, "main.indexPanic", "true"),
+        4.0,
+        "{:?}",
+        s.matching("go_panics_total", &[]).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s.sum("go_panics_total", &[("service_name", &service)]),
+        17.0
+    );
+    c.runtime_figures_match("after panics", &app);
+    assert_eq!(
+        agent.scrape().sum("obs_agent_kernel_errors_total", &[]),
+        0.0
+    );
+}
+
+#[test]
+fn runtime_figures_equal_the_runtimes_own_go_1_19() {
+    phases("1.19");
+}
+
+#[test]
+fn runtime_figures_equal_the_runtimes_own_newest_go() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    phases(&newest.minor);
+}
+
+/// Every supported release (their runtimes differ: free-goroutine counts, where the pause
+/// histogram lives and its buckets), default builds.
+#[test]
+fn runtime_figures_equal_the_runtimes_own_every_release() {
+    for tc in toolchains() {
+        phases_with(&tc.minor, 100, 2_000);
+    }
+}
+
+/// Without a symbol table the runtime's globals cannot be found without guessing: no
+/// runtime-state series; creations by function and panics (probes) still counted.
+#[test]
+fn stripped_binaries_count_creations_and_panics() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    let mut builds = vec![(toolchain("1.19"), BuildMode::Stripped)];
+    for mode in [
+        BuildMode::Stripped,
+        BuildMode::Pie,
+        BuildMode::CgoExternal,
+        BuildMode::PieExternal,
+    ] {
+        builds.push((newest.clone(), mode));
+    }
+    for (tc, mode) in builds {
+        stripped_counts(&tc, mode);
+    }
+}
+
+fn stripped_counts(tc: &obs_integration_tests::Toolchain, mode: BuildMode) {
+    let service = format!("goruntime-{}-{}", tc.minor.replace('.', "-"), mode.name());
+    let service = service.as_str();
+    let app = GoServer::start_bin(
+        &go_build("goruntime", tc, mode),
+        &[("OTEL_SERVICE_NAME", service)],
+    );
+    let agent = Agent::start(&args_for(
+        app.proc.pid(),
+        &["--goroutine-probe-max-rate", "0"],
+    ));
+    get(&app, "/spawn?n=1000");
+    get(&app, "/release");
+    get(&app, "/panic?n=3");
+    get(&app, "/indexpanic?n=2");
+    let pid = app.proc.pid().to_string();
+    let s = wait_for(Duration::from_secs(5), || {
+        let s = agent.scrape();
+        (s.sum("go_panics_total", &[("service_name", service)]) >= 5.0).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("{service}: panics not counted; log:\n{}", agent.log()));
+    assert_eq!(
+        panics(&s, service, "main.explicitPanic", "true"),
+        3.0,
+        "{service}"
+    );
+    assert_eq!(
+        panics(&s, service, "main.indexPanic", "true"),
+        2.0,
+        "{service}"
+    );
+    assert_eq!(
+        s.sum(
+            "go_goroutines_created_total",
+            &[("pid", &pid), ("function", "main.blocker")]
+        ),
+        1000.0,
+        "{service}"
+    );
+    assert_eq!(
+        s.matching("go_goroutines", &[("pid", &pid)]).count(),
+        0,
+        "{service}"
+    );
+}
+
+/// A process creating goroutines faster than the limit: the creation probe is detached
+/// (goroutine totals stay exact, from the runtime), and re-attached once it calms down.
+#[test]
+fn creation_probe_paused_above_its_rate_limit() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    let service = "goruntime-churn";
+    let app = GoServer::start_bin(
+        &go_build("goruntime", &newest, BuildMode::Default),
+        &[("OTEL_SERVICE_NAME", service)],
+    );
+    let agent = Agent::start(&args_for(
+        app.proc.pid(),
+        &["--goroutine-probe-max-rate", "5000"],
+    ));
+    get(&app, "/churn?n=1500");
+    assert!(
+        agent.log().contains("creation probe detached"),
+        "{}",
+        agent.log()
+    );
+    let back = wait_for(Duration::from_secs(10), || {
+        agent
+            .log()
+            .contains("creation probe re-attached")
+            .then_some(())
+    });
+    assert!(back.is_some(), "not re-attached; log:\n{}", agent.log());
+    let minor = newest.minor_number();
+    let c = Checked {
+        agent: &agent,
+        pid: app.proc.pid().to_string(),
+        service,
+        minor,
+    };
+    c.runtime_figures_match("after a burst above the limit", &app);
+    let s = agent.scrape();
+    let churned = s.sum(
+        "go_goroutines_created_total",
+        &[("service_name", service), ("function", "main.churner")],
+    );
+    assert!(churned > 0.0, "some creations attributed before the pause");
+}
+
+/// A process that dies of an unrecovered panic: counted as not recovered, by function, and
+/// its per-process state and series are released.
+#[test]
+fn unrecovered_panic_is_counted_and_released() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    let service = "goruntime-crash";
+    let mut app = GoServer::start_bin(
+        &go_build("goruntime", &newest, BuildMode::Default),
+        &[("OTEL_SERVICE_NAME", service)],
+    );
+    let pid = app.proc.pid().to_string();
+    let agent = Agent::for_pids(&[app.proc.pid()]);
+    assert_eq!(
+        agent
+            .scrape()
+            .matching("go_goroutines", &[("pid", &pid)])
+            .count(),
+        1
+    );
+    get(&app, "/crash");
+    let died = wait_for(Duration::from_secs(10), || {
+        (!app.proc.is_running()).then_some(())
+    });
+    assert!(died.is_some(), "the program did not die");
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = agent.scrape();
+        (s.sum("obs_agent_processes_watched", &[]) == 0.0).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("exit not noticed; log:\n{}", agent.log()));
+    assert_eq!(
+        panics(&s, service, "main.crash", "false"),
+        1.0,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(s.sum("go_panics_total", &[("service_name", service)]), 1.0);
+    assert_eq!(s.matching("go_goroutines", &[("pid", &pid)]).count(), 0);
+    assert_eq!(
+        s.matching("go_goroutines_created_total", &[("pid", &pid)])
+            .count(),
+        0
+    );
+    assert_eq!(
+        s.sum("obs_agent_probes_attached", &[]),
+        2.0,
+        "only the syscall programs"
+    );
+}
