@@ -34,7 +34,8 @@ pub struct GoOffsets {
     pub netfd_sysfd: u64,
     /// `runtime.g.startpc`: the function a goroutine was started with.
     pub g_startpc: u64,
-    /// `FOLLOW_PARENTS` when goroutine parentage is recorded (tracing is on).
+    /// `FOLLOW_PARENTS` when goroutines are followed for spans (tracing is on and the program
+    /// has net/http's client): parentage recorded, the goroutine of each socket event read.
     pub flags: u64,
 }
 

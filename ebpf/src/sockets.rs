@@ -11,6 +11,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use obs_common::{
+    go_trace::FOLLOW_PARENTS,
     sockets::{
         nr, SockConn, SockDataN, AF_INET, AF_INET6, DATA_PREFIX, DIR_EGRESS, DIR_INGRESS,
         EGRESS_PREFIX, SOCK_DATA_HEADER,
@@ -268,8 +269,10 @@ fn data_n<const N: usize>(
 #[inline(always)]
 fn goroutine(tgid: u32, regs: &pt_regs) -> u64 {
     match unsafe { GO_PROCS.get(tgid) } {
-        Some(off) => read::<u64>(regs.r14 + off.g_goid).unwrap_or(0),
-        None => 0,
+        Some(off) if off.flags & FOLLOW_PARENTS != 0 => {
+            read::<u64>(regs.r14 + off.g_goid).unwrap_or(0)
+        }
+        _ => 0,
     }
 }
 

@@ -189,6 +189,9 @@ impl Probes {
             NonZeroU32::new(pid).expect("pids of user processes are never 0"),
         );
         let mut offsets = tracking.offsets;
+        // A program without net/http's client makes no call to link: its goroutines need
+        // not be followed (no parentage, no goroutine read per socket event).
+        let follow_parents = follow_parents && tracking.round_trip.is_some();
         if follow_parents {
             offsets.flags |= FOLLOW_PARENTS;
         }
