@@ -182,34 +182,18 @@ fn ingress(tgid: u32, regs: &pt_regs, ret: i64, buf: u64, copy: i64) {
     let Some(e) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let n = if copy <= 0 {
-        0
-    } else if copy as u64 > DATA_PREFIX as u64 {
-        DATA_PREFIX
-    } else {
-        copy as usize
-    };
     // SAFETY: the per-CPU scratch slot; programs do not nest on one CPU.
     let len = unsafe {
-        (*e).kind = EventKind::SockData as u32;
-        (*e).tgid = tgid;
-        (*e).fd = regs.rdi as u32;
-        (*e).syscall = regs.orig_rax as u32;
-        (*e).ts_ns = bpf_ktime_get_ns();
-        (*e).bytes = ret;
-        (*e).direction = DIR_INGRESS;
-        (*e).prefix_len = 0;
-        (*e).goid = goroutine(tgid, regs);
-        if buf != 0 && n > 0 {
-            if let Some(dst) = (*e).prefix.get_mut(..n) {
-                if aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, dst).is_ok() {
-                    (*e).prefix_len = n as u32;
-                } else {
-                    count(Stat::TargetReadErrors);
-                }
-            }
-        }
-        (*e).prefix_len as usize
+        fill(
+            &mut *e,
+            EventKind::SockData,
+            tgid,
+            regs,
+            ret,
+            DIR_INGRESS,
+            buf,
+            copy,
+        )
     };
     let record = unsafe {
         core::slice::from_raw_parts(e.cast::<u8>(), SOCK_DATA_HEADER + len.min(DATA_PREFIX))
@@ -233,7 +217,36 @@ fn data_n<const N: usize>(
         count(Stat::EventsLostRingFull);
         return;
     };
-    let e = entry.as_mut_ptr();
+    // SAFETY: the reserved record, ours until submitted.
+    unsafe {
+        fill(
+            &mut *entry.as_mut_ptr(),
+            kind,
+            tgid,
+            regs,
+            ret,
+            direction,
+            buf,
+            copy,
+        )
+    };
+    entry.submit(wakeup_flags());
+}
+
+/// Fills a data record: its header, and up to `N` bytes (at most `copy`) from `buf`.
+/// Returns how many bytes were copied.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fill<const N: usize>(
+    e: &mut SockDataN<N>,
+    kind: EventKind,
+    tgid: u32,
+    regs: &pt_regs,
+    ret: i64,
+    direction: u32,
+    buf: u64,
+    copy: i64,
+) -> usize {
     let n = if copy <= 0 {
         0
     } else if copy as u64 > N as u64 {
@@ -241,27 +254,26 @@ fn data_n<const N: usize>(
     } else {
         copy as usize
     };
-    unsafe {
-        (*e).kind = kind as u32;
-        (*e).tgid = tgid;
-        (*e).fd = regs.rdi as u32;
-        (*e).syscall = regs.orig_rax as u32;
-        (*e).ts_ns = bpf_ktime_get_ns();
-        (*e).bytes = ret;
-        (*e).direction = direction;
-        (*e).prefix_len = 0;
-        (*e).goid = goroutine(tgid, regs);
-        if buf != 0 && n > 0 {
-            if let Some(dst) = (*e).prefix.get_mut(..n) {
-                if aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, dst).is_ok() {
-                    (*e).prefix_len = n as u32;
-                } else {
-                    count(Stat::TargetReadErrors);
-                }
+    e.kind = kind as u32;
+    e.tgid = tgid;
+    e.fd = regs.rdi as u32;
+    e.syscall = regs.orig_rax as u32;
+    e.ts_ns = unsafe { bpf_ktime_get_ns() };
+    e.bytes = ret;
+    e.direction = direction;
+    e.prefix_len = 0;
+    e.goid = goroutine(tgid, regs);
+    if buf != 0 && n > 0 {
+        if let Some(dst) = e.prefix.get_mut(..n) {
+            if unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, dst) }.is_ok()
+            {
+                e.prefix_len = n as u32;
+            } else {
+                count(Stat::TargetReadErrors);
             }
         }
     }
-    entry.submit(wakeup_flags());
+    e.prefix_len as usize
 }
 
 /// The goroutine making the syscall, in a Go process whose offsets user space gave: R14
