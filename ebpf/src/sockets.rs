@@ -65,22 +65,19 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         nr::READ | nr::RECVFROM if ret > 0 => data(tgid, &regs, ret, DIR_INGRESS, regs.rsi, ret),
         nr::WRITE | nr::SENDTO if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, regs.rsi, ret),
         // Only the first buffer of a vector is copied, and no more of it than it holds.
-        nr::READV if ret > 0 => {
-            let (base, len) = first_iov(regs.rsi);
-            data(tgid, &regs, ret, DIR_INGRESS, base, len)
-        }
-        nr::WRITEV if ret > 0 => {
-            let (base, len) = first_iov(regs.rsi);
-            data(tgid, &regs, ret, DIR_EGRESS, base, len)
-        }
-        // struct msghdr: msg_iov at offset 16.
-        nr::RECVMSG if ret > 0 => {
-            let (base, len) = msg_iov(regs.rsi);
-            data(tgid, &regs, ret, DIR_INGRESS, base, len)
-        }
-        nr::SENDMSG if ret > 0 => {
-            let (base, len) = msg_iov(regs.rsi);
-            data(tgid, &regs, ret, DIR_EGRESS, base, len)
+        nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
+            let (base, len) = if matches!(syscall, nr::READV | nr::WRITEV) {
+                first_iov(regs.rsi)
+            } else {
+                // struct msghdr: msg_iov at offset 16.
+                msg_iov(regs.rsi)
+            };
+            let direction = if matches!(syscall, nr::READV | nr::RECVMSG) {
+                DIR_INGRESS
+            } else {
+                DIR_EGRESS
+            };
+            data(tgid, &regs, ret, direction, base, len)
         }
         // sendfile(out_fd, in_fd, ...): file bytes sent on a socket (a static file's body):
         // counted, nothing to copy.
