@@ -268,8 +268,6 @@ fn bench_unwatched(agent: &Path, args: &BenchArgs) -> Result<()> {
             .spawn()
             .context("starting sleep")?,
     );
-    let port = 19464 + (std::process::id() % 500) as u16;
-    let listen = format!("127.0.0.1:{port}");
     if args.pin {
         // This process (the loop) on CPU 1; the agent runs where it can.
         output(Command::new("taskset").args([
@@ -293,16 +291,7 @@ fn bench_unwatched(agent: &Path, args: &BenchArgs) -> Result<()> {
         };
         for attached in order {
             if attached {
-                let mut child = ChildGuard(
-                    Command::new(agent)
-                        .args(["--pid", &sleeper.0.id().to_string()])
-                        .args(["--listen", &listen, "--log-level", "warn"])
-                        .args(&args.agent_args)
-                        .stdout(Stdio::null())
-                        .spawn()
-                        .context("starting obs-agent")?,
-                );
-                wait_http(&format!("http://{listen}/metrics"))?;
+                let (mut child, _) = start_agent(agent, &[sleeper.0.id()], args)?;
                 let (getpid, read) = syscall_loop()?;
                 eprintln!(
                     "round {round}: with agent    getpid {getpid:>6.1} ns  read {read:>6.1} ns"
@@ -393,19 +382,7 @@ fn goroutine_bench(args: &BenchArgs) -> Result<()> {
             let (mut with, mut without) = (0.0, 0.0);
             for attached in order {
                 if attached {
-                    let port = 19464 + (std::process::id() % 500) as u16;
-                    let listen = format!("127.0.0.1:{port}");
-                    let mut child = ChildGuard(
-                        Command::new(&agent)
-                            .args(["--pid", &server.0.id().to_string()])
-                            .args(["--listen", &listen, "--log-level", "warn"])
-                            .args(&args.agent_args)
-                            .stdout(Stdio::null())
-                            .spawn()
-                            .context("starting obs-agent")?,
-                    );
-                    let metrics_url = format!("http://{listen}/metrics");
-                    wait_http(&metrics_url)?;
+                    let (mut child, metrics_url) = start_agent(&agent, &[server.0.id()], args)?;
                     with = run(work)?;
                     let created = scrape_sum(&metrics_url, "go_goroutines_created_total")?;
                     unsafe_kill_term(child.0.id());
@@ -443,19 +420,16 @@ fn goroutine_bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn with_agent(
-    agent: &Path,
-    server_pids: &[u32],
-    url: &str,
-    args: &BenchArgs,
-) -> Result<(Load, AgentCost)> {
+/// Starts the agent watching `pids` (with the bench's extra agent arguments) and waits for its
+/// metrics endpoint, whose URL it returns.
+fn start_agent(agent: &Path, pids: &[u32], args: &BenchArgs) -> Result<(ChildGuard, String)> {
     let port = 19464 + (std::process::id() % 500) as u16;
     let listen = format!("127.0.0.1:{port}");
-    let pid_args: Vec<String> = server_pids
+    let pid_args: Vec<String> = pids
         .iter()
         .flat_map(|p| ["--pid".to_owned(), p.to_string()])
         .collect();
-    let mut child = ChildGuard(
+    let child = ChildGuard(
         Command::new(agent)
             .args(&pid_args)
             .args(["--listen", &listen, "--log-level", "warn"])
@@ -466,6 +440,16 @@ fn with_agent(
     );
     let metrics_url = format!("http://{listen}/metrics");
     wait_http(&metrics_url)?;
+    Ok((child, metrics_url))
+}
+
+fn with_agent(
+    agent: &Path,
+    server_pids: &[u32],
+    url: &str,
+    args: &BenchArgs,
+) -> Result<(Load, AgentCost)> {
+    let (mut child, metrics_url) = start_agent(agent, server_pids, args)?;
     let before = scrape_sum(&metrics_url, "http_server_request_duration_seconds_count")?;
     let cpu_before = cpu_ticks(child.0.id())?;
     let load = wrk(url, args.seconds, args.connections, args.pin)?;
