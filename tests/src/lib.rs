@@ -415,11 +415,38 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The directory under which this test process keeps its files:
+/// `$TMPDIR/obs-tests/<pid>-<start time in ns>`, created fresh (never reused, even when a
+/// later test process gets the same pid) and removed when the test process exits.
+fn test_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        extern "C" fn remove_root() {
+            if let Some(root) = ROOT.get() {
+                let _ = std::fs::remove_dir_all(root);
+            }
+        }
+        let parent = std::env::temp_dir().join("obs-tests");
+        std::fs::create_dir_all(&parent).unwrap();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let root = parent.join(format!("{}-{started}", std::process::id()));
+        // `create_dir`, not `create_dir_all`: a directory that already exists is an error, so
+        // no test ever reads a file (a port file, a log) left by another run.
+        std::fs::create_dir(&root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
+        unsafe { libc::atexit(remove_root) };
+        root
+    })
+}
+
+/// A new, empty directory for one test's files (see `test_root`).
 pub fn tempdir() -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("obs-tests-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_root().join(n.to_string());
+    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
 }
 

@@ -123,6 +123,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         ])
         .env(obj_var, &obj))
     .context("the fuzz targets do not build")?;
+    remove_stale_test_dirs();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root())
         .args(["test", "--release", "--workspace", "--no-fail-fast"])
@@ -139,4 +140,34 @@ pub fn test(args: TestArgs) -> Result<()> {
         );
     cmd.arg("--").args(&args.rest);
     run(&mut cmd).context("tests failed")
+}
+
+/// Removes what test processes that no longer run left in the temporary directory (a test
+/// process killed before its exit handler ran): `obs-tests/<pid>-<start>`, and the
+/// `obs-tests-<pid>-<n>` directories of earlier versions of the harness.
+fn remove_stale_test_dirs() {
+    let tmp = std::env::temp_dir();
+    let alive = |name: &str, sep: char| {
+        name.split(sep)
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    };
+    if let Ok(dirs) = std::fs::read_dir(tmp.join("obs-tests")) {
+        for dir in dirs.flatten() {
+            if !alive(&dir.file_name().to_string_lossy(), '-') {
+                let _ = std::fs::remove_dir_all(dir.path());
+            }
+        }
+    }
+    if let Ok(dirs) = std::fs::read_dir(&tmp) {
+        for dir in dirs.flatten() {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix("obs-tests-") {
+                if !alive(rest, '-') {
+                    let _ = std::fs::remove_dir_all(dir.path());
+                }
+            }
+        }
+    }
 }
