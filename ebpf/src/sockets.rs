@@ -57,6 +57,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     ) {
         return 0;
     }
+    // A failed call is of no interest but for connect (EINPROGRESS on a non-blocking socket):
+    // a Go server's every request ends in a read that fails with EAGAIN.
+    if ret < 0 && syscall != nr::CONNECT {
+        return 0;
+    }
     let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
         count(Stat::TargetReadErrors);
         return 0;
