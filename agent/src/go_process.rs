@@ -157,6 +157,14 @@ impl GoProcess {
         self.rate
     }
 
+    /// Goroutine creations per second over the process's life so far, from one read of the
+    /// runtime's state: what decides, without waiting for a second read, whether the
+    /// creation probe goes in when the process starts being watched.
+    pub fn lifetime_creation_rate(&self, age: Duration) -> Option<f64> {
+        let (_, created) = self.last_created?;
+        Some(created as f64 / age.as_secs_f64().max(RATE_MIN_INTERVAL.as_secs_f64()))
+    }
+
     /// The creation probe's site (when goroutines are followed).
     pub fn newproc_point(&self) -> Option<ProbePoint> {
         self.newproc

@@ -65,9 +65,6 @@ const PATTERN_REFRESH: Duration = Duration::from_secs(10);
 /// A goroutine-creation probe detached for its cost, in a process whose runtime state cannot
 /// be read (so the rate is unknown while detached), is tried again after this long.
 const CREATION_PROBE_RETRY: Duration = Duration::from_secs(60);
-/// Between the two reads of a process's goroutine count that give its creation rate when it
-/// starts being watched.
-const RATE_AT_ATTACH: Duration = Duration::from_millis(100);
 /// How often the Go runtime figures are refreshed and the creation probes paced.
 pub const GO_PACE_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -252,22 +249,21 @@ impl Agent {
         let mut creation_probe = true;
         if let Some(go) = go.as_mut().filter(|g| g.reads_state()) {
             go.read_state(&self.metrics.go);
-            if self.goroutine_probe_max_rate > 0 {
-                std::thread::sleep(RATE_AT_ATTACH);
-                go.read_state(&self.metrics.go);
-                if go
-                    .creation_rate()
-                    .is_some_and(|r| r > self.goroutine_probe_max_rate as f64)
-                {
-                    creation_probe = false;
-                    go.probe_paused_at = Some(Instant::now());
-                    log::info!(
-                        "pid {pid}: {:.0} goroutines created per second (limit {}): creation \
-                         probe not attached for now",
-                        go.creation_rate().unwrap_or(0.0),
-                        self.goroutine_probe_max_rate
-                    );
-                }
+            // Judged by the process's average so far (no waiting for a second read, which
+            // would hold up watching every other process): the pacing then corrects within
+            // `GO_PACE_INTERVAL` a process busier, or calmer, now than on average.
+            let rate = process.age().and_then(|age| go.lifetime_creation_rate(age));
+            if self.goroutine_probe_max_rate > 0
+                && rate.is_some_and(|r| r > self.goroutine_probe_max_rate as f64)
+            {
+                creation_probe = false;
+                go.probe_paused_at = Some(Instant::now());
+                log::info!(
+                    "pid {pid}: {:.0} goroutines created per second on average (limit {}): \
+                     creation probe not attached for now",
+                    rate.unwrap_or(0.0),
+                    self.goroutine_probe_max_rate
+                );
             }
         }
         {

@@ -347,6 +347,62 @@ fn stripped_counts(tc: &obs_integration_tests::Toolchain, mode: BuildMode) {
     );
 }
 
+/// A process already creating goroutines faster than the limit when the agent starts: the
+/// creation probe does not go in (judged from one read of the runtime's state, without
+/// holding up the agent's start), and goes in once the process calms down.
+#[test]
+fn creation_probe_not_attached_to_a_busy_process() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    let service = "goruntime-busy";
+    let app = GoServer::start_bin(
+        &go_build("goruntime", &newest, BuildMode::Default),
+        &[("OTEL_SERVICE_NAME", service)],
+    );
+    let url = app.url("/churn?n=2500");
+    let churn = std::thread::spawn(move || ureq::get(&url).call().map(|_| ()));
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let agent = Agent::start(&args_for(
+        app.proc.pid(),
+        &["--goroutine-probe-max-rate", "5000"],
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the agent's start was held up"
+    );
+    assert!(
+        agent.log().contains("creation probe not attached for now"),
+        "{}",
+        agent.log()
+    );
+    churn.join().unwrap().expect("GET /churn");
+    let back = wait_for(Duration::from_secs(10), || {
+        agent
+            .log()
+            .contains("creation probe re-attached")
+            .then_some(())
+    });
+    assert!(back.is_some(), "not attached later; log:\n{}", agent.log());
+    let c = Checked {
+        agent: &agent,
+        pid: app.proc.pid().to_string(),
+        service,
+        minor: newest.minor_number(),
+    };
+    c.runtime_figures_match("after a busy start", &app);
+    // Creations while the probe was out are counted, unattributed.
+    let s = agent.scrape();
+    assert!(
+        s.sum(
+            "go_goroutines_created_total",
+            &[("service_name", service), ("function", "_UNATTRIBUTED")],
+        ) > 10_000.0,
+        "{:?}",
+        s.matching("go_goroutines_created_total", &[("service_name", service)])
+            .collect::<Vec<_>>()
+    );
+}
+
 /// A process creating goroutines faster than the limit: the creation probe is detached
 /// (goroutine totals stay exact, from the runtime), and re-attached once it calms down.
 #[test]

@@ -41,6 +41,25 @@ pub enum ProcessError {
 }
 
 impl Process {
+    /// How long the process has been running (None if the clock cannot be read).
+    pub fn age(&self) -> Option<std::time::Duration> {
+        let uptime: f64 = fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks <= 0 {
+            return None;
+        }
+        let started = self.start_time as f64 / ticks as f64;
+        Some(std::time::Duration::from_secs_f64(
+            (uptime - started).max(0.0),
+        ))
+    }
+
     pub fn inspect(pid: u32) -> Result<Self, ProcessError> {
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         let map_err = |source: std::io::Error| match source.kind() {
