@@ -359,7 +359,12 @@ fn creation_probe_not_attached_to_a_busy_process() {
         &[("OTEL_SERVICE_NAME", service)],
     );
     let url = app.url("/churn?n=2500");
-    let churn = std::thread::spawn(move || ureq::get(&url).call().map(|_| ()));
+    let churn = std::thread::spawn(move || {
+        ureq::get(&url)
+            .call()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
     std::thread::sleep(Duration::from_millis(500));
     let started = std::time::Instant::now();
     let agent = Agent::start(&args_for(
