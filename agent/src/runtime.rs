@@ -472,10 +472,13 @@ impl Agent {
     /// process's creation rate. Called often (`GO_PACE_INTERVAL`): a process that starts
     /// making goroutines fast pays for the probe only until the next call.
     pub fn pace_go_probes(&self) {
+        // The kernel's creation counts are read first, holding neither the watched processes
+        // (the event handler's lock) nor the probes: the map is read entry by entry.
+        let starts = lock(&self.probes).goroutine_starts();
         let now = Instant::now();
         let mut watched = lock(&self.watched);
         let mut probes = lock(&self.probes);
-        refresh_go_processes(&mut watched, &probes, &self.metrics);
+        refresh_go_processes(&mut watched, &starts, &self.metrics);
         for (pid, w) in watched.iter_mut() {
             pace_creation_probe(*pid, w, &mut probes, now, self.goroutine_probe_max_rate);
         }
@@ -739,10 +742,11 @@ impl Agent {
 
     /// Brings gauges and kernel-side counters up to date (called before each scrape).
     pub fn refresh(&self) {
+        let starts = lock(&self.probes).goroutine_starts();
         // The same lock order as `reconcile`: watched, then probes.
         let mut watched = lock(&self.watched);
         let probes = lock(&self.probes);
-        refresh_go_processes(&mut watched, &probes, &self.metrics);
+        refresh_go_processes(&mut watched, &starts, &self.metrics);
         let mut active: HashMap<&str, i64> = HashMap::new();
         let mut live = 0;
         for w in watched.values() {
@@ -839,16 +843,15 @@ fn monotonic_ns() -> u64 {
 
 /// Go runtime figures of every live Go process: the runtime's state first, then the kernel's
 /// creation counts (see `GoProcess`).
-fn refresh_go_processes(watched: &mut HashMap<u32, Watched>, probes: &Probes, metrics: &Metrics) {
-    for w in watched.values_mut() {
-        if let (None, Some(go)) = (w.exited_at, &mut w.go) {
-            go.read_state(&metrics.go);
-        }
-    }
-    let starts = probes.goroutine_starts();
+fn refresh_go_processes(
+    watched: &mut HashMap<u32, Watched>,
+    starts: &HashMap<obs_common::go_runtime::GoStartKey, u64>,
+    metrics: &Metrics,
+) {
     for (pid, w) in watched.iter_mut() {
         if let (None, Some(go)) = (w.exited_at, &mut w.go) {
-            go.record_creations(&metrics.go, &starts_of(&starts, *pid));
+            go.read_state(&metrics.go);
+            go.record_creations(&metrics.go, &starts_of(starts, *pid));
         }
     }
 }
