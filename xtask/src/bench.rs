@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// and reports nanoseconds per syscall.
     #[arg(long)]
     unwatched: bool,
+    /// Microseconds of CPU work each request of the plain variant does before answering (a
+    /// stand-in for a real handler; 0: hello world, the worst case for the agent's share).
+    #[arg(long, default_value_t = 0)]
+    handler_us: u32,
     /// Goroutine-heavy variant: tests/apps/gospawn spawns short goroutines in a loop
     /// (batches of 256, waited for); throughput is goroutines per second.
     #[arg(long)]
@@ -124,7 +128,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ])?);
         format!("http://{addr}/work")
     } else {
-        servers.push(start(&["-addr", &addr])?);
+        let work = args.handler_us.to_string();
+        servers.push(start(&["-addr", &addr, "-work-us", &work])?);
         format!("http://{addr}/")
     };
     wait_http(&url)?;
@@ -185,13 +190,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let peak_rss = costs.iter().map(|c| c.peak_rss_kb).max().unwrap_or(0);
     let go_version = version_of(tools.go(&args.go)?)?;
     println!();
+    let server = if args.traced {
+        "gochain front -> leaf, one outgoing call per request, both watched".to_owned()
+    } else if args.handler_us > 0 {
+        format!("gohello, {} µs of work per request", args.handler_us)
+    } else {
+        "gohello".to_owned()
+    };
     println!(
-        "obs-agent benchmark: {} ({go_version}), wrk -t1 -c{} -d{}s, {} rounds, agent args {:?}",
-        if args.traced {
-            "gochain front -> leaf, one outgoing call per request, both watched"
-        } else {
-            "gohello"
-        },
+        "obs-agent benchmark: {server} ({go_version}), wrk -t1 -c{} -d{}s, {} rounds, agent args {:?}",
         args.connections,
         args.seconds,
         args.rounds,
