@@ -328,6 +328,22 @@ pub struct Agent {
     stderr_path: PathBuf,
 }
 
+/// An agent is stopped the way a service manager stops it: SIGTERM (it detaches its probes
+/// and flushes its spans), SIGKILL only if it has not exited within 5 s. A SIGKILL that
+/// lands while the agent detaches a probe makes the kernel leak that uprobe (dmesg: "failed
+/// to unregister, leaking uprobe"), leaving its breakpoint in the target.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if !self.proc.is_running() {
+            return;
+        }
+        self.proc.kill(libc::SIGTERM);
+        let _ = wait_for(Duration::from_secs(5), || {
+            (!self.proc.is_running()).then_some(())
+        });
+    }
+}
+
 impl Agent {
     /// Starts the agent with `args` (plus its own --listen) and waits until /metrics answers.
     pub fn start(args: &[String]) -> Self {
