@@ -40,9 +40,13 @@ use crate::{
     target::{self, memory::ProcessMemory, BinaryId, Process, ProcessError, Selection},
 };
 
+/// The watched processes by pid, looked up on every event: a fast hash (pids are not
+/// chosen by peers).
+type WatchedMap = HashMap<u32, Watched, foldhash::fast::RandomState>;
+
 /// Server requests that started before the client request of the same connection was seen
 /// (usually in another watched process): now that client's children.
-fn adopt(watched: &mut HashMap<u32, Watched>, adopted: Vec<(Orphan, SpanContext)>) {
+fn adopt(watched: &mut WatchedMap, adopted: Vec<(Orphan, SpanContext)>) {
     for (orphan, span) in adopted {
         if let Some(server) = watched.get_mut(&orphan.pid) {
             if server.connections.relink(orphan.fd, orphan.span_id, span) {
@@ -164,7 +168,7 @@ pub struct Agent {
     probes: Mutex<Probes>,
     pub metrics: Arc<Metrics>,
     selection: Selection,
-    watched: Mutex<HashMap<u32, Watched>>,
+    watched: Mutex<WatchedMap>,
     binaries: Mutex<HashMap<BinaryId, Analysis>>,
     /// Processes looked at and not watched, by (pid, start time), so rescans skip them.
     passed_over: Mutex<HashSet<(u32, u64)>>,
@@ -184,7 +188,7 @@ impl Agent {
             probes: Mutex::new(probes),
             metrics,
             selection,
-            watched: Mutex::new(HashMap::new()),
+            watched: Mutex::new(WatchedMap::default()),
             binaries: Mutex::new(HashMap::new()),
             passed_over: Mutex::new(HashSet::new()),
             kernel_stats_seen: Mutex::new([0; STAT_COUNT as usize]),
@@ -844,7 +848,7 @@ fn monotonic_ns() -> u64 {
 /// Go runtime figures of every live Go process: the runtime's state first, then the kernel's
 /// creation counts (see `GoProcess`).
 fn refresh_go_processes(
-    watched: &mut HashMap<u32, Watched>,
+    watched: &mut WatchedMap,
     starts: &HashMap<obs_common::go_runtime::GoStartKey, u64>,
     metrics: &Metrics,
 ) {

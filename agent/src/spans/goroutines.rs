@@ -47,9 +47,9 @@ impl From<&GoClientCall> for Chain {
 #[derive(Debug, Default)]
 pub struct Goroutines {
     /// Server requests in flight, by the goroutine serving them.
-    serving: HashMap<u64, SpanContext>,
+    serving: HashMap<u64, SpanContext, foldhash::fast::RandomState>,
     /// Calls about to be written, by socket.
-    calls: HashMap<u32, Chain>,
+    calls: HashMap<u32, Chain, foldhash::fast::RandomState>,
 }
 
 /// What is known of the caller of a client request.

@@ -48,11 +48,15 @@ pub struct Tracer {
     clock_offset_ns: i128,
     /// Client requests in flight by client address (unique on this machine while the
     /// connection lasts), with the server address they went to.
-    client_links: HashMap<SocketAddr, (SocketAddr, SpanContext)>,
+    client_links: AddrMap<(SocketAddr, SpanContext)>,
     /// Server requests waiting for their client, by client address, with the server's own
     /// address when known (processes that never ask for it: not known).
-    orphans: HashMap<SocketAddr, (Option<SocketAddr>, Orphan)>,
+    orphans: AddrMap<(Option<SocketAddr>, Orphan)>,
 }
+
+/// Maps looked up on every request: a fast hash seeded per process (peers choose their
+/// ports, not the seed; the maps are bounded besides).
+type AddrMap<V> = HashMap<SocketAddr, V, foldhash::fast::RandomState>;
 
 impl Tracer {
     pub fn new(sample_ratio: f64) -> Self {
@@ -60,8 +64,8 @@ impl Tracer {
             rng: SmallRng::from_os_rng(),
             sample_ratio: sample_ratio.clamp(0.0, 1.0),
             clock_offset_ns: clock_offset_ns(),
-            client_links: HashMap::new(),
-            orphans: HashMap::new(),
+            client_links: AddrMap::default(),
+            orphans: AddrMap::default(),
         }
     }
 
