@@ -105,7 +105,10 @@ pub fn find(
     from_code(elf, functions, layouts)
         .map(|globals| (globals, GlobalsSource::Code))
         .map_err(|why| {
-            format!("no symbol table, and {why}: the runtime's own counts cannot be read")
+            format!(
+                "no symbols for the runtime's globals, and {why}: the runtime's own counts \
+                 cannot be read"
+            )
         })
 }
 
@@ -198,6 +201,8 @@ pub fn from_code(
             allglen_candidates(&operands(FOR_EACH_G_RACE)?, &operands(ALLGADD)?),
         )?,
     };
+    // Cheap checks that the code was what it seemed (a damaged binary decodes to anything):
+    // five distinct variables, each in the binary's memory. In the order of `GLOBALS`.
     let addresses = [
         globals.allglen,
         globals.allp,
@@ -208,6 +213,15 @@ pub fn from_code(
     if (1..addresses.len()).any(|i| addresses[..i].contains(&addresses[i])) {
         return Err(format!(
             "two runtime globals solve to one address: {globals:x?}"
+        ));
+    }
+    if let Some((name, address)) = GLOBALS
+        .iter()
+        .zip(addresses)
+        .find(|(_, address)| !elf.is_loaded(*address))
+    {
+        return Err(format!(
+            "{name} solves to {address:#x}, outside the binary's segments"
         ));
     }
     Ok(globals)
