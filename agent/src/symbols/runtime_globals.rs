@@ -13,9 +13,11 @@
 //! error (the runtime's state is then not read), never a guess.
 //!
 //! The functions and fields were chosen by comparing operands with the symbol table in builds
-//! of every supported release (Go 1.19 to 1.27) in every build mode; each function is linked
-//! into every Go program (reached from the scheduler or the GC) and small, or its fields tell
-//! the global apart from its neighbours. `tests/tests/symbols.rs` checks that this still holds
+//! of every supported release (Go 1.19 to 1.27) in every build mode. Each function is linked
+//! into every Go program (the scheduler or the GC calls it) and all but `gcMarkTermination`
+//! are small. (`runtime.gcount`, which reads allglen, sched and allp together, is always
+//! inlined; `runtime.readGCStats_m` is linked only into programs that call
+//! `runtime/debug.ReadGCStats`.) `tests/tests/symbols.rs` checks that the choice still holds
 //! for every release installed.
 //!
 //! | global | function | what solves it |
@@ -159,6 +161,8 @@ pub fn from_code(
     let solve = |global: &str, function: &str, fields: &[Field]| -> Result<u64, String> {
         unique(global, function, bases(&operands(function)?, fields))
     };
+    // Widths are the fields' Go types (atomic wrappers or not, across releases): goidgen
+    // 64 bits, ngsys 32, numgc 32, pause_total_ns 64, memoryLimit 64, lastHeapGoal 64.
     let globals = RuntimeGlobals {
         sched: solve(
             SCHED,
