@@ -24,7 +24,8 @@ const MAX_NAMES: usize = 4096;
 
 pub struct GoProcess {
     pid: u32,
-    /// Where the runtime's counts are, when they can be read (not in stripped binaries).
+    /// Where the runtime's counts are, when they can be found without guessing (see
+    /// `symbols::runtime_globals`).
     state: Option<RuntimeState>,
     mem: Option<ProcessMemory>,
     /// Runtime address minus link-time address.

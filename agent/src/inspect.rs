@@ -1,7 +1,8 @@
 //! `obs-agent inspect BINARY`: what the agent makes of a binary, without root and without
-//! loading eBPF: Go version and module, whether it is a net/http server, the probe sites, and
-//! the struct layouts it would read memory with, with their source. The `--json` form is
-//! what `cargo xtask go-offsets` reads its `dwarf_layouts` from.
+//! loading eBPF: Go version and module, whether it is a net/http server, the probe sites, the
+//! struct layouts it would read memory with, and where the Go runtime's globals are, with
+//! their sources. The `--json` form is what `cargo xtask go-offsets` reads its
+//! `dwarf_layouts` from.
 
 use std::{collections::BTreeMap, fmt, path::Path};
 
@@ -13,6 +14,7 @@ use crate::symbols::{
     elf::ElfFile,
     go_http,
     offsets::{self, GoRelease, LayoutSource},
+    runtime_globals::{GlobalsSource, RuntimeGlobals},
     SymbolsError,
 };
 
@@ -54,6 +56,8 @@ pub struct Report {
     pub goroutine_tracking: Option<Result<(), String>>,
     /// Whether the Go runtime's own counts (goroutines, GC) can be read, or why not.
     pub runtime_state: Option<Result<(), String>>,
+    /// Where the runtime keeps them, when they can be read.
+    pub runtime_globals: Option<GlobalsReport>,
     /// Struct -> members the agent reads (`go_http::WANTED_FIELDS`), what `dwarf_layouts`
     /// and the offsets table cover.
     pub wanted_fields: BTreeMap<&'static str, &'static [&'static str]>,
@@ -68,6 +72,34 @@ pub struct SiteReport {
     pub offset: u64,
     /// `stack_check_jump` (emulated by the kernel) or `entry` (single-stepped).
     pub kind: &'static str,
+}
+
+/// The runtime's global variables (link-time addresses) and where they were found.
+#[derive(Clone, Debug, Serialize)]
+pub struct GlobalsReport {
+    /// `symbol_table`, or `code` (solved from the runtime functions that use them).
+    pub source: &'static str,
+    pub allglen: u64,
+    pub allp: u64,
+    pub sched: u64,
+    pub memstats: u64,
+    pub gc_controller: u64,
+}
+
+impl GlobalsReport {
+    fn new(globals: &RuntimeGlobals, source: GlobalsSource) -> Self {
+        Self {
+            source: match source {
+                GlobalsSource::SymbolTable => "symbol_table",
+                GlobalsSource::Code => "code",
+            },
+            allglen: globals.allglen,
+            allp: globals.allp,
+            sched: globals.sched,
+            memstats: globals.memstats,
+            gc_controller: globals.gc_controller,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -120,6 +152,7 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
         refusal: None,
         goroutine_tracking: None,
         runtime_state: None,
+        runtime_globals: None,
         wanted_fields: go_http::WANTED_FIELDS.iter().copied().collect(),
     };
     if let Some(info) = elf
@@ -146,6 +179,11 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
                     .map(|_| ())
                     .map_err(Clone::clone),
             );
+            report.runtime_globals = binary
+                .runtime_state
+                .as_ref()
+                .ok()
+                .map(|s| GlobalsReport::new(&s.globals, s.globals_source));
             report.probe_sites = binary
                 .probe_points()
                 .iter()
@@ -306,6 +344,22 @@ impl fmt::Display for Report {
             )?,
             Some(Err(why)) => writeln!(f, "Go runtime:      its own counts are not read: {why}")?,
             None => {}
+        }
+        if let Some(g) = &self.runtime_globals {
+            let source = match g.source {
+                "symbol_table" => "the ELF symbol table",
+                _ => "the code of the runtime functions using them (no symbol table)",
+            };
+            writeln!(f, "runtime globals: from {source}")?;
+            for (name, address) in [
+                ("runtime.allglen", g.allglen),
+                ("runtime.allp", g.allp),
+                ("runtime.sched", g.sched),
+                ("runtime.memstats", g.memstats),
+                ("runtime.gcController", g.gc_controller),
+            ] {
+                writeln!(f, "  {name:<60} {address:#x}")?;
+            }
         }
         match &self.refusal {
             Some(why) => writeln!(f, "would watch it:  no: {why}"),

@@ -141,25 +141,30 @@ impl BuildMode {
         BuildMode::PieExternal,
     ];
 
-    fn flags(
-        self,
-    ) -> (
-        &'static [&'static str],
-        &'static [(&'static str, &'static str)],
-    ) {
-        match self {
-            BuildMode::Default => (&[], &[]),
-            BuildMode::Stripped => (&["-ldflags=-s -w"], &[]),
-            BuildMode::Pie => (&["-buildmode=pie", "-ldflags=-s -w"], &[]),
-            BuildMode::CgoExternal => (
-                &["-ldflags=-s -w -linkmode=external"],
-                &[("CGO_ENABLED", "1")],
-            ),
-            BuildMode::PieExternal => (
-                &["-buildmode=pie", "-ldflags=-s -w -linkmode=external"],
-                &[("CGO_ENABLED", "1")],
-            ),
+    /// `go build` arguments and environment for this mode; `keep_symbols` leaves out the
+    /// stripping (`-s -w`) of the modes that ship stripped.
+    fn flags(self, keep_symbols: bool) -> (Vec<String>, &'static [(&'static str, &'static str)]) {
+        let pie = matches!(self, BuildMode::Pie | BuildMode::PieExternal);
+        let external = matches!(self, BuildMode::CgoExternal | BuildMode::PieExternal);
+        let strip = self != BuildMode::Default && !keep_symbols;
+        let mut args = Vec::new();
+        if pie {
+            args.push("-buildmode=pie".to_owned());
         }
+        let ldflags: Vec<&str> = [(strip, "-s -w"), (external, "-linkmode=external")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, flag)| *flag)
+            .collect();
+        if !ldflags.is_empty() {
+            args.push(format!("-ldflags={}", ldflags.join(" ")));
+        }
+        let env: &'static [(&str, &str)] = if external {
+            &[("CGO_ENABLED", "1")]
+        } else {
+            &[]
+        };
+        (args, env)
     }
 
     pub fn name(self) -> &'static str {
@@ -178,9 +183,24 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 /// Builds tests/apps/<app> with the given Go in the given mode (GOPATH mode, no network).
 /// Outputs are reused while newer than the app's sources and the toolchain.
 pub fn go_build(app: &str, toolchain: &Toolchain, mode: BuildMode) -> PathBuf {
+    build(app, toolchain, mode, false)
+}
+
+/// Builds tests/apps/<app> as `go_build` does but keeps the symbol table and DWARF that the
+/// mode strips: the same code and data layout, with the truth to check analyses of it against.
+pub fn go_build_with_symbols(app: &str, toolchain: &Toolchain, mode: BuildMode) -> PathBuf {
+    build(app, toolchain, mode, true)
+}
+
+fn build(app: &str, toolchain: &Toolchain, mode: BuildMode, keep_symbols: bool) -> PathBuf {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let suffix = if keep_symbols && mode != BuildMode::Default {
+        "-symbols"
+    } else {
+        ""
+    };
     let out = workspace_root().join("target/test-apps").join(format!(
-        "{app}-go{}-{}",
+        "{app}-go{}-{}{suffix}",
         toolchain.minor,
         mode.name()
     ));
@@ -188,7 +208,7 @@ pub fn go_build(app: &str, toolchain: &Toolchain, mode: BuildMode) -> PathBuf {
     if is_fresh(&out, &[&src, &toolchain.go]) {
         return out;
     }
-    let (args, env) = mode.flags();
+    let (args, env) = mode.flags(keep_symbols);
     // Apps with a go.mod build in module mode (their dependencies are local replacements).
     let modules = src.join("go.mod").exists();
     let status = Command::new(&toolchain.go)

@@ -1,13 +1,15 @@
 //! A Go program as a distribution ships it: Debian's Prometheus (/usr/bin/prometheus: built by
 //! Debian's Go 1.19, stripped, cgo, 50 MB). Requests driven at it are counted by the agent
-//! exactly as Prometheus counts them itself (`prometheus_http_requests_total{handler, code}`).
+//! exactly as Prometheus counts them itself (`prometheus_http_requests_total{handler, code}`),
+//! and its runtime's figures, read at globals found from code, are those its own Go client
+//! library reports.
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use obs_integration_tests::{
     free_port,
     load::{drive, Call},
-    metrics::parse,
+    metrics::{parse, Samples},
     tempdir, wait_for, Agent, Proc,
 };
 
@@ -26,6 +28,28 @@ fn own_counts(base: &str) -> BTreeMap<String, u64> {
         *counts.entry(key).or_default() += s.value as u64;
     }
     counts
+}
+
+/// Prometheus's own view of its runtime (client_golang): GC cycles completed
+/// (`ReadGCStats`) and the heap goal (`MemStats.NextGC`).
+fn own_runtime(base: &str) -> (f64, f64) {
+    let text = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .unwrap();
+    let samples = parse(&text);
+    let value = |name: &str| {
+        samples
+            .matching(name, &[])
+            .next()
+            .unwrap_or_else(|| panic!("{name} missing from Prometheus's /metrics"))
+            .value
+    };
+    (
+        value("go_gc_duration_seconds_count"),
+        value("go_memstats_next_gc_bytes"),
+    )
 }
 
 #[test]
@@ -135,4 +159,18 @@ fn debian_prometheus_is_counted_as_it_counts_itself() {
         "github.com/prometheus/prometheus/cmd/prometheus"
     );
     assert_eq!(info[0].labels["module"], "");
+
+    // Its runtime's figures (no symbol table: the globals come from code) as it reports them,
+    // from a scrape of the agent between two of Prometheus's own that agree (no GC cycle in
+    // between).
+    let (own, samples): ((f64, f64), Samples) = (0..5)
+        .find_map(|_| {
+            let first = own_runtime(&base);
+            let samples = agent.scrape();
+            (own_runtime(&base) == first).then_some((first, samples))
+        })
+        .expect("Prometheus's GC did not settle");
+    let agent_value = |name: &str| samples.sum(name, &with);
+    assert_eq!(agent_value("go_gc_cycles_total"), own.0, "GC cycles");
+    assert_eq!(agent_value("go_gc_heap_goal_bytes"), own.1, "heap goal");
 }

@@ -2,14 +2,16 @@
 //! reports its runtime/metrics and is driven through phases (10,000 goroutines spawned and
 //! exited, forced GC cycles, panics recovered); at each quiescent point the agent's
 //! `go_goroutines`, `go_gc_cycles_total`, `go_gc_pause_seconds_count`, heap figures and
-//! goroutine/panic counts by function equal the program's own. Also: attaching to a process
-//! that has been running for a while, a stripped binary (probe-based figures only), and a
-//! process that dies of an unrecovered panic.
+//! goroutine/panic counts by function equal the program's own, for default and stripped
+//! builds (whose runtime globals are found from code) in every build mode. Also: attaching
+//! to a process that has been running for a while, and a process that dies of an unrecovered
+//! panic.
 
 use std::{collections::BTreeMap, thread::sleep, time::Duration};
 
 use obs_integration_tests::{
     go_build, metrics::Samples, toolchain, toolchains, wait_for, Agent, BuildMode, GoServer,
+    Toolchain,
 };
 use serde_json::Value;
 
@@ -185,14 +187,16 @@ fn panics(s: &Samples, service: &str, function: &str, recovered: &str) -> f64 {
 }
 
 fn phases(minor: &str) {
-    phases_with(minor, 500, 10_000);
+    phases_with(&toolchain(minor), BuildMode::Default, 500, 10_000);
 }
 
-fn phases_with(minor: &str, before_attach: u32, spawned: u32) {
-    let tc = toolchain(minor);
-    let service = format!("goruntime-{}", minor.replace('.', "-"));
+fn phases_with(tc: &Toolchain, mode: BuildMode, before_attach: u32, spawned: u32) {
+    let mut service = format!("goruntime-{}", tc.minor.replace('.', "-"));
+    if mode != BuildMode::Default {
+        service = format!("{service}-{}", mode.name());
+    }
     let app = GoServer::start_bin(
-        &go_build("goruntime", &tc, BuildMode::Default),
+        &go_build("goruntime", tc, mode),
         &[("OTEL_SERVICE_NAME", &service)],
     );
     // Some history before the agent attaches: goroutines alive, GC cycles done.
@@ -278,73 +282,26 @@ fn runtime_figures_equal_the_runtimes_own_newest_go() {
 #[test]
 fn runtime_figures_equal_the_runtimes_own_every_release() {
     for tc in toolchains() {
-        phases_with(&tc.minor, 100, 2_000);
+        phases_with(&tc, BuildMode::Default, 100, 2_000);
     }
 }
 
-/// Without a symbol table the runtime's globals cannot be found without guessing: no
-/// runtime-state series; creations by function and panics (probes) still counted.
+/// Stripped builds in every build mode, of the oldest and the newest release: without a
+/// symbol table the runtime's globals are found from the code that uses them, and every
+/// figure is as exact as with symbols.
 #[test]
-fn stripped_binaries_count_creations_and_panics() {
+fn runtime_figures_equal_the_runtimes_own_stripped() {
     let newest = toolchains().pop().expect("a Go toolchain");
-    let mut builds = vec![(toolchain("1.19"), BuildMode::Stripped)];
-    for mode in [
-        BuildMode::Stripped,
-        BuildMode::Pie,
-        BuildMode::CgoExternal,
-        BuildMode::PieExternal,
-    ] {
-        builds.push((newest.clone(), mode));
+    for tc in [toolchain("1.19"), newest] {
+        for mode in [
+            BuildMode::Stripped,
+            BuildMode::Pie,
+            BuildMode::CgoExternal,
+            BuildMode::PieExternal,
+        ] {
+            phases_with(&tc, mode, 100, 1_000);
+        }
     }
-    for (tc, mode) in builds {
-        stripped_counts(&tc, mode);
-    }
-}
-
-fn stripped_counts(tc: &obs_integration_tests::Toolchain, mode: BuildMode) {
-    let service = format!("goruntime-{}-{}", tc.minor.replace('.', "-"), mode.name());
-    let service = service.as_str();
-    let app = GoServer::start_bin(
-        &go_build("goruntime", tc, mode),
-        &[("OTEL_SERVICE_NAME", service)],
-    );
-    let agent = Agent::start(&args_for(
-        app.proc.pid(),
-        &["--goroutine-probe-max-rate", "0"],
-    ));
-    get(&app, "/spawn?n=1000");
-    get(&app, "/release");
-    get(&app, "/panic?n=3");
-    get(&app, "/indexpanic?n=2");
-    let pid = app.proc.pid().to_string();
-    let s = wait_for(Duration::from_secs(5), || {
-        let s = agent.scrape();
-        (s.sum("go_panics_total", &[("service_name", service)]) >= 5.0).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("{service}: panics not counted; log:\n{}", agent.log()));
-    assert_eq!(
-        panics(&s, service, "main.explicitPanic", "true"),
-        3.0,
-        "{service}"
-    );
-    assert_eq!(
-        panics(&s, service, "main.indexPanic", "true"),
-        2.0,
-        "{service}"
-    );
-    assert_eq!(
-        s.sum(
-            "go_goroutines_created_total",
-            &[("pid", &pid), ("function", "main.blocker")]
-        ),
-        1000.0,
-        "{service}"
-    );
-    assert_eq!(
-        s.matching("go_goroutines", &[("pid", &pid)]).count(),
-        0,
-        "{service}"
-    );
 }
 
 /// A process already creating goroutines faster than the limit when the agent starts: the

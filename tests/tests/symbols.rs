@@ -1,9 +1,19 @@
 //! Binary analysis on real Go binaries, and on corrupt ones: truncated or mutated binaries
-//! give an error or a result, never a panic.
+//! give an error or a result, never a panic. The Go runtime's globals, found from code as in
+//! a stripped binary, equal the symbol table's in every release and build mode.
 
 use obs_agent::symbols::disasm::SiteKind;
-use obs_agent::symbols::{elf::ElfFile, go_http, go_runtime, SymbolsError};
-use obs_integration_tests::{go_app, tempdir, xorshift, GoVersion};
+use obs_agent::symbols::{
+    elf::ElfFile,
+    go_http, go_runtime,
+    offsets::{self, GoRelease},
+    pclntab::Pclntab,
+    runtime_globals::{self, GlobalsSource},
+    SymbolsError,
+};
+use obs_integration_tests::{
+    go_app, go_build_with_symbols, tempdir, toolchains, xorshift, BuildMode, GoVersion,
+};
 
 #[test]
 fn real_binaries_are_analysed_for_both_go_versions() {
@@ -38,11 +48,11 @@ fn real_binaries_are_analysed_for_both_go_versions() {
                 "{version:?}: no probe in {f}: {functions:?}"
             );
         }
-        assert!(
-            b.runtime_state.is_ok(),
-            "{version:?}: {:?}",
-            b.runtime_state
-        );
+        // With a symbol table, the runtime's globals come from it.
+        let state = b
+            .runtime_state
+            .unwrap_or_else(|e| panic!("{version:?}: {e}"));
+        assert_eq!(state.globals_source, GlobalsSource::SymbolTable);
     }
 }
 
@@ -76,6 +86,12 @@ fn stripped_go_1_19_binary_is_analysed_from_its_function_table() {
     assert!(b.build.go_version.starts_with("go1.19"), "{:?}", b.build);
     // Go 1.19's ServeMux has no patterns to discover: no layout needed.
     assert!(b.mux_discovery.is_none());
+    // The runtime's globals, found from code, are where the symbol table had them.
+    let with_symbols = go_http::analyze_path(&bin).unwrap();
+    assert_eq!(
+        b.runtime_state.map(|s| s.globals),
+        with_symbols.runtime_state.map(|s| s.globals)
+    );
 }
 
 #[test]
@@ -87,6 +103,56 @@ fn stripped_newer_binary_gets_its_layouts_from_the_offsets_table() {
     let (want_point, want_layout) = default.mux_discovery.unwrap();
     assert_eq!(point, want_point);
     assert_eq!(layout, want_layout);
+}
+
+/// For every release and build mode: the runtime's globals solved from code, with what a
+/// stripped binary has (functions from Go's function table, offsets from the table), equal the
+/// symbol table's in a build that keeps its symbols; and the same binary, stripped, is
+/// analysed with these globals, found from code.
+#[test]
+fn runtime_globals_from_code_equal_the_symbol_tables() {
+    let table = offsets::embedded().expect("the embedded offsets table");
+    let mut checked = 0;
+    for toolchain in toolchains() {
+        let release = GoRelease::parse(&toolchain.minor).expect("MAJOR.MINOR");
+        let layouts = &table
+            .lookup(release)
+            .unwrap_or_else(|e| panic!("Go {release}: {e}"))
+            .entry
+            .layouts;
+        for mode in [
+            BuildMode::Default,
+            BuildMode::Pie,
+            BuildMode::CgoExternal,
+            BuildMode::PieExternal,
+        ] {
+            let what = format!("Go {release} {}", mode.name());
+            let bin = go_build_with_symbols("goruntime", &toolchain, mode);
+            let elf = ElfFile::open(&bin).unwrap();
+            let truth = runtime_globals::from_symbols(&elf)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}: the symbol table lacks a runtime global"));
+            let functions = Pclntab::parse(&elf)
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                .functions(&runtime_globals::CODE_FUNCTIONS);
+            let from_code = runtime_globals::from_code(&elf, &functions, layouts)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(from_code, truth, "{what}");
+
+            // The same binary stripped (a `-s -w` build differs: its build info, which
+            // records the flags, moves the data).
+            let stripped = strip(&bin);
+            assert!(!ElfFile::open(&stripped).unwrap().has_symbols());
+            let state = go_http::analyze_path(&stripped)
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                .runtime_state
+                .unwrap_or_else(|e| panic!("{what} stripped: {e}"));
+            assert_eq!(state.globals_source, GlobalsSource::Code, "{what}");
+            assert_eq!(state.globals, truth, "{what} stripped");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "no Go toolchain");
 }
 
 #[test]
@@ -133,4 +199,54 @@ fn corrupt_binaries_never_panic() {
         outcomes.1 > 0,
         "some corruptions must be detected: {outcomes:?}"
     );
+}
+
+/// Damaged code of the functions the globals are solved from, in a stripped binary: never a
+/// panic; for these 300 changes (fixed seed), either the right addresses (the change missed
+/// what solves them) or a refusal.
+#[test]
+fn damaged_runtime_code_never_panics() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    let bin = go_build_with_symbols("goruntime", &newest, BuildMode::Default);
+    let truth = runtime_globals::from_symbols(&ElfFile::open(&bin).unwrap())
+        .unwrap()
+        .unwrap();
+    let stripped = strip(&bin);
+    let bytes = std::fs::read(&stripped).unwrap();
+    let elf = ElfFile::open(&stripped).unwrap();
+    let functions = Pclntab::parse(&elf)
+        .unwrap()
+        .functions(&runtime_globals::CODE_FUNCTIONS);
+    let code: Vec<(usize, usize)> = functions
+        .values()
+        .map(|f| {
+            (
+                elf.file_offset(f.address).unwrap() as usize,
+                f.size as usize,
+            )
+        })
+        .collect();
+    assert_eq!(code.len(), runtime_globals::CODE_FUNCTIONS.len());
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    let (mut right, mut refused) = (0, 0);
+    for _ in 0..300 {
+        let mut b = bytes.clone();
+        let (start, len) = code[next() as usize % code.len()];
+        for _ in 0..1 + next() % 3 {
+            b[start + next() as usize % len] = next() as u8;
+        }
+        let elf = ElfFile::from_bytes_for_test(&b).unwrap();
+        match go_http::analyze(&elf).map(|a| a.runtime_state) {
+            Ok(Ok(state)) => {
+                assert_eq!(state.globals, truth);
+                right += 1;
+            }
+            Ok(Err(why)) => {
+                assert!(why.contains("cannot be read"), "{why}");
+                refused += 1;
+            }
+            Err(e) => panic!("a change in the runtime's code failed the whole analysis: {e}"),
+        }
+    }
+    assert!(right > 0 && refused > 0, "right {right}, refused {refused}");
 }

@@ -131,6 +131,17 @@ impl ElfFile {
         })
     }
 
+    /// Whether a virtual address is inside a loadable segment, zero-filled part (`.bss`)
+    /// included: where a global variable can be.
+    pub fn is_loaded(&self, vaddr: u64) -> bool {
+        self.object().is_ok_and(|obj| {
+            obj.segments().any(|seg| {
+                let start = seg.address();
+                vaddr >= start && vaddr - start < seg.size()
+            })
+        })
+    }
+
     /// The link-time address the loader maps the file's first page at (the lowest loadable
     /// segment's, page-aligned): subtracted from where it is mapped, it gives a process's load
     /// bias (0 unless PIE).

@@ -15,7 +15,7 @@ use super::{
     elf::ElfFile,
     go_runtime,
     offsets::{self, LayoutSource},
-    SymbolsError,
+    runtime_globals, SymbolsError,
 };
 
 pub const SERVER_HANDLER: &str = "net/http.serverHandler.ServeHTTP";
@@ -89,9 +89,16 @@ pub const WANTED_FIELDS: &[(&str, &[&str])] = &[
         go_runtime::TIME_HISTOGRAM,
         &["counts", "underflow", "overflow"],
     ),
+    // heapMarked and gcPercentHeapGoal are read; memoryLimit and lastHeapGoal locate
+    // `gcController` in stripped binaries (see `runtime_globals`).
     (
         go_runtime::GC_CONTROLLER,
-        &["heapMarked", "gcPercentHeapGoal"],
+        &[
+            "heapMarked",
+            "gcPercentHeapGoal",
+            "memoryLimit",
+            "lastHeapGoal",
+        ],
     ),
 ];
 
@@ -274,6 +281,7 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
         ROUND_TRIP,
     ];
     wanted.extend(go_runtime::PANIC_FUNCTIONS);
+    wanted.extend(runtime_globals::CODE_FUNCTIONS);
     let functions = elf.go_functions(&wanted)?;
     if !functions.contains_key(SERVER_HANDLER) {
         return Err(SymbolsError::NotHttpServer(SERVER_HANDLER));
@@ -321,7 +329,7 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
     let goroutines = goroutine_tracking(elf, &build, &functions);
     let runtime_state = offsets::layouts_for(elf, &build)
         .map_err(|e| e.to_string())
-        .and_then(|(l, _)| go_runtime::runtime_state(elf, &l));
+        .and_then(|(l, _)| go_runtime::runtime_state(elf, &functions, &l));
     Ok(GoHttpBinary {
         build,
         goroutines,

@@ -1,7 +1,9 @@
 //! What obs-agent needs from a Go binary to report its runtime's vital signs: where the
-//! runtime keeps its own counts (global variables, at struct offsets from DWARF or the offsets
-//! table), where to probe panics (emulated instructions where there is a stack check), and
-//! how to name the functions behind addresses read from the process (Go's function table).
+//! runtime keeps its own counts (global variables, from the symbol table or, in a stripped
+//! binary, from the code that uses them, see `runtime_globals`; at struct offsets from DWARF
+//! or the offsets table), where to probe panics (emulated instructions where there is a stack
+//! check), and how to name the functions behind addresses read from the process (Go's
+//! function table).
 //!
 //! The runtime's state read (see `target::go_runtime`), per Go release:
 //! - live goroutines, as `runtime.gcount` computes them: `allglen` minus the free goroutines
@@ -26,9 +28,10 @@ use super::{
     elf::{ElfFile, FunctionSymbol},
     go_http::ProbePoint,
     pclntab::Pclntab,
+    runtime_globals::{self, GlobalsSource, RuntimeGlobals},
 };
 
-pub const SCHEDT: &str = "runtime.schedt";
+pub const SCHEDT: &str = runtime_globals::SCHEDT;
 /// `schedt.gFree` up to Go 1.24 (anonymous struct; DWARF names it by its type).
 pub const SCHED_GFREE_COUNTED: &str =
     "struct { runtime.lock runtime.mutex; runtime.stack runtime.gList; runtime.noStack runtime.gList; runtime.n int32 }";
@@ -39,21 +42,14 @@ pub const G_LIST: &str = "runtime.gList";
 pub const P: &str = "runtime.p";
 /// `p.gFree` up to Go 1.24; from 1.25 it is a `gList`.
 pub const P_GFREE_COUNTED: &str = "struct { runtime.gList; runtime.n int32 }";
-pub const MSTATS: &str = "runtime.mstats";
+pub const MSTATS: &str = runtime_globals::MSTATS;
 pub const TIME_HISTOGRAM: &str = "runtime.timeHistogram";
-pub const GC_CONTROLLER: &str = "runtime.gcControllerState";
+pub const GC_CONTROLLER: &str = runtime_globals::GC_CONTROLLER_STATE;
 
 pub const GOPANIC: &str = "runtime.gopanic";
 pub const RECOVERY: &str = "runtime.recovery";
 pub const FATALPANIC: &str = "runtime.fatalpanic";
 pub const PANIC_FUNCTIONS: [&str; 3] = [GOPANIC, RECOVERY, FATALPANIC];
-
-const ALLGLEN: &str = "runtime.allglen";
-const ALLP: &str = "runtime.allp";
-const SCHED: &str = "runtime.sched";
-const MEMSTATS: &str = "runtime.memstats";
-const GC_CONTROLLER_VAR: &str = "runtime.gcController";
-const GLOBALS: [&str; 5] = [ALLGLEN, ALLP, SCHED, MEMSTATS, GC_CONTROLLER_VAR];
 
 /// Where the runtime keeps the figures read, as link-time addresses (add the process's load
 /// bias for PIE) and offsets.
@@ -81,6 +77,9 @@ pub struct RuntimeState {
     /// `gcController.heapMarked` and `gcController.gcPercentHeapGoal` (uint64 each).
     pub heap_marked: u64,
     pub heap_goal: u64,
+    /// The globals the addresses above are in, and where they were found.
+    pub globals: RuntimeGlobals,
+    pub globals_source: GlobalsSource,
 }
 
 /// The runtime's `timeHistogram` of GC pauses: `counts` then `underflow` (then `overflow`).
@@ -164,17 +163,17 @@ impl PanicProbes {
     }
 }
 
-/// The runtime state's addresses: from the symbol table (a stripped binary has none; its
-/// runtime state is then not read, never guessed).
-pub fn runtime_state(elf: &ElfFile, l: &Layouts) -> Result<RuntimeState, String> {
-    let globals = elf.functions(&GLOBALS).map_err(|e| e.to_string())?;
-    let global = |name: &str| {
-        globals.get(name).map(|s| s.address).ok_or_else(|| {
-            format!("no symbol {name} (stripped binary): the runtime's own counts cannot be read")
-        })
-    };
+/// The runtime state's addresses: the globals from the symbol table, else (stripped) from
+/// the code of the runtime functions in `functions` (see `runtime_globals`); an error when
+/// they cannot be found without guessing.
+pub fn runtime_state(
+    elf: &ElfFile,
+    functions: &HashMap<String, FunctionSymbol>,
+    l: &Layouts,
+) -> Result<RuntimeState, String> {
+    let (globals, globals_source) = runtime_globals::find(elf, functions, l)?;
     let off = |s: &str, m: &str| offset_of(l, s, m).map_err(|e| e.to_string());
-    let sched = global(SCHED)?;
+    let sched = globals.sched;
     let sched_gfree = sched + off(SCHEDT, "gFree")?;
     let (sched_free, p_free) = if l.contains_key(SCHED_GFREE_COUNTED) {
         (
@@ -191,7 +190,7 @@ pub fn runtime_state(elf: &ElfFile, l: &Layouts) -> Result<RuntimeState, String>
             off(P, "gFree")? + size,
         )
     };
-    let memstats = global(MEMSTATS)?;
+    let memstats = globals.memstats;
     let histogram = match offset_of(l, MSTATS, "gcPauseDist") {
         Ok(o) => memstats + o,
         Err(_) => sched + off(SCHEDT, "stwTotalTimeGC")?,
@@ -201,10 +200,10 @@ pub fn runtime_state(elf: &ElfFile, l: &Layouts) -> Result<RuntimeState, String>
     let buckets = usize::try_from((underflow - counts) / 8).unwrap_or(0);
     let scheme = PauseScheme::for_buckets(buckets)
         .ok_or_else(|| format!("a GC pause histogram of {buckets} buckets (unknown scheme)"))?;
-    let gc = global(GC_CONTROLLER_VAR)?;
+    let gc = globals.gc_controller;
     Ok(RuntimeState {
-        allglen: global(ALLGLEN)?,
-        allp: global(ALLP)?,
+        allglen: globals.allglen,
+        allp: globals.allp,
         ngsys: sched + off(SCHEDT, "ngsys")?,
         goidgen: sched + off(SCHEDT, "goidgen")?,
         p_goidcache: off(P, "goidcache")?,
@@ -224,6 +223,8 @@ pub fn runtime_state(elf: &ElfFile, l: &Layouts) -> Result<RuntimeState, String>
         },
         heap_marked: gc + off(GC_CONTROLLER, "heapMarked")?,
         heap_goal: gc + off(GC_CONTROLLER, "gcPercentHeapGoal")?,
+        globals,
+        globals_source,
     })
 }
 

@@ -1,6 +1,7 @@
 //! What a binary is: ELF symbols and segments, Go's function table (for stripped binaries),
-//! struct layouts (DWARF, else the offsets table), Go build info, and the probe sites found by
-//! disassembling functions. Pure file analysis: no process, no kernel.
+//! struct layouts (DWARF, else the offsets table), Go build info, and what disassembling
+//! functions finds: probe sites, and the runtime's global variables in stripped binaries.
+//! Pure file analysis: no process, no kernel.
 //!
 //! Analysis results are cached per binary (device, inode) by the caller.
 
@@ -12,6 +13,7 @@ pub mod go_http;
 pub mod go_runtime;
 pub mod offsets;
 pub mod pclntab;
+pub mod runtime_globals;
 
 use std::path::PathBuf;
 
