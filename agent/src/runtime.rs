@@ -472,17 +472,33 @@ impl Agent {
         self.forget_unused_binaries();
     }
 
+    /// Reads every Go process's runtime state, then the kernel's creation counts by start
+    /// function. In that order: a process's creations not attributed to a function are the
+    /// runtime's total minus the probe's counts, and must never include a creation the probe
+    /// counts later (the counter could not take it back). The map is read entry by entry,
+    /// without holding the watched processes (the event handler's lock).
+    fn refresh_go_processes(&self) {
+        for w in lock(&self.watched).values_mut() {
+            if let (None, Some(go)) = (w.exited_at, &mut w.go) {
+                go.read_state(&self.metrics.go);
+            }
+        }
+        let starts = lock(&self.probes).goroutine_starts();
+        for (pid, w) in lock(&self.watched).iter_mut() {
+            if let (None, Some(go)) = (w.exited_at, &mut w.go) {
+                go.record_creations(&self.metrics.go, &starts_of(&starts, *pid));
+            }
+        }
+    }
+
     /// Refreshes the Go runtime figures and paces the goroutine-creation probes by each
     /// process's creation rate. Called often (`GO_PACE_INTERVAL`): a process that starts
     /// making goroutines fast pays for the probe only until the next call.
     pub fn pace_go_probes(&self) {
-        // The kernel's creation counts are read first, holding neither the watched processes
-        // (the event handler's lock) nor the probes: the map is read entry by entry.
-        let starts = lock(&self.probes).goroutine_starts();
+        self.refresh_go_processes();
         let now = Instant::now();
         let mut watched = lock(&self.watched);
         let mut probes = lock(&self.probes);
-        refresh_go_processes(&mut watched, &starts, &self.metrics);
         for (pid, w) in watched.iter_mut() {
             pace_creation_probe(*pid, w, &mut probes, now, self.goroutine_probe_max_rate);
         }
@@ -746,11 +762,10 @@ impl Agent {
 
     /// Brings gauges and kernel-side counters up to date (called before each scrape).
     pub fn refresh(&self) {
-        let starts = lock(&self.probes).goroutine_starts();
+        self.refresh_go_processes();
         // The same lock order as `reconcile`: watched, then probes.
-        let mut watched = lock(&self.watched);
+        let watched = lock(&self.watched);
         let probes = lock(&self.probes);
-        refresh_go_processes(&mut watched, &starts, &self.metrics);
         let mut active: HashMap<&str, i64> = HashMap::new();
         let mut live = 0;
         for w in watched.values() {
@@ -843,21 +858,6 @@ fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
-}
-
-/// Go runtime figures of every live Go process: the runtime's state first, then the kernel's
-/// creation counts (see `GoProcess`).
-fn refresh_go_processes(
-    watched: &mut WatchedMap,
-    starts: &HashMap<obs_common::go_runtime::GoStartKey, u64>,
-    metrics: &Metrics,
-) {
-    for (pid, w) in watched.iter_mut() {
-        if let (None, Some(go)) = (w.exited_at, &mut w.go) {
-            go.read_state(&metrics.go);
-            go.record_creations(&metrics.go, &starts_of(starts, *pid));
-        }
-    }
 }
 
 /// Detaches the goroutine-creation probe of a process creating goroutines faster than
