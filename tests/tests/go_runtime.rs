@@ -137,6 +137,16 @@ impl Checked<'_> {
                 own(&stats, "/gc/heap/live:bytes"),
                 "{phase}: live heap"
             );
+            assert_eq!(
+                self.value(&s, "go_gc_gogc_percent", &[]),
+                own(&stats, "/gc/gogc:percent"),
+                "{phase}: GOGC"
+            );
+            assert_eq!(
+                self.value(&s, "go_gc_gomemlimit_bytes", &[]),
+                own(&stats, "/gc/gomemlimit:bytes"),
+                "{phase}: GOMEMLIMIT"
+            );
         }
         // Every goroutine created either lives or has exited (system goroutines included in
         // both, which /sched/goroutines counts from Go 1.26, with its own creation count).
@@ -300,6 +310,45 @@ fn runtime_figures_equal_the_runtimes_own_stripped() {
             BuildMode::PieExternal,
         ] {
             phases_with(&tc, mode, 100, 1_000);
+        }
+    }
+}
+
+/// The GC settings as the process was started with them (GOGC, GOMEMLIMIT), and their
+/// defaults (100; no limit, `math.MaxInt64`), on the oldest and the newest Go.
+#[test]
+fn gc_settings_are_the_processs_own() {
+    let newest = toolchains().pop().expect("a Go toolchain");
+    for tc in [toolchain("1.19"), newest] {
+        for (env, gogc, limit) in [
+            (
+                vec![("GOGC", "50"), ("GOMEMLIMIT", "1GiB")],
+                50.0,
+                1_073_741_824.0,
+            ),
+            (vec![("GOGC", "off")], -1.0, i64::MAX as f64),
+            (vec![], 100.0, i64::MAX as f64),
+        ] {
+            let service = format!("goruntime-gc-{}", tc.minor.replace('.', "-"));
+            let mut env = env;
+            env.push(("OTEL_SERVICE_NAME", service.as_str()));
+            let app = GoServer::start_bin(&go_build("goruntime", &tc, BuildMode::Stripped), &env);
+            let agent = Agent::start(&args_for(app.proc.pid(), &[]));
+            let s = agent.scrape();
+            let pid = app.proc.pid().to_string();
+            let labels = [("pid", pid.as_str()), ("service_name", service.as_str())];
+            assert_eq!(
+                s.sum("go_gc_gogc_percent", &labels),
+                gogc,
+                "Go {} {env:?}",
+                tc.minor
+            );
+            assert_eq!(
+                s.sum("go_gc_gomemlimit_bytes", &labels),
+                limit,
+                "Go {} {env:?}",
+                tc.minor
+            );
         }
     }
 }

@@ -134,6 +134,8 @@ pub struct GoRuntimeMetrics {
     pub gc_pauses: Family<GoProcessLabels, SetHistogram>,
     pub heap_goal: Family<GoProcessLabels, Gauge>,
     pub heap_live: Family<GoProcessLabels, Gauge>,
+    pub gogc: Family<GoProcessLabels, Gauge>,
+    pub memory_limit: Family<GoProcessLabels, Gauge>,
     pub panics: Family<GoPanicLabels, Counter>,
     panic_functions: Arc<Mutex<RouteGuard>>,
 }
@@ -148,6 +150,8 @@ impl GoRuntimeMetrics {
             gc_pauses: Family::default(),
             heap_goal: Family::default(),
             heap_live: Family::default(),
+            gogc: Family::default(),
+            memory_limit: Family::default(),
             panics: Family::default(),
             panic_functions: Arc::new(Mutex::new(RouteGuard::new(MAX_FUNCTIONS))),
         };
@@ -188,6 +192,17 @@ impl GoRuntimeMetrics {
             "Heap bytes marked live by the last GC cycle (gcController.heapMarked)",
             Unit::Bytes,
             m.heap_live.clone(),
+        );
+        r.register(
+            "go_gc_gogc_percent",
+            "The GOGC setting (environment or runtime/debug.SetGCPercent), -1 when off (gcController.gcPercent)",
+            m.gogc.clone(),
+        );
+        r.register_with_unit(
+            "go_gc_gomemlimit",
+            "The GOMEMLIMIT setting (environment or runtime/debug.SetMemoryLimit), 9223372036854775807 when unset (gcController.memoryLimit)",
+            Unit::Bytes,
+            m.memory_limit.clone(),
         );
         r.register(
             "go_panics",
@@ -256,6 +271,8 @@ impl ProcessRuntime {
             .set(pause_histogram(scheme, s));
         m.heap_goal.get_or_create(&labels).set(s.heap_goal as i64);
         m.heap_live.get_or_create(&labels).set(s.heap_live as i64);
+        m.gogc.get_or_create(&labels).set(i64::from(s.gc_percent));
+        m.memory_limit.get_or_create(&labels).set(s.memory_limit);
         let live_all = s.goroutines + s.system_goroutines;
         let exited = s.created.saturating_sub(live_all);
         advance(&m.exited, &labels, &mut self.exported_exited, exited);
@@ -387,6 +404,8 @@ impl ProcessRuntime {
         m.gc_pauses.remove(&labels);
         m.heap_goal.remove(&labels);
         m.heap_live.remove(&labels);
+        m.gogc.remove(&labels);
+        m.memory_limit.remove(&labels);
         for function in self.exported_created.keys() {
             m.created.remove(&GoStartLabels {
                 service_name: labels.service_name.clone(),

@@ -89,13 +89,14 @@ pub const WANTED_FIELDS: &[(&str, &[&str])] = &[
         go_runtime::TIME_HISTOGRAM,
         &["counts", "underflow", "overflow"],
     ),
-    // heapMarked and gcPercentHeapGoal are read; memoryLimit and lastHeapGoal locate
-    // `gcController` in stripped binaries (see `runtime_globals`).
+    // heapMarked, gcPercentHeapGoal, gcPercent and memoryLimit are read; memoryLimit and
+    // lastHeapGoal locate `gcController` in stripped binaries (see `runtime_globals`).
     (
         go_runtime::GC_CONTROLLER,
         &[
             "heapMarked",
             "gcPercentHeapGoal",
+            "gcPercent",
             "memoryLimit",
             "lastHeapGoal",
         ],

@@ -18,7 +18,9 @@
 //!   `memstats.gcPauseDist` up to Go 1.21, `sched.stwTotalTimeGC` from 1.22, a
 //!   `timeHistogram` whose bucket scheme follows from its size (see [`PauseScheme`]);
 //! - `gcController.heapMarked` (live heap after the last cycle) and
-//!   `gcController.gcPercentHeapGoal` (the heap goal GOGC sets).
+//!   `gcController.gcPercentHeapGoal` (the heap goal GOGC sets);
+//! - the GC settings: `gcController.gcPercent` (GOGC) and `gcController.memoryLimit`
+//!   (GOMEMLIMIT), as set by the environment or `runtime/debug`.
 
 use std::collections::HashMap;
 
@@ -77,6 +79,11 @@ pub struct RuntimeState {
     /// `gcController.heapMarked` and `gcController.gcPercentHeapGoal` (uint64 each).
     pub heap_marked: u64,
     pub heap_goal: u64,
+    /// `gcController.gcPercent` (GOGC; an `atomic.Int32`, -1 for off) and
+    /// `gcController.memoryLimit` (GOMEMLIMIT; an `atomic.Int64`, `math.MaxInt64` unset):
+    /// the settings, whether from the environment or `runtime/debug`.
+    pub gc_percent: u64,
+    pub memory_limit: u64,
     /// The globals the addresses above are in, and where they were found.
     pub globals: RuntimeGlobals,
     pub globals_source: GlobalsSource,
@@ -223,6 +230,9 @@ pub fn runtime_state(
         },
         heap_marked: gc + off(GC_CONTROLLER, "heapMarked")?,
         heap_goal: gc + off(GC_CONTROLLER, "gcPercentHeapGoal")?,
+        // The atomics' value is their first field (the others take no room).
+        gc_percent: gc + off(GC_CONTROLLER, "gcPercent")?,
+        memory_limit: gc + off(GC_CONTROLLER, "memoryLimit")?,
         globals,
         globals_source,
     })

@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub pause_overflow: u64,
     pub heap_live: u64,
     pub heap_goal: u64,
+    /// GOGC (-1: off) and GOMEMLIMIT in bytes (`i64::MAX`: no limit).
+    pub gc_percent: i32,
+    pub memory_limit: i64,
 }
 
 /// Where a process's image is loaded relative to its link-time addresses (0 unless PIE):
@@ -122,5 +125,7 @@ pub fn read(mem: &ProcessMemory, s: &RuntimeState, bias: u64) -> io::Result<Snap
         },
         heap_live: mem.u64(at(s.heap_marked))?,
         heap_goal: mem.u64(at(s.heap_goal))?,
+        gc_percent: i32_at(s.gc_percent)? as i32,
+        memory_limit: mem.u64(at(s.memory_limit))? as i64,
     })
 }

@@ -87,7 +87,7 @@ func count(r *http.Request) int {
 }
 
 func sample() map[string]interface{} {
-	names := []string{"/sched/goroutines:goroutines", "/gc/cycles/total:gc-cycles", "/gc/pauses:seconds", "/gc/heap/goal:bytes", "/gc/heap/live:bytes", "/sched/goroutines-created:goroutines"}
+	names := []string{"/sched/goroutines:goroutines", "/gc/cycles/total:gc-cycles", "/gc/pauses:seconds", "/gc/heap/goal:bytes", "/gc/heap/live:bytes", "/sched/goroutines-created:goroutines", "/gc/gogc:percent", "/gc/gomemlimit:bytes"}
 	s := make([]metrics.Sample, len(names))
 	for i, n := range names {
 		s[i].Name = n
