@@ -285,6 +285,7 @@ impl Agent {
                         &binary.panics,
                         self.span_sink.get().is_some(),
                         creation_probe,
+                        burst_limit(self.goroutine_probe_max_rate),
                     ) {
                         Ok(()) => goroutines_followed = true,
                         Err(e) => {
@@ -575,6 +576,7 @@ impl Agent {
             Event::GoMuxSeen(e) => e.tgid,
             Event::GoClientCall(e) => e.tgid,
             Event::GoPanic(e) => e.tgid,
+            Event::GoCreationBurst(e) => e.tgid,
             Event::SockConn(e) => e.tgid,
             Event::SockData(e) => e.tgid,
         };
@@ -595,6 +597,20 @@ impl Agent {
             Event::GoPanic(p) => {
                 if let Some(go) = &mut w.go {
                     go.panic_event(&self.metrics.go, &p);
+                }
+            }
+            Event::GoCreationBurst(_) => {
+                // The same lock order as everywhere: watched, then probes.
+                let mut probes = lock(&self.probes);
+                if let (Some(go), true) = (&mut w.go, probes.has_newproc(tgid)) {
+                    probes.detach_newproc(tgid);
+                    go.probe_paused_at = Some(Instant::now());
+                    log::info!(
+                        "pid {tgid}: a burst of goroutine creations (over {} per second): \
+                         creation probe detached; creations by function and goroutine \
+                         ancestry paused",
+                        4 * self.goroutine_probe_max_rate
+                    );
                 }
             }
             Event::SockConn(c) => {
@@ -858,6 +874,18 @@ fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Creations within one kernel window (`CREATION_WINDOW_NS`) that make the creation probe
+/// report a burst: four times the rate limit, so that a process far above it pays for the
+/// probe a few milliseconds, not until the next rate check (`GO_PACE_INTERVAL`). 0 (no
+/// limit): never.
+fn burst_limit(max_rate: u64) -> u64 {
+    if max_rate == 0 {
+        return 0;
+    }
+    let window = obs_common::go_trace::CREATION_WINDOW_NS as f64 / 1e9;
+    ((4 * max_rate) as f64 * window).ceil().max(2.0) as u64
 }
 
 /// Detaches the goroutine-creation probe of a process creating goroutines faster than

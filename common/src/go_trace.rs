@@ -37,6 +37,25 @@ pub struct GoOffsets {
     /// `FOLLOW_PARENTS` when goroutines are followed for spans (tracing is on and the program
     /// has net/http's client): parentage recorded, the goroutine of each socket event read.
     pub flags: u64,
+    /// Creations within one `CREATION_WINDOW_NS` that make the creation probe report a burst
+    /// (`GoCreationBurst`), so that user space detaches it at once rather than at its next
+    /// rate check; 0: never.
+    pub burst_limit: u64,
+    /// The creation probe's current window: when it began (kernel clock) and how many
+    /// creations it has seen. Written by the probe only (from any CPU: approximate).
+    pub window_start_ns: u64,
+    pub window_count: u64,
+}
+
+/// The window over which the creation probe counts a burst.
+pub const CREATION_WINDOW_NS: u64 = 25_000_000;
+
+/// The creation probe saw `GoOffsets::burst_limit` creations within one window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoCreationBurst {
+    pub kind: u32,
+    pub tgid: u32,
 }
 
 /// `GoOffsets::flags`: record which goroutine created which (for spans).
@@ -63,7 +82,8 @@ pub struct GoClientCall {
     pub goids: [u64; MAX_GOROUTINE_CHAIN],
 }
 
-const _: () = assert!(core::mem::size_of::<GoOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<GoOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<GoCreationBurst>() == 8);
 const _: () = assert!(core::mem::size_of::<GoroutineKey>() == 16);
 const _: () = assert!(core::mem::size_of::<GoClientCall>() == 16 + 8 * MAX_GOROUTINE_CHAIN);
 
@@ -73,4 +93,5 @@ mod pod {
     unsafe impl aya::Pod for GoOffsets {}
     unsafe impl aya::Pod for GoroutineKey {}
     unsafe impl aya::Pod for GoClientCall {}
+    unsafe impl aya::Pod for GoCreationBurst {}
 }

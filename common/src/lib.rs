@@ -40,6 +40,7 @@ pub enum EventKind {
     SockDataShort = 4,
     GoClientCall = 5,
     GoPanic = 6,
+    GoCreationBurst = 7,
 }
 
 impl EventKind {
@@ -51,6 +52,7 @@ impl EventKind {
             4 => Some(Self::SockDataShort),
             5 => Some(Self::GoClientCall),
             6 => Some(Self::GoPanic),
+            7 => Some(Self::GoCreationBurst),
             _ => None,
         }
     }

@@ -2,9 +2,17 @@
 //! (see `obs_common::go_trace`). Both uprobes sit on emulated instructions and run only in
 //! processes user space attached them to (and set up in `GO_PROCS`).
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    bindings::BPF_RB_FORCE_WAKEUP,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::uprobe,
+    programs::ProbeContext,
+};
 use obs_common::{
-    go_trace::{GoClientCall, GoOffsets, GoroutineKey, FOLLOW_PARENTS, MAX_GOROUTINE_CHAIN},
+    go_trace::{
+        GoClientCall, GoCreationBurst, GoOffsets, GoroutineKey, CREATION_WINDOW_NS, FOLLOW_PARENTS,
+        MAX_GOROUTINE_CHAIN,
+    },
     stats::Stat,
     EventKind,
 };
@@ -17,15 +25,20 @@ use crate::{
 
 /// The `call runtime.runqput` in `runtime.newproc.func1`: RBX is the new goroutine (its
 /// `goid` and `startpc` already set), R14 the system goroutine g0, whose `m.curg` is the
-/// creator. Counts the creation by start function; records the parent when tracing.
+/// creator. Counts the creation by start function; records the parent when tracing; reports
+/// a burst of creations (the probe's cost is then to go at once).
 #[uprobe]
 pub fn go_newproc(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(off) = (unsafe { GO_PROCS.get(tgid) }) else {
+    let Some(off) = GO_PROCS.get_ptr_mut(tgid) else {
         return 0;
     };
+    // SAFETY: the map's value, live while this program runs; other CPUs may update the
+    // window fields at the same time (a lost count only delays a burst report).
+    let off = unsafe { &mut *off };
     let (newg, g0) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).r14) };
     go_runtime::count_creation(tgid, off, newg);
+    burst_window(tgid, off);
     if off.flags & FOLLOW_PARENTS == 0 {
         return 0;
     }
@@ -40,6 +53,35 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
     };
     let _ = GO_PARENTS.insert(key, parent, 0);
     0
+}
+
+/// Counts a creation in the current window; the creation that reaches `burst_limit` reports
+/// the burst (once per window).
+#[inline(always)]
+fn burst_window(tgid: u32, off: &mut GoOffsets) {
+    if off.burst_limit == 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(off.window_start_ns) >= CREATION_WINDOW_NS {
+        off.window_start_ns = now;
+        off.window_count = 1;
+        return;
+    }
+    off.window_count += 1;
+    if off.window_count == off.burst_limit {
+        let event = GoCreationBurst {
+            kind: EventKind::GoCreationBurst as u32,
+            tgid,
+        };
+        // Woken at once: the burst costs the process until user space detaches the probe.
+        if EVENTS
+            .output::<GoCreationBurst>(&event, BPF_RB_FORCE_WAKEUP as u64)
+            .is_err()
+        {
+            count(Stat::EventsLostRingFull);
+        }
+    }
 }
 
 #[inline(always)]

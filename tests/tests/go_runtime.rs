@@ -455,6 +455,18 @@ fn creation_probe_paused_above_its_rate_limit() {
         &[("service_name", service), ("function", "main.churner")],
     );
     assert!(churned > 0.0, "some creations attributed before the pause");
+    // The kernel reports the burst (4 × the limit within 25 ms: 500 creations here) and the
+    // probe goes at once, not at the next 100 ms rate check (~100,000 creations later at the
+    // churn's pace).
+    assert!(
+        churned < 10_000.0,
+        "{churned} creations went through the probe before it was detached"
+    );
+    assert!(
+        agent.log().contains("a burst of goroutine creations"),
+        "{}",
+        agent.log()
+    );
 }
 
 /// A process that dies of an unrecovered panic: counted as not recovered, by function, and

@@ -10,7 +10,7 @@ use aya::maps::{MapData, RingBuf};
 use obs_common::{
     go_http::GoMuxSeen,
     go_runtime::GoPanic,
-    go_trace::GoClientCall,
+    go_trace::{GoClientCall, GoCreationBurst},
     sockets::{
         SockConn, SockDataN, AF_INET, AF_INET6, DATA_PREFIX, EGRESS_PREFIX, SOCK_DATA_HEADER,
     },
@@ -51,6 +51,7 @@ pub enum Event<'a> {
     GoMuxSeen(GoMuxSeen),
     GoClientCall(GoClientCall),
     GoPanic(GoPanic),
+    GoCreationBurst(GoCreationBurst),
     SockData(Data<'a>),
     SockConn(SockConn),
 }
@@ -103,6 +104,9 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     match kind {
         EventKind::GoMuxSeen => read_pod::<GoMuxSeen>(kind, record).map(Event::GoMuxSeen),
         EventKind::GoPanic => read_pod::<GoPanic>(kind, record).map(Event::GoPanic),
+        EventKind::GoCreationBurst => {
+            read_pod::<GoCreationBurst>(kind, record).map(Event::GoCreationBurst)
+        }
         EventKind::SockData => decode_data(kind, record, DATA_PREFIX, false).map(Event::SockData),
         EventKind::SockDataShort => {
             decode_data(kind, record, EGRESS_PREFIX, true).map(Event::SockData)

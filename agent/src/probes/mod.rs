@@ -171,8 +171,9 @@ impl Probes {
         Ok(())
     }
 
-    /// Follows the goroutines and panics of one process: its offsets into `GO_PROCS`, then
-    /// the goroutine-creation uprobe (unless `creation_probe` is false: too costly for now),
+    /// Follows the goroutines and panics of one process: its offsets into `GO_PROCS` (with
+    /// `burst_limit`, see `GoOffsets`), then the goroutine-creation uprobe (unless
+    /// `creation_probe` is false: too costly for now),
     /// the panic uprobes the binary has and, when `follow_parents` (spans), the transport
     /// uprobe. The creation probe is required (all or nothing); a panic probe that cannot be
     /// attached is logged and left out.
@@ -183,6 +184,7 @@ impl Probes {
         panics: &PanicProbes,
         follow_parents: bool,
         creation_probe: bool,
+        burst_limit: u64,
     ) -> Result<(), ProbeError> {
         let pid = process.pid;
         let scope = UProbeScope::OneProcess(
@@ -195,6 +197,7 @@ impl Probes {
         if follow_parents {
             offsets.flags |= FOLLOW_PARENTS;
         }
+        offsets.burst_limit = burst_limit;
         {
             let map = self
                 .ebpf
