@@ -1,6 +1,6 @@
-//! Servers in other languages than Go for the any-language tests: the Python and Node test
-//! apps (`tests/apps/pyserver`, `tests/apps/nodeserver`) and Debian's nginx, each on a
-//! loopback port of its own.
+//! Servers in other languages than Go for the any-language tests: the Python, Node and Java
+//! test apps (`tests/apps/pyserver`, `tests/apps/nodeserver`, `tests/apps/javaserver`) and
+//! Debian's nginx, each on a loopback port of its own.
 
 use std::{
     collections::HashMap,
@@ -12,7 +12,7 @@ use std::{
 
 use crate::{free_port, tempdir, wait_for, workspace_root, Proc};
 
-/// A test app in Python or Node that reports its port in a file and counts what it serves.
+/// A test app in Python, Node or Java that reports its port in a file and counts what it serves.
 pub struct ScriptServer {
     pub proc: Proc,
     pub port: u16,
@@ -41,6 +41,14 @@ impl ScriptServer {
     pub fn node(service: &str) -> Self {
         let mut cmd = Command::new("node");
         cmd.arg(workspace_root().join("tests/apps/nodeserver/server.js"));
+        Self::start(cmd, service)
+    }
+
+    /// `tests/apps/javaserver/Server.java` (the JDK's `com.sun.net.httpserver`, run by the
+    /// single-file source launcher), as service `service`.
+    pub fn java(service: &str) -> Self {
+        let mut cmd = Command::new("java");
+        cmd.arg(workspace_root().join("tests/apps/javaserver/Server.java"));
         Self::start(cmd, service)
     }
 

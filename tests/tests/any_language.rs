@@ -1,5 +1,5 @@
 //! HTTP/1.x of processes in any language, from their socket syscalls alone: Python's
-//! http.server, a Node http server and Debian's nginx (files by sendfile, a proxy to a
+//! http.server, a Node http server, the JDK's com.sun.net.httpserver and Debian's nginx (files by sendfile, a proxy to a
 //! backend), driven by ureq, curl, a Python client, wrk and raw sockets. The agent's counts
 //! per (method, route, status) equal what the clients got and what the servers counted
 //! themselves; bad input makes no series and is counted.
@@ -129,6 +129,11 @@ fn node_http_server_exact_counts() {
     exact_counts_for(ScriptServer::node("node-shop"), "node-shop");
 }
 
+#[test]
+fn java_http_server_exact_counts() {
+    exact_counts_for(ScriptServer::java("java-shop"), "java-shop");
+}
+
 /// curl against Python in HTTP/1.0 mode (a connection per request) and in HTTP/1.1 with
 /// several URLs on one connection; wrk against Node: the agent's count equals the server's.
 #[test]
@@ -194,6 +199,7 @@ fn pipelined_requests() {
     for (server, service) in [
         (ScriptServer::python("py-pipe", &[]), "py-pipe"),
         (ScriptServer::node("node-pipe"), "node-pipe"),
+        (ScriptServer::java("java-pipe"), "java-pipe"),
     ] {
         let agent = Agent::for_pids(&[server.proc.pid()]);
         let batch = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -247,6 +253,7 @@ fn large_and_chunked_bodies() {
     for (server, service) in [
         (ScriptServer::python("py-big", &[]), "py-big"),
         (ScriptServer::node("node-big"), "node-big"),
+        (ScriptServer::java("java-big"), "java-big"),
     ] {
         let agent = Agent::for_pids(&[server.proc.pid()]);
         let http = ureq::AgentBuilder::new().build();
@@ -276,9 +283,9 @@ fn large_and_chunked_bodies() {
         .collect();
         served_eventually(&server, &want);
         let s = wait_for_counts(&agent, service, &want);
-        if service == "node-big" {
-            // Node writes its 20 chunks at least 2 ms apart: each request lasts to the last
-            // chunk, not to the headers.
+        if service != "py-big" {
+            // Node and Java write their 20 chunks at least 2 ms apart: each request lasts to
+            // the last chunk, not to the headers.
             let chunked = s.sum(
                 "http_server_request_duration_seconds_sum",
                 &[("service_name", service), ("http_route", "/chunked")],

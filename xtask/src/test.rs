@@ -51,7 +51,7 @@ impl TestTools {
 }
 
 /// Installs every supported Go release, Prometheus + promtool, wrk, curl, nginx (Debian's
-/// nginx-light) and node (servers in other languages; python3 is the system's), objcopy (to
+/// nginx-light), node and a JDK (servers in other languages; python3 is the system's), objcopy (to
 /// strip test binaries), gcc (cgo builds), setpriv and unshare (to run the agent without root or with
 /// only the deployment's capabilities), bpftool, the manifest checkers (yamllint,
 /// kubernetes-validate) and the rotel OTLP collector.
@@ -70,6 +70,7 @@ pub fn install_test_tools() -> Result<TestTools> {
             "nginx-light",
             "nodejs",
             "python3",
+            "default-jdk-headless",
         ],
         &[
             "prometheus",
@@ -84,6 +85,7 @@ pub fn install_test_tools() -> Result<TestTools> {
             "nginx",
             "node",
             "python3",
+            "java",
         ],
     )?;
     Ok(TestTools {
