@@ -116,37 +116,23 @@ impl Checked<'_> {
                 "{phase}: go_goroutines vs /sched/goroutines:goroutines"
             );
         }
-        assert_eq!(
-            self.value(&s, "go_gc_cycles_total", &[]),
-            own(&stats, "/gc/cycles/total:gc-cycles"),
-            "{phase}: GC cycles"
-        );
-        assert_eq!(
-            self.value(&s, "go_gc_pause_seconds_count", &[]),
-            own(&stats, "/gc/pauses:seconds#count"),
-            "{phase}: GC pauses"
-        );
-        assert_eq!(
-            self.value(&s, "go_gc_heap_goal_bytes", &[]),
-            own(&stats, "/gc/heap/goal:bytes"),
-            "{phase}: heap goal"
-        );
-        if self.minor >= 21 {
-            assert_eq!(
-                self.value(&s, "go_gc_heap_live_bytes", &[]),
-                own(&stats, "/gc/heap/live:bytes"),
-                "{phase}: live heap"
-            );
-            assert_eq!(
-                self.value(&s, "go_gc_gogc_percent", &[]),
-                own(&stats, "/gc/gogc:percent"),
-                "{phase}: GOGC"
-            );
-            assert_eq!(
-                self.value(&s, "go_gc_gomemlimit_bytes", &[]),
-                own(&stats, "/gc/gomemlimit:bytes"),
-                "{phase}: GOMEMLIMIT"
-            );
+        // (agent's series, the runtime's own metric, the first release that has it)
+        let same = [
+            ("go_gc_cycles_total", "/gc/cycles/total:gc-cycles", 19),
+            ("go_gc_pause_seconds_count", "/gc/pauses:seconds#count", 19),
+            ("go_gc_heap_goal_bytes", "/gc/heap/goal:bytes", 19),
+            ("go_gc_heap_live_bytes", "/gc/heap/live:bytes", 21),
+            ("go_gc_gogc_percent", "/gc/gogc:percent", 21),
+            ("go_gc_gomemlimit_bytes", "/gc/gomemlimit:bytes", 21),
+        ];
+        for (series, runtime_metric, since) in same {
+            if self.minor >= since {
+                assert_eq!(
+                    self.value(&s, series, &[]),
+                    own(&stats, runtime_metric),
+                    "{phase}: {series} vs {runtime_metric}"
+                );
+            }
         }
         // Every goroutine created either lives or has exited (system goroutines included in
         // both, which /sched/goroutines counts from Go 1.26, with its own creation count).
