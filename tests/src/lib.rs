@@ -365,9 +365,13 @@ impl Drop for Agent {
 }
 
 impl Agent {
-    /// Starts the agent with `args` (plus its own --listen) and waits until /metrics answers.
+    /// Starts the agent with `args` (plus `--listen 127.0.0.1:0`: the kernel picks a free
+    /// port, so no other test's server can take it first) and waits until /metrics answers.
     pub fn start(args: &[String]) -> Self {
-        let agent = Self::spawn(args);
+        let mut agent = Self::spawn(args);
+        let port = wait_for(Duration::from_secs(20), || listening_port(&agent.log()));
+        agent.port = port
+            .unwrap_or_else(|| panic!("agent did not serve /metrics; its log:\n{}", agent.log()));
         let url = agent.metrics_url();
         let ok = wait_for(Duration::from_secs(20), || {
             ureq::get(&url).call().ok().map(|_| ())
@@ -378,25 +382,20 @@ impl Agent {
         agent
     }
 
+    /// Starts the agent without waiting for it (`port` is 0 until `start` learns it).
     pub fn spawn(args: &[String]) -> Self {
-        let port = free_port();
         let stderr_path = tempdir().join("agent.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let child = Command::new(agent_bin())
             .args(args)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--rescan-ms",
-                "200",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--rescan-ms", "200"])
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .expect("start obs-agent");
         Self {
             proc: Proc { child },
-            port,
+            port: 0,
             stderr_path,
         }
     }
@@ -429,6 +428,13 @@ impl Agent {
     }
 }
 
+/// The port in the agent's "serving metrics on http://127.0.0.1:PORT/metrics" log line.
+fn listening_port(log: &str) -> Option<u16> {
+    let rest = log.split("serving metrics on http://").nth(1)?;
+    let addr = rest.split("/metrics").next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
 /// Polls `f` every 50 ms until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -443,12 +449,25 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// A loopback port free now, for a program that must be told its port (nginx, Prometheus,
+/// collectors). Taken below the kernel's ephemeral range (32768 and up here), where no server
+/// binding port 0 and no client's connection can be given it before the program binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .as_nanos() as u64
+        ^ u64::from(std::process::id()) << 32
+        ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut next = xorshift(seed | 1);
+    for _ in 0..1000 {
+        let port = 20_000 + (next() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// The directory under which this test process keeps its files:
