@@ -126,11 +126,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     let server = export::serve(args.listen, agent.clone(), traces.store.clone());
 
-    tokio::select! {
-        r = server => r.with_context(|| format!("serving metrics on {}", args.listen))?,
-        r = reader => r.context("event reader stopped")?.context("reading events")?,
-        _ = shutdown_signal() => log::info!("shutting down; detaching probes"),
-    }
+    let outcome: anyhow::Result<()> = tokio::select! {
+        r = server => r.with_context(|| format!("serving metrics on {}", args.listen)),
+        r = reader => r
+            .context("event reader stopped")
+            .and_then(|r| r.context("reading events")),
+        _ = shutdown_signal() => {
+            log::info!("shutting down; detaching probes");
+            Ok(())
+        }
+    };
+    // Before the process exits, from this thread (see `Probes::detach_all`).
+    agent.detach_all();
+    outcome?;
     traces.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

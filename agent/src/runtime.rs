@@ -776,6 +776,11 @@ impl Agent {
         }
     }
 
+    /// Detaches every uprobe (at shutdown; see `Probes::detach_all`).
+    pub fn detach_all(&self) {
+        lock(&self.probes).detach_all();
+    }
+
     /// Brings gauges and kernel-side counters up to date (called before each scrape).
     pub fn refresh(&self) {
         self.refresh_go_processes();

@@ -243,6 +243,20 @@ impl Probes {
         }
     }
 
+    /// Detaches every uprobe, from this thread, now. Called at shutdown, so that the probes
+    /// go while the agent still runs normally, not in its exit path (where the descriptors
+    /// are closed by whichever thread exits last, possibly one the exit already killed).
+    pub fn detach_all(&mut self) {
+        let links: Vec<Link> = self
+            .links
+            .drain()
+            .chain(self.goroutine_links.drain())
+            .flat_map(|(_, links)| links)
+            .chain(self.newproc_links.drain().map(|(_, link)| link))
+            .collect();
+        self.detach_links(links);
+    }
+
     /// Re-attaches the goroutine-creation probe of a process whose goroutines are followed.
     pub fn attach_newproc(
         &mut self,
