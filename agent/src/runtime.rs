@@ -438,17 +438,7 @@ impl Agent {
                             w.process.service_name
                         );
                         w.exited_at = Some(now);
-                        // Responses it was writing are complete; requests it had not
-                        // answered are lost.
-                        let unanswered = w.connections.finish_all();
-                        // Nothing starts here, so nothing is adopted.
-                        self.record_finished(*pid, w, 0);
-                        if unanswered > 0 {
-                            self.count_dropped(
-                                Dropped::Unanswered(unanswered),
-                                &w.process.service_name,
-                            );
-                        }
+                        self.finish_dead(*pid, w);
                         w.connections = Connections::default();
                         w.goroutines = Goroutines::default();
                         if let Some(go) = &mut w.go {
@@ -655,7 +645,23 @@ impl Agent {
                 adopted = self.record_finished(tgid, w, d.goid);
             }
         }
+        if w.exited_at.is_some() {
+            // An event the process made before it died, still in the ring when its exit was
+            // seen: nothing it started can be answered any more.
+            self.finish_dead(tgid, w);
+        }
         adopt(&mut watched, adopted);
+    }
+
+    /// A process that died: the responses it was writing are complete, the requests it had
+    /// not answered are lost (and counted).
+    fn finish_dead(&self, pid: u32, w: &mut Watched) {
+        let unanswered = w.connections.finish_all();
+        // Nothing starts here, so nothing is adopted.
+        self.record_finished(pid, w, 0);
+        if unanswered > 0 {
+            self.count_dropped(Dropped::Unanswered(unanswered), &w.process.service_name);
+        }
     }
 
     /// Records the exchanges `w` (process `pid`) completed (metrics, spans), then gives the
