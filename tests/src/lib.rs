@@ -315,14 +315,7 @@ impl GoServer {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         let proc = Proc { child };
-        let port = wait_for(Duration::from_secs(20), || {
-            std::fs::read_to_string(&port_file)
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{app} did not report its port"));
+        let port = reported_port(&port_file, &app);
         Self { proc, port }
     }
 
@@ -332,13 +325,27 @@ impl GoServer {
 
     /// The server's own count of what it served: "METHOD ROUTE STATUS" -> n.
     pub fn served(&self) -> HashMap<String, u64> {
-        let body = ureq::get(&self.url("/_stats"))
-            .call()
-            .expect("GET /_stats")
-            .into_string()
-            .unwrap();
-        serde_json::from_str(&body).expect("stats JSON")
+        served_at(&self.url("/_stats"))
     }
+}
+
+/// The port a test app wrote to `port_file` once listening (written whole: renamed into
+/// place), waited for.
+pub(crate) fn reported_port(port_file: &Path, app: &str) -> u16 {
+    wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(port_file).ok()?.trim().parse().ok()
+    })
+    .unwrap_or_else(|| panic!("{app} did not report its port"))
+}
+
+/// A test app's own counts, from its `/_stats` (JSON "METHOD ROUTE STATUS" -> n).
+pub(crate) fn served_at(stats_url: &str) -> HashMap<String, u64> {
+    let body = ureq::get(stats_url)
+        .call()
+        .expect("GET /_stats")
+        .into_string()
+        .unwrap();
+    serde_json::from_str(&body).expect("stats JSON")
 }
 
 /// A running obs-agent.

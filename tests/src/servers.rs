@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{free_port, tempdir, wait_for, workspace_root, Proc};
+use crate::{free_port, reported_port, served_at, tempdir, wait_for, workspace_root, Proc};
 
 /// A test app in Python, Node or Java that reports its port in a file and counts what it serves.
 pub struct ScriptServer {
@@ -63,14 +63,7 @@ impl ScriptServer {
             .spawn()
             .unwrap_or_else(|e| panic!("start {shown}: {e}"));
         let proc = Proc { child };
-        let port = wait_for(Duration::from_secs(20), || {
-            std::fs::read_to_string(&port_file)
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{shown} did not report its port"));
+        let port = reported_port(&port_file, &shown);
         Self { proc, port }
     }
 
@@ -80,12 +73,7 @@ impl ScriptServer {
 
     /// The server's own count of what it served: "METHOD ROUTE STATUS" -> n.
     pub fn served(&self) -> HashMap<String, u64> {
-        let body = ureq::get(&self.url("/_stats"))
-            .call()
-            .expect("GET /_stats")
-            .into_string()
-            .unwrap();
-        serde_json::from_str(&body).expect("stats JSON")
+        served_at(&self.url("/_stats"))
     }
 }
 
