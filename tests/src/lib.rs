@@ -356,16 +356,17 @@ pub struct Agent {
 }
 
 /// An agent is stopped the way a service manager stops it: SIGTERM (it detaches its probes
-/// and flushes its spans), SIGKILL only if it has not exited within 5 s. A SIGKILL that
-/// lands while the agent detaches a probe makes the kernel leak that uprobe (dmesg: "failed
-/// to unregister, leaking uprobe"), leaving its breakpoint in the target.
+/// and flushes its spans), SIGKILL only if it has not exited within 30 s (Kubernetes' default
+/// grace period). Detaching takes the kernel ~0.1 s per uprobe on a busy machine, and a
+/// SIGKILL that lands while one is being detached makes the kernel leak that uprobe (dmesg:
+/// "failed to unregister, leaking uprobe"), leaving its breakpoint in the target.
 impl Drop for Agent {
     fn drop(&mut self) {
         if !self.proc.is_running() {
             return;
         }
         self.proc.kill(libc::SIGTERM);
-        let _ = wait_for(Duration::from_secs(5), || {
+        let _ = wait_for(Duration::from_secs(30), || {
             (!self.proc.is_running()).then_some(())
         });
     }
