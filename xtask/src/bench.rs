@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// stand-in for a real handler; 0: hello world, the worst case for the agent's share).
     #[arg(long, default_value_t = 0)]
     handler_us: u32,
+    /// Pins the agent to these CPUs (taskset list, e.g. 1): to see where its cost lands.
+    /// Unpinned by default, as it runs in production.
+    #[arg(long)]
+    agent_cpus: Option<String>,
     /// Goroutine-heavy variant: tests/apps/gospawn spawns short goroutines in a loop
     /// (batches of 256, waited for); throughput is goroutines per second.
     #[arg(long)]
@@ -436,8 +440,16 @@ fn start_agent(agent: &Path, pids: &[u32], args: &BenchArgs) -> Result<(ChildGua
         .iter()
         .flat_map(|p| ["--pid".to_owned(), p.to_string()])
         .collect();
+    let mut command = match &args.agent_cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(agent);
+            c
+        }
+        None => Command::new(agent),
+    };
     let child = ChildGuard(
-        Command::new(agent)
+        command
             .args(&pid_args)
             .args(["--listen", &listen, "--log-level", "warn"])
             .args(&args.agent_args)
