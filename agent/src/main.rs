@@ -136,11 +136,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     };
-    // Before the process exits, from this thread (see `Probes::detach_all`).
-    agent.detach_all();
-    outcome?;
-    traces.shutdown(Duration::from_secs(5)).await;
-    Ok(())
+    // Before the process exits, not in its exit path (see `Probes::detach_all`); spans are
+    // flushed meanwhile.
+    let detaching = agent.detach_all();
+    if outcome.is_ok() {
+        traces.shutdown(Duration::from_secs(5)).await;
+    }
+    let _ = tokio::task::spawn_blocking(move || detaching.wait()).await;
+    outcome
 }
 
 async fn shutdown_signal() {

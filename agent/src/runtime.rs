@@ -4,7 +4,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, OnceLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -180,6 +183,8 @@ pub struct Agent {
     host_name: String,
     /// Most goroutine creations per second with the creation probe attached (0: no limit).
     pub goroutine_probe_max_rate: u64,
+    /// Set at shutdown: no process is looked for or paced any more.
+    stopping: AtomicBool,
 }
 
 impl Agent {
@@ -198,6 +203,7 @@ impl Agent {
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default(),
             goroutine_probe_max_rate: 0,
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -418,6 +424,9 @@ impl Agent {
     /// Releases processes that exited, paces mux discovery, re-reads route patterns; in
     /// node-wide mode, starts watching new Go processes.
     pub fn reconcile(&self) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
         let now = Instant::now();
         {
             let mut watched = lock(&self.watched);
@@ -486,6 +495,9 @@ impl Agent {
     /// process's creation rate. Called often (`GO_PACE_INTERVAL`): a process that starts
     /// making goroutines fast pays for the probe only until the next call.
     pub fn pace_go_probes(&self) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
         self.refresh_go_processes();
         let now = Instant::now();
         let mut watched = lock(&self.watched);
@@ -782,9 +794,11 @@ impl Agent {
         }
     }
 
-    /// Detaches every uprobe (at shutdown; see `Probes::detach_all`).
-    pub fn detach_all(&self) {
-        lock(&self.probes).detach_all();
+    /// Starts detaching every uprobe; no more are attached (at shutdown; see
+    /// `Probes::detach_all`).
+    pub fn detach_all(&self) -> crate::probes::Detaching {
+        self.stopping.store(true, Ordering::Relaxed);
+        lock(&self.probes).detach_all()
     }
 
     /// Brings gauges and kernel-side counters up to date (called before each scrape).

@@ -65,6 +65,8 @@ pub enum ProbeError {
     },
     #[error("updating the kernel's map of watched processes: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
     #[error("pid {0} is beyond the kernel's pid limit (2^22)")]
     PidOutOfRange(u32),
 }
@@ -246,11 +248,12 @@ impl Probes {
         }
     }
 
-    /// Detaches every uprobe and returns when all are gone. Called at shutdown, so that the
-    /// probes go while the agent still runs normally, not in its exit path (where the
-    /// descriptors are closed by whichever thread exits last, possibly one the exit already
-    /// killed). Takes about 0.1 s per probe on a busy machine (see `Detacher`).
-    pub fn detach_all(&mut self) {
+    /// Hands every uprobe to the detaching thread and closes it: no probe is attached after
+    /// this. Called at shutdown, so that the probes go while the agent still runs normally,
+    /// not in its exit path (where the descriptors are closed by whichever thread exits last,
+    /// possibly one the exit already killed). Detaching takes about 0.1 s per probe on a busy
+    /// machine (see `Detacher`); wait for it with [`Detaching::wait`].
+    pub fn detach_all(&mut self) -> Detaching {
         let links: Vec<Link> = self
             .links
             .drain()
@@ -259,7 +262,7 @@ impl Probes {
             .chain(self.newproc_links.drain().map(|(_, link)| link))
             .collect();
         let owned = self.take_links(links);
-        self.detacher.finish(owned);
+        self.detacher.close(owned)
     }
 
     /// Re-attaches the goroutine-creation probe of a process whose goroutines are followed.
@@ -330,6 +333,9 @@ impl Probes {
         process: &Process,
         scope: UProbeScope,
     ) -> Result<Link, ProbeError> {
+        if self.detacher.closed() {
+            return Err(ProbeError::ShuttingDown);
+        }
         let program = match point.function {
             MUX_SERVE_HTTP => names::PROG_GO_MUX_SERVE_HTTP,
             NEWPROC_CLOSURE => names::PROG_GO_NEWPROC,
@@ -556,14 +562,29 @@ impl Detacher {
         }
     }
 
-    /// Detaches `links` and everything handed over before, and waits until all are gone.
-    fn finish(&mut self, links: Vec<UProbeLink>) {
+    fn closed(&self) -> bool {
+        self.tx.is_none()
+    }
+
+    /// Hands over `links`, the last ones, and lets the thread end when it has detached them
+    /// and everything handed over before.
+    fn close(&mut self, links: Vec<UProbeLink>) -> Detaching {
         if !links.is_empty() {
             log::info!("detaching {} uprobes", links.len());
         }
         self.detach(links);
         self.tx = None;
-        if let Some(thread) = self.thread.take() {
+        Detaching(self.thread.take())
+    }
+}
+
+/// Uprobes being detached at shutdown.
+pub struct Detaching(Option<std::thread::JoinHandle<()>>);
+
+impl Detaching {
+    /// Returns when every uprobe is detached.
+    pub fn wait(self) {
+        if let Some(thread) = self.0 {
             let _ = thread.join();
         }
     }
