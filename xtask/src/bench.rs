@@ -102,13 +102,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let addr = format!("127.0.0.1:{port}");
     let leaf_addr = format!("127.0.0.1:{}", port + 1);
     let start = |extra: &[&str]| -> Result<ChildGuard> {
-        let mut c = if args.pin {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0"]).arg(&server_bin);
-            c
-        } else {
-            Command::new(&server_bin)
-        };
+        let mut c = on_cpus(args.pin.then_some("0"), &server_bin);
         Ok(ChildGuard(
             c.args(extra)
                 .stdout(Stdio::null())
@@ -358,13 +352,7 @@ fn goroutine_bench(args: &BenchArgs) -> Result<()> {
     let bin = build_go_app(tools.go(&args.go)?, "gospawn")?;
     let port = 18080 + (std::process::id() % 1000) as u16;
     let addr = format!("127.0.0.1:{port}");
-    let mut c = if args.pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(&bin);
-        c
-    } else {
-        Command::new(&bin)
-    };
+    let mut c = on_cpus(args.pin.then_some("0"), &bin);
     let server = ChildGuard(
         c.args(["-addr", &addr])
             .stdout(Stdio::null())
@@ -440,14 +428,7 @@ fn start_agent(agent: &Path, pids: &[u32], args: &BenchArgs) -> Result<(ChildGua
         .iter()
         .flat_map(|p| ["--pid".to_owned(), p.to_string()])
         .collect();
-    let mut command = match &args.agent_cpus {
-        Some(cpus) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", cpus]).arg(agent);
-            c
-        }
-        None => Command::new(agent),
-    };
+    let mut command = on_cpus(args.agent_cpus.as_deref(), agent);
     let child = ChildGuard(
         command
             .args(&pid_args)
@@ -505,13 +486,7 @@ pub fn build_go_app(go: &Path, app: &str) -> Result<PathBuf> {
 }
 
 fn wrk(url: &str, seconds: u32, connections: u32, pin: bool) -> Result<Load> {
-    let mut cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "1", "wrk"]);
-        c
-    } else {
-        Command::new("wrk")
-    };
+    let mut cmd = on_cpus(pin.then_some("1"), "wrk");
     let out = output(cmd.args([
         "-t1",
         &format!("-c{connections}"),
@@ -619,5 +594,17 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A command for `program`, run on `cpus` (a taskset list) if given.
+fn on_cpus(cpus: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
