@@ -824,6 +824,7 @@ impl Agent {
         let m = &self.metrics.agent;
         m.processes_watched.set(live);
         m.probes_attached.set(probes.attached_count() as i64);
+        m.probes_detaching.set(probes.detaching_count() as i64);
 
         let now = probes.kernel_stats();
         let mut seen = lock(&self.kernel_stats_seen);

@@ -129,9 +129,12 @@ fn target_exit_mid_request_releases_its_state() {
         "the in-flight request failed with its server"
     );
 
-    let s = wait_for(Duration::from_secs(5), || {
+    // Released, and its uprobes detached by the kernel (one at a time, off the event path).
+    let s = wait_for(Duration::from_secs(10), || {
         let s = agent.scrape();
-        (s.sum("obs_agent_processes_watched", &[]) == 0.0).then_some(s)
+        (s.sum("obs_agent_processes_watched", &[]) == 0.0
+            && s.sum("obs_agent_probes_detaching", &[]) == 0.0)
+            .then_some(s)
     })
     .unwrap_or_else(|| panic!("agent still watches the dead pid; log:\n{}", agent.log()));
     // Only the two shared syscall programs remain.

@@ -55,6 +55,7 @@ pub const MAX_MODULE_SERIES: usize = 256;
 pub struct SelfMetrics {
     pub processes_watched: Gauge,
     pub probes_attached: Gauge,
+    pub probes_detaching: Gauge,
     pub events_received: Counter,
     /// Events the kernel could not deliver (ring buffer full), and events user space could
     /// not use (unknown process, ...), by reason.
@@ -90,6 +91,7 @@ impl Default for SelfMetrics {
         Self {
             processes_watched: Gauge::default(),
             probes_attached: Gauge::default(),
+            probes_detaching: Gauge::default(),
             events_received: Counter::default(),
             events_lost: Family::default(),
             decode_errors: Family::default(),
@@ -121,6 +123,12 @@ impl SelfMetrics {
             "probes_attached",
             "Probes attached now",
             m.probes_attached.clone(),
+        );
+        r.register(
+            "probes_detaching",
+            "Uprobes detached by the agent that the kernel is still detaching (one at a time, \
+             ~0.1 s each on a busy machine)",
+            m.probes_detaching.clone(),
         );
         r.register(
             "events_received",

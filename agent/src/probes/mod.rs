@@ -2,7 +2,14 @@
 //! at the sites `symbols` found, keeps the per-process filter/config map in step, and reads
 //! the kernel side's counters.
 
-use std::{collections::HashMap, num::NonZeroU32, sync::mpsc};
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
+};
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -426,6 +433,11 @@ impl Probes {
                 .sum::<usize>()
     }
 
+    /// Probes detached by the agent that the kernel has not finished detaching.
+    pub fn detaching_count(&self) -> usize {
+        self.detacher.pending()
+    }
+
     /// The kernel programs' counters, summed over CPUs, indexed by `Stat`.
     pub fn kernel_stats(&self) -> [u64; STAT_COUNT as usize] {
         let mut out = [0; STAT_COUNT as usize];
@@ -523,30 +535,36 @@ fn set_watched(map: &mut aya::maps::Map, pid: u32, on: bool) -> Result<(), Probe
 struct Detacher {
     tx: Option<mpsc::Sender<Vec<UProbeLink>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Probes handed over and not detached yet.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Detacher {
     fn start() -> Self {
         let (tx, rx) = mpsc::channel::<Vec<UProbeLink>>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let left = pending.clone();
         let thread = std::thread::Builder::new()
             .name("obs-detach".into())
             .spawn(move || {
                 for links in rx {
-                    drop(links);
+                    for link in links {
+                        drop(link);
+                        left.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
             });
-        match thread {
-            Ok(thread) => Self {
-                tx: Some(tx),
-                thread: Some(thread),
-            },
+        let (tx, thread) = match thread {
+            Ok(thread) => (Some(tx), Some(thread)),
             Err(e) => {
                 log::warn!("no thread to detach probes on ({e}); they are detached inline");
-                Self {
-                    tx: None,
-                    thread: None,
-                }
+                (None, None)
             }
+        };
+        Self {
+            tx,
+            thread,
+            pending,
         }
     }
 
@@ -556,10 +574,18 @@ impl Detacher {
             return;
         }
         if let Some(tx) = &self.tx {
+            let n = links.len();
+            self.pending.fetch_add(n, Ordering::Relaxed);
             // The thread only ends when `tx` is dropped; if it died, the links come back in
             // the error and are dropped (detached) here.
-            let _ = tx.send(links);
+            if tx.send(links).is_err() {
+                self.pending.fetch_sub(n, Ordering::Relaxed);
+            }
         }
+    }
+
+    fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
     }
 
     fn closed(&self) -> bool {
