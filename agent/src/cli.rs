@@ -77,7 +77,8 @@ pub struct Args {
     pub otlp_protocol: Option<String>,
 
     /// Most spans kept in memory for /traces; the least recently updated traces go first.
-    /// Example: --max-stored-spans 50000
+    /// Past this many spans a second, only a share of new traces is stored (whole traces,
+    /// chosen by id; error spans always). Example: --max-stored-spans 50000
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_stored_spans: usize,
 

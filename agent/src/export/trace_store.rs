@@ -42,6 +42,51 @@ struct Inner {
     oldest: Index,
     newest: Index,
     spans: usize,
+    admission: Admission,
+}
+
+/// Which new traces enter the store. Past `max_spans` spans a second (a saturated server
+/// makes 100,000), storing them all would only cycle the store every few milliseconds, at a
+/// cost per span (the agent's largest user-space item in the hello-world profile). So a new
+/// trace enters if its id's hash is under a bar set once a second from the previous second's
+/// spans: about `max_spans` spans a second get in, the store keeps at least the last second,
+/// and the spans of one trace (children finish first) get the same answer. Error spans always
+/// enter.
+struct Admission {
+    bar: u64,
+    /// None before the first span.
+    window_start_nanos: Option<u64>,
+    offered: u64,
+}
+
+const ADMISSION_WINDOW_NANOS: u64 = 1_000_000_000;
+
+impl Admission {
+    fn new() -> Self {
+        Self {
+            bar: u64::MAX,
+            window_start_nanos: None,
+            offered: 0,
+        }
+    }
+
+    /// Counts a span ending at `now_nanos` (wall clock); whether its trace may enter.
+    fn offer(&mut self, hash: u64, now_nanos: u64, per_window: u64) -> bool {
+        let start = *self.window_start_nanos.get_or_insert(now_nanos);
+        let elapsed = now_nanos.wrapping_sub(start);
+        if elapsed >= ADMISSION_WINDOW_NANOS {
+            // A clock step back also lands here (wrapped), and starts a window.
+            self.bar = if self.offered <= per_window || elapsed >= 2 * ADMISSION_WINDOW_NANOS {
+                u64::MAX
+            } else {
+                (u128::from(u64::MAX) * u128::from(per_window) / u128::from(self.offered)) as u64
+            };
+            self.window_start_nanos = Some(now_nanos);
+            self.offered = 0;
+        }
+        self.offered += 1;
+        hash <= self.bar
+    }
 }
 
 struct Slot {
@@ -76,6 +121,7 @@ impl TraceStore {
                 oldest: NIL,
                 newest: NIL,
                 spans: 0,
+                admission: Admission::new(),
             }),
         }
     }
@@ -86,6 +132,15 @@ impl TraceStore {
         };
         let inner = &mut *inner;
         let hash = inner.hasher.hash_one(span.trace_id);
+        let admitted = inner
+            .admission
+            .offer(hash, span.end_unix_nanos, self.max_spans as u64);
+        // Not even looked up: the trace's other spans got the same answer (but for an error
+        // span, which enters, and a bar changed between spans of one trace: rare, and then
+        // the trace is stored without them).
+        if !admitted && !span.error {
+            return;
+        }
         let existing = inner.find(hash, &span.trace_id).unwrap_or(NIL);
         // Make room, never evicting the trace this span belongs to.
         while inner.spans >= self.max_spans {
@@ -534,6 +589,53 @@ mod tests {
             },
             resource: svc("front"),
         }
+    }
+
+    #[test]
+    fn a_flood_enters_at_about_the_bound_per_second_whole_traces_and_errors_always() {
+        const SECOND: u64 = 1_000_000_000;
+        let store = TraceStore::new(2000);
+        // A trace of two spans (a call, then the request it was made for), ending at `at`.
+        let insert_trace = |n: u32, at: u64, error: bool| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&n.to_be_bytes());
+            for (span_id, parent) in [(2, Some(1)), (1, None)] {
+                let mut s = span(0, span_id, parent, 0, 0);
+                s.trace_id = id;
+                s.end_unix_nanos = at;
+                s.error = error && parent.is_none();
+                store.insert(s);
+            }
+            id
+        };
+        let t0 = 1_700_000_000 * SECOND;
+        // First second: 20,000 spans, all admitted (no rate known yet).
+        for n in 0..10_000 {
+            insert_trace(n, t0 + u64::from(n) * 1000, false);
+        }
+        assert_eq!(store.span_count(), 2000);
+        // Next second: the bar lets in about 2,000 of the 20,000 offered a second: 10%.
+        let ids: Vec<_> = (0..2_000)
+            .map(|n| insert_trace(100_000 + n, t0 + SECOND + u64::from(n) * 1000, n % 100 == 0))
+            .collect();
+        let stored: Vec<_> = ids.iter().filter_map(|id| store.trace(id)).collect();
+        assert!(
+            (140..=260).contains(&stored.len()),
+            "{} of 2,000 new traces stored",
+            stored.len()
+        );
+        // Whole traces (both spans or none), but for error spans, which always enter.
+        for (n, id) in ids.iter().enumerate() {
+            let spans = store.trace(id).map_or(0, |s| s.len());
+            if n % 100 == 0 {
+                assert!(spans >= 1, "error trace {n} missing");
+            } else {
+                assert!(spans == 0 || spans == 2, "trace {n} has {spans} spans");
+            }
+        }
+        // After a quiet spell, everything enters again.
+        let late = insert_trace(999_999, t0 + 10 * SECOND, false);
+        assert_eq!(store.trace(&late).map(|s| s.len()), Some(2));
     }
 
     #[test]
