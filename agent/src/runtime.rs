@@ -604,15 +604,16 @@ impl Agent {
             Event::GoCreationBurst(_) => {
                 // The same lock order as everywhere: watched, then probes.
                 let mut probes = lock(&self.probes);
-                if let (Some(go), true) = (&mut w.go, probes.has_newproc(tgid)) {
-                    probes.detach_newproc(tgid);
-                    go.probe_paused_at = Some(Instant::now());
-                    log::info!(
-                        "pid {tgid}: a burst of goroutine creations (over {} per second): \
-                         creation probe detached; creations by function and goroutine \
-                         ancestry paused",
-                        4 * self.goroutine_probe_max_rate
-                    );
+                if let Some(go) = &mut w.go {
+                    if probes.detach_newproc(tgid) {
+                        go.probe_paused_at = Some(Instant::now());
+                        log::info!(
+                            "pid {tgid}: a burst of goroutine creations (over {} per second): \
+                             creation probe detached; creations by function and goroutine \
+                             ancestry paused",
+                            4 * self.goroutine_probe_max_rate
+                        );
+                    }
                 }
             }
             Event::SockConn(c) => {

@@ -249,10 +249,13 @@ impl Probes {
     }
 
     /// Detaches the goroutine-creation probe of `pid` (too costly at its creation rate).
-    pub fn detach_newproc(&mut self, pid: u32) {
-        if let Some(link) = self.newproc_links.remove(&pid) {
-            self.detach_links(vec![link]);
-        }
+    /// Returns whether it was attached.
+    pub fn detach_newproc(&mut self, pid: u32) -> bool {
+        let Some(link) = self.newproc_links.remove(&pid) else {
+            return false;
+        };
+        self.detach_links(vec![link]);
+        true
     }
 
     /// Hands every uprobe to the detaching thread and closes it: no probe is attached after
