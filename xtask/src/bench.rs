@@ -77,6 +77,12 @@ struct Load {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// The servers' own CPU time (user + system, where the kernel side of the agent lands)
+    /// per request, in microseconds.
+    server_us: f64,
+    /// Their CPU time over the run's wall time: below 1 (per server CPU), they waited for
+    /// requests.
+    server_busy: f64,
 }
 
 struct AgentCost {
@@ -133,7 +139,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     wait_http(&url)?;
     let pids: Vec<u32> = servers.iter().map(|s| s.0.id()).collect();
     // Warm up the server (and the Go runtime's heap) once.
-    wrk(&url, 2, args.connections, args.pin)?;
+    wrk(&url, 2, args.connections, args.pin, &pids)?;
 
     let mut with = Vec::new();
     let mut without = Vec::new();
@@ -155,7 +161,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 with.push(load);
                 costs.push(cost);
             } else {
-                let load = wrk(&url, args.seconds, args.connections, args.pin)?;
+                let load = wrk(&url, args.seconds, args.connections, args.pin, &pids)?;
                 eprintln!(
                     "round {round}: without agent {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
                     load.rps, load.p50_us, load.p99_us
@@ -214,6 +220,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     println!(
         "  p99 latency ratio:                                  {:.3}",
         ratio(|l| l.p99_us)
+    );
+    let med = |v: &[Load], f: fn(&Load) -> f64| median(v.iter().map(f).collect());
+    println!(
+        "  server CPU per request (without -> with, median):   {:.2} -> {:.2} µs",
+        med(&without, |l| l.server_us),
+        med(&with, |l| l.server_us)
+    );
+    println!(
+        "  server busy (CPU time / wall time, median):         {:.1}% -> {:.1}%",
+        med(&without, |l| l.server_busy) * 100.0,
+        med(&with, |l| l.server_busy) * 100.0
     );
     println!(
         "  agent CPU per 1,000 requests:                       {:.3} ms",
@@ -452,7 +469,7 @@ fn with_agent(
     let (mut child, metrics_url) = start_agent(agent, server_pids, args)?;
     let before = scrape_sum(&metrics_url, "http_server_request_duration_seconds_count")?;
     let cpu_before = cpu_ticks(child.0.id())?;
-    let load = wrk(url, args.seconds, args.connections, args.pin)?;
+    let load = wrk(url, args.seconds, args.connections, args.pin, server_pids)?;
     // Let the reader drain the ring before counting.
     sleep(Duration::from_millis(300));
     let cpu_after = cpu_ticks(child.0.id())?;
@@ -485,8 +502,12 @@ pub fn build_go_app(go: &Path, app: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn wrk(url: &str, seconds: u32, connections: u32, pin: bool) -> Result<Load> {
+/// Runs wrk against `url`, timing the CPU of `server_pids` meanwhile.
+fn wrk(url: &str, seconds: u32, connections: u32, pin: bool, server_pids: &[u32]) -> Result<Load> {
+    let server_ticks = || -> Result<u64> { server_pids.iter().map(|&p| cpu_ticks(p)).sum() };
     let mut cmd = on_cpus(pin.then_some("1"), "wrk");
+    let ticks_before = server_ticks()?;
+    let started = Instant::now();
     let out = output(cmd.args([
         "-t1",
         &format!("-c{connections}"),
@@ -494,6 +515,8 @@ fn wrk(url: &str, seconds: u32, connections: u32, pin: bool) -> Result<Load> {
         "--latency",
         url,
     ]))?;
+    let wall = started.elapsed().as_secs_f64();
+    let server_s = (server_ticks()? - ticks_before) as f64 / clock_ticks_per_second();
     let field = |prefix: &str| -> Option<&str> {
         out.lines()
             .find_map(|l| l.trim_start().strip_prefix(prefix))
@@ -515,6 +538,8 @@ fn wrk(url: &str, seconds: u32, connections: u32, pin: bool) -> Result<Load> {
         rps,
         p50_us,
         p99_us,
+        server_us: server_s * 1e6 / requests.max(1) as f64,
+        server_busy: server_s / wall,
     })
 }
 
