@@ -26,7 +26,7 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// sixth session).
 pub const BUSY_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// The reader gives way to any other runnable thread on its CPU after this many records (a
-/// `sched_yield`, ~1 µs, about every 0.1 ms of work), so that a drain of 50 ms of records does
+/// `sched_yield`, about every 0.1 ms of work), so that a drain of 50 ms of records does
 /// not hold the CPU for milliseconds while others wait: in the benchmark, wrk (on the CPU the
 /// agent picked) saw its p99 latency at 2.7× without the yields and 1.0× with them, and the
 /// throughput loss fell by ~4 points. A service sharing the agent's CPU would wait alike.
