@@ -600,11 +600,15 @@ fn peak_rss_kb(pid: u32) -> Result<u64> {
         .context("VmHWM")
 }
 
+/// The kernel's clock ticks per second (`/proc/PID/stat` units), asked of `getconf` once.
 fn clock_ticks_per_second() -> f64 {
-    output(Command::new("getconf").arg("CLK_TCK"))
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        output(Command::new("getconf").arg("CLK_TCK"))
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 fn unsafe_kill_term(pid: u32) {
