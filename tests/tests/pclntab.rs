@@ -123,7 +123,11 @@ fn build(tc: &Toolchain, mode: Mode, stripped: bool) -> PathBuf {
     if stripped {
         ldflags.extend(["-s", "-w"]);
     }
-    let partial = out.with_extension(format!("partial-{}", std::process::id()));
+    // Not `with_extension`: the version's dots would make every build of one Go share a name,
+    // and the tests build in parallel.
+    let mut partial = out.clone().into_os_string();
+    partial.push(format!(".partial-{}", std::process::id()));
+    let partial = PathBuf::from(partial);
     let mut cmd = Command::new(&tc.go);
     cmd.current_dir(&src).arg("build");
     if mode.pie() {
