@@ -17,7 +17,7 @@ use obs_common::{
 };
 
 use crate::{
-    events::{peer_address, DecodeError, Event},
+    events::{local_address, peer_address, DecodeError, Event},
     go_process::GoProcess,
     metrics::{
         self_metrics_labels::{module_labels, target_labels},
@@ -580,6 +580,7 @@ impl Agent {
             Event::GoPanic(e) => e.tgid,
             Event::GoCreationBurst(e) => e.tgid,
             Event::SockConn(e) => e.tgid,
+            Event::SockLocal(e) => e.tgid,
             Event::SockData(e) => e.tgid,
         };
         let Some(w) = watched.get_mut(&tgid) else {
@@ -625,9 +626,15 @@ impl Agent {
                     // Non-blocking sockets (Go's, nginx's, Node's) say "in progress" and
                     // complete later; a connection that then fails simply carries no
                     // requests. Other failures leave no connection.
-                    nr::CONNECT if c.ret == 0 || c.ret == -EINPROGRESS => w
-                        .connections
-                        .new_connection(c.fd, Role::Client, peer_address(&c)),
+                    nr::CONNECT if c.ret == 0 || c.ret == -EINPROGRESS => {
+                        let dropped =
+                            w.connections
+                                .new_connection(c.fd, Role::Client, peer_address(&c));
+                        if c.sock != 0 {
+                            w.connections.connecting(c.fd, c.sock);
+                        }
+                        dropped
+                    }
                     nr::GETSOCKNAME => {
                         if let Some(local) = peer_address(&c) {
                             w.connections.set_local(c.fd, local);
@@ -644,6 +651,11 @@ impl Agent {
                     self.count_dropped(d, &w.process.service_name);
                 }
                 adopted = self.record_finished(tgid, w, 0);
+            }
+            Event::SockLocal(l) => {
+                if let Some(local) = local_address(&l) {
+                    w.connections.handshake_done(l.sock, local);
+                }
             }
             Event::SockData(d) => {
                 let data = d.prefix();

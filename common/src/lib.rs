@@ -22,6 +22,7 @@ pub mod names {
     pub const MAP_GO_STARTS: &str = "GO_STARTS";
     pub const PROG_SYS_EXIT: &str = "sys_exit";
     pub const PROG_SYS_ENTER_CLOSE: &str = "sys_enter_close";
+    pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_GO_MUX_SERVE_HTTP: &str = "go_mux_serve_http";
     pub const PROG_GO_NEWPROC: &str = "go_newproc";
     pub const PROG_GO_ROUND_TRIP: &str = "go_round_trip";
@@ -41,6 +42,7 @@ pub enum EventKind {
     GoClientCall = 5,
     GoPanic = 6,
     GoCreationBurst = 7,
+    SockLocal = 8,
 }
 
 impl EventKind {
@@ -53,6 +55,7 @@ impl EventKind {
             5 => Some(Self::GoClientCall),
             6 => Some(Self::GoPanic),
             7 => Some(Self::GoCreationBurst),
+            8 => Some(Self::SockLocal),
             _ => None,
         }
     }

@@ -1,5 +1,6 @@
 //! Socket syscalls of watched processes, seen at `raw_tracepoint/sys_exit`: data (a bounded
-//! prefix of what was read or written) and connection life (accept, connect, close).
+//! prefix of what was read or written) and connection life (accept, connect, close); and
+//! at `sock:inet_sock_set_state`, this end of each TCP connection a watched process opens.
 
 /// Bytes of each read copied to user space, at most: a request's head with its headers
 /// (`traceparent` among them) even with cookies. Records are as long as what was copied
@@ -74,7 +75,61 @@ pub struct SockConn {
     pub _pad: u32,
     /// IPv4 in the first 4 bytes, or IPv6.
     pub addr: [u8; 16],
+    /// For connect: the kernel's socket (an opaque identity) when the call started a TCP
+    /// handshake, else 0. A later [`SockLocal`] with the same `sock` names this end.
+    pub sock: u64,
 }
+
+/// This end of a TCP connection a watched process opened, once the handshake completed
+/// (`sock:inet_sock_set_state`, SYN_SENT -> ESTABLISHED): the address most runtimes never
+/// ask for with getsockname, and that is gone from /proc once a short connection closes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockLocal {
+    pub kind: u32,
+    pub tgid: u32,
+    /// The kernel's socket, as in the connect's [`SockConn`].
+    pub sock: u64,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Port, host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+}
+
+/// `sock:inet_sock_set_state`'s record: where the program reads each field. The layout has
+/// been the same since Linux 4.16; user space checks it against the tracepoint's format file
+/// before attaching.
+pub mod set_state {
+    pub const SKADDR: usize = 8;
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const SADDR_V6: usize = 40;
+    /// (name, offset, size) of every field read, as the format file lists them.
+    pub const FIELDS: [(&str, usize, usize); 8] = [
+        ("skaddr", SKADDR, 8),
+        ("oldstate", OLDSTATE, 4),
+        ("newstate", NEWSTATE, 4),
+        ("sport", SPORT, 2),
+        ("family", FAMILY, 2),
+        ("protocol", PROTOCOL, 2),
+        ("saddr", SADDR, 4),
+        ("saddr_v6", SADDR_V6, 16),
+    ];
+    /// include/net/tcp_states.h
+    pub const TCP_ESTABLISHED: i32 = 1;
+    pub const TCP_SYN_SENT: i32 = 2;
+    pub const IPPROTO_TCP: u16 = 6;
+}
+
+/// Handshakes in flight in watched processes, per map (threads in connect; sockets).
+pub const MAX_CONNECTING: u32 = 4096;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -83,11 +138,13 @@ pub const EINPROGRESS: i64 = 115;
 
 const _: () = assert!(core::mem::size_of::<SockData>() == SOCK_DATA_HEADER + DATA_PREFIX);
 const _: () = assert!(core::mem::size_of::<SockDataShort>() == SOCK_DATA_HEADER + EGRESS_PREFIX);
-const _: () = assert!(core::mem::size_of::<SockConn>() == 56);
+const _: () = assert!(core::mem::size_of::<SockConn>() == 64);
+const _: () = assert!(core::mem::size_of::<SockLocal>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     unsafe impl<const N: usize> aya::Pod for SockDataN<N> {}
     unsafe impl aya::Pod for SockConn {}
+    unsafe impl aya::Pod for SockLocal {}
 }

@@ -9,7 +9,7 @@ use obs_common::{
     go_http::MuxKey,
     go_runtime::{GoStartKey, MAX_GO_STARTS},
     go_trace::{GoOffsets, GoroutineKey, MAX_GOROUTINE_PARENTS},
-    sockets::SockData,
+    sockets::{SockData, MAX_CONNECTING},
     stats::{Stat, STAT_COUNT},
     watched_slot, EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES,
     MAX_WATCHED_PROCESSES, WATCHED_WORDS,
@@ -38,6 +38,15 @@ pub fn is_watched(tgid: u32) -> bool {
     let (slot, bit) = watched_slot(tgid);
     WATCHED.get(slot).is_some_and(|word| word & bit != 0)
 }
+
+/// Threads of watched processes inside a connect that started a TCP handshake: thread
+/// (pid_tgid) -> the kernel's socket, taken by the connect's exit.
+#[map(name = "CONNECTING")]
+pub static CONNECTING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_CONNECTING, 0);
+
+/// Sockets of watched processes in SYN_SENT -> their process, until the handshake ends.
+#[map(name = "CONNECTING_SOCKS")]
+pub static CONNECTING_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_CONNECTING, 0);
 
 /// (process, mux) pairs already reported by `go_mux_serve_http`.
 #[map(name = "GO_MUXES")]

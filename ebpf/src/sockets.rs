@@ -13,15 +13,17 @@ use aya_ebpf::{
 use obs_common::{
     go_trace::FOLLOW_PARENTS,
     sockets::{
-        nr, SockConn, SockDataN, AF_INET, AF_INET6, DATA_PREFIX, DIR_EGRESS, DIR_INGRESS,
-        EGRESS_PREFIX, SOCK_DATA_HEADER,
+        nr, set_state, SockConn, SockDataN, SockLocal, AF_INET, AF_INET6, DATA_PREFIX, DIR_EGRESS,
+        DIR_INGRESS, EGRESS_PREFIX, SOCK_DATA_HEADER,
     },
     stats::Stat,
     EventKind,
 };
 
 use crate::{
-    maps::{count, is_watched, wakeup_flags, EVENTS, GO_PROCS, SCRATCH},
+    maps::{
+        count, is_watched, wakeup_flags, CONNECTING, CONNECTING_SOCKS, EVENTS, GO_PROCS, SCRATCH,
+    },
     user_mem::read,
 };
 
@@ -89,7 +91,10 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         nr::SENDFILE if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, 0, 0),
         // The kernel wrote the peer's address to rsi (if the caller asked for it).
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => conn(tgid, syscall, ret as u32, ret, regs.rsi),
-        nr::CONNECT => conn(tgid, syscall, regs.rdi as u32, ret, regs.rsi),
+        nr::CONNECT => {
+            let event = conn_event(tgid, syscall, regs.rdi as u32, ret, regs.rsi);
+            connected(event)
+        }
         // The socket's own address (Go asks right after connect and accept): the local end
         // that links a client span to the server span of the same connection.
         nr::GETSOCKNAME if ret == 0 => conn(tgid, syscall, regs.rdi as u32, ret, regs.rsi),
@@ -291,7 +296,7 @@ fn goroutine(tgid: u32, regs: &pt_regs) -> u64 {
 }
 
 #[inline(always)]
-fn conn(tgid: u32, syscall: u64, fd: u32, ret: i64, sockaddr: u64) {
+fn conn_event(tgid: u32, syscall: u64, fd: u32, ret: i64, sockaddr: u64) -> SockConn {
     let mut event = SockConn {
         kind: EventKind::SockConn as u32,
         tgid,
@@ -303,11 +308,110 @@ fn conn(tgid: u32, syscall: u64, fd: u32, ret: i64, sockaddr: u64) {
         port: 0,
         _pad: 0,
         addr: [0; 16],
+        sock: 0,
     };
     if sockaddr != 0 {
         peer_address(sockaddr, &mut event);
     }
-    if EVENTS.output::<SockConn>(&event, wakeup_flags()).is_err() {
+    event
+}
+
+#[inline(always)]
+fn conn(tgid: u32, syscall: u64, fd: u32, ret: i64, sockaddr: u64) {
+    output(&conn_event(tgid, syscall, fd, ret, sockaddr));
+}
+
+/// A connect's exit: the socket whose handshake it started (see `inet_sock_set_state`), if
+/// any, goes with it, whatever the result.
+#[inline(always)]
+fn connected(mut event: SockConn) {
+    let thread = bpf_get_current_pid_tgid();
+    if let Some(sock) = unsafe { CONNECTING.get(thread) } {
+        event.sock = *sock;
+        let _ = CONNECTING.remove(thread);
+    }
+    output(&event);
+}
+
+#[inline(always)]
+fn output<T: 'static>(event: &T) {
+    if EVENTS.output::<T>(event, wakeup_flags()).is_err() {
         count(Stat::EventsLostRingFull);
     }
+}
+
+/// TCP state changes, for this end's address of the connections watched processes open:
+/// most runtimes never ask for it (getsockname), and a short connection is gone from /proc
+/// by the time user space reads the ring. Into SYN_SENT (inside the process's connect, which
+/// names the thread): the socket is remembered; out of it into ESTABLISHED (anywhere, often
+/// in a softirq), its now-bound local address is reported, keyed by the socket. Every other
+/// change returns after reading the two states. Field offsets: `set_state`.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let (Ok(old), Ok(new)) = (unsafe { ctx.read_at::<i32>(set_state::OLDSTATE) }, unsafe {
+        ctx.read_at::<i32>(set_state::NEWSTATE)
+    }) else {
+        return 0;
+    };
+    if new == set_state::TCP_SYN_SENT {
+        let thread = bpf_get_current_pid_tgid();
+        let tgid = (thread >> 32) as u32;
+        if !is_watched(tgid) {
+            return 0;
+        }
+        let (Ok(protocol), Ok(sock)) =
+            (unsafe { ctx.read_at::<u16>(set_state::PROTOCOL) }, unsafe {
+                ctx.read_at::<u64>(set_state::SKADDR)
+            })
+        else {
+            return 0;
+        };
+        if protocol == set_state::IPPROTO_TCP {
+            let _ = CONNECTING.insert(thread, sock, 0);
+            let _ = CONNECTING_SOCKS.insert(sock, tgid, 0);
+        }
+    } else if old == set_state::TCP_SYN_SENT {
+        let Ok(sock) = (unsafe { ctx.read_at::<u64>(set_state::SKADDR) }) else {
+            return 0;
+        };
+        let Some(tgid) = (unsafe { CONNECTING_SOCKS.get(sock) }).copied() else {
+            return 0;
+        };
+        let _ = CONNECTING_SOCKS.remove(sock);
+        if new == set_state::TCP_ESTABLISHED {
+            local_address(&ctx, tgid, sock);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn local_address(ctx: &TracePointContext, tgid: u32, sock: u64) {
+    let (Ok(family), Ok(port)) = (unsafe { ctx.read_at::<u16>(set_state::FAMILY) }, unsafe {
+        ctx.read_at::<u16>(set_state::SPORT)
+    }) else {
+        return;
+    };
+    let addr = match family {
+        AF_INET => unsafe { ctx.read_at::<[u8; 4]>(set_state::SADDR) }.map(|a| {
+            let mut full = [0; 16];
+            full[..4].copy_from_slice(&a);
+            full
+        }),
+        AF_INET6 => unsafe { ctx.read_at::<[u8; 16]>(set_state::SADDR_V6) },
+        _ => return,
+    };
+    let Ok(addr) = addr else {
+        count(Stat::TargetReadErrors);
+        return;
+    };
+    output(&SockLocal {
+        kind: EventKind::SockLocal as u32,
+        tgid,
+        sock,
+        family,
+        port,
+        _pad: 0,
+        addr,
+    });
 }

@@ -79,7 +79,8 @@ impl ScriptServer {
 
 /// Debian's nginx in one process (`master_process off`, so the process that serves is the
 /// one started), serving `root` with `sendfile` and proxying `/api/` to a backend over
-/// kept-alive HTTP/1.1 connections (as nginx is usually set up in front of an application).
+/// kept-alive HTTP/1.1 connections (as nginx is usually set up in front of an application),
+/// and `/short/` over nginx's default: one HTTP/1.0 connection per request.
 pub struct Nginx {
     pub proc: Proc,
     pub port: u16,
@@ -119,6 +120,9 @@ http {{
             proxy_pass http://backend/;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
+        }}
+        location /short/ {{
+            proxy_pass http://127.0.0.1:{backend_port}/;
         }}
     }}
 }}

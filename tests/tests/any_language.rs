@@ -523,10 +523,14 @@ fn trace_through_nginx_to_its_backend() {
     let backend = ScriptServer::python("traced-backend", &[]);
     let nginx = Nginx::start(backend.port);
     let agent = Agent::for_pids(&[nginx.proc.pid(), backend.proc.pid()]);
-    for n in 0..3u32 {
+    // Kept-alive upstream connections, then one connection per request: opened, used and
+    // closed long before the agent reads its ring, so the agent must learn nginx's end of
+    // each from the kernel as it happens (nginx never asks for it).
+    for n in 0..8u32 {
         let trace_id = format!("0af7651916cd43dd8448eb211c8f{n:04x}");
         let caller = format!("b7ad6b71692033{n:02x}");
-        let r = ureq::get(&nginx.url(&format!("/api/items/{n}")))
+        let prefix = if n < 3 { "api" } else { "short" };
+        let r = ureq::get(&nginx.url(&format!("/{prefix}/items/{n}")))
             .set("traceparent", &format!("00-{trace_id}-{caller}-01"))
             .call()
             .unwrap();

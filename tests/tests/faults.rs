@@ -137,8 +137,8 @@ fn target_exit_mid_request_releases_its_state() {
             .then_some(s)
     })
     .unwrap_or_else(|| panic!("agent still watches the dead pid; log:\n{}", agent.log()));
-    // Only the two shared syscall programs remain.
-    assert_eq!(s.sum("obs_agent_probes_attached", &[]), 2.0);
+    // Only the shared programs remain: two for syscalls, one for TCP handshakes.
+    assert_eq!(s.sum("obs_agent_probes_attached", &[]), 3.0);
     // The request in flight when it died is counted as unanswered, not silently dropped.
     assert_eq!(
         s.sum(

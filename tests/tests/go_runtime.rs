@@ -499,7 +499,7 @@ fn unrecovered_panic_is_counted_and_released() {
     );
     assert_eq!(
         s.sum("obs_agent_probes_attached", &[]),
-        2.0,
-        "only the syscall programs"
+        3.0,
+        "only the shared programs (syscalls, TCP handshakes)"
     );
 }

@@ -13,7 +13,8 @@ use obs_common::{
     go_runtime::GoPanic,
     go_trace::{GoClientCall, GoCreationBurst},
     sockets::{
-        SockConn, SockDataN, AF_INET, AF_INET6, DATA_PREFIX, EGRESS_PREFIX, SOCK_DATA_HEADER,
+        SockConn, SockDataN, SockLocal, AF_INET, AF_INET6, DATA_PREFIX, EGRESS_PREFIX,
+        SOCK_DATA_HEADER,
     },
     EventKind,
 };
@@ -78,19 +79,29 @@ pub enum Event<'a> {
     GoCreationBurst(GoCreationBurst),
     SockData(Data<'a>),
     SockConn(SockConn),
+    SockLocal(SockLocal),
 }
 
 /// The peer address of an accept or connect, when the process gave or got an IPv4/IPv6 one.
 pub fn peer_address(c: &SockConn) -> Option<std::net::SocketAddr> {
+    socket_address(c.family, c.port, c.addr)
+}
+
+/// This end's address of a connection a process opened.
+pub fn local_address(l: &SockLocal) -> Option<std::net::SocketAddr> {
+    socket_address(l.family, l.port, l.addr)
+}
+
+fn socket_address(family: u16, port: u16, addr: [u8; 16]) -> Option<std::net::SocketAddr> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let ip = match c.family {
-        AF_INET => IpAddr::V4(Ipv4Addr::new(c.addr[0], c.addr[1], c.addr[2], c.addr[3])),
+    let ip = match family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
         // An IPv4 client of a dual-stack socket is seen as ::ffff:a.b.c.d by one end and
         // a.b.c.d by the other: one form, so both ends name the connection alike.
-        AF_INET6 => Ipv6Addr::from(c.addr).to_canonical(),
+        AF_INET6 => Ipv6Addr::from(addr).to_canonical(),
         _ => return None,
     };
-    Some(std::net::SocketAddr::new(ip, c.port))
+    Some(std::net::SocketAddr::new(ip, port))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -137,6 +148,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         }
         EventKind::SockConn => read_pod::<SockConn>(kind, record).map(Event::SockConn),
         EventKind::GoClientCall => read_pod::<GoClientCall>(kind, record).map(Event::GoClientCall),
+        EventKind::SockLocal => read_pod::<SockLocal>(kind, record).map(Event::SockLocal),
     }
 }
 
@@ -314,6 +326,20 @@ mod tests {
             panic!("not a connection");
         };
         assert_eq!(c.tgid, 1234);
+        let mut local = record(EventKind::SockLocal, size_of::<SockLocal>());
+        local[16..18].copy_from_slice(&AF_INET6.to_ne_bytes());
+        local[18..20].copy_from_slice(&41000u16.to_ne_bytes());
+        local[24..40].copy_from_slice(
+            &"::ffff:127.0.0.2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        let Ok(Event::SockLocal(l)) = decode(&local) else {
+            panic!("not a local address");
+        };
+        assert_eq!(l.tgid, 1234);
+        assert_eq!(local_address(&l), Some("127.0.0.2:41000".parse().unwrap()));
         let Ok(Event::GoClientCall(c)) =
             decode(&record(EventKind::GoClientCall, size_of::<GoClientCall>()))
         else {

@@ -94,6 +94,9 @@ pub struct Probes {
     newproc_links: HashMap<u32, Link>,
     /// Detached probes on their way out (see `Detacher`).
     detacher: Detacher,
+    /// Programs attached once for the whole machine (the syscall programs, and the TCP
+    /// state program when the kernel's tracepoint has the expected layout).
+    shared: usize,
 }
 
 impl Probes {
@@ -131,12 +134,22 @@ impl Probes {
         close
             .attach("syscalls", "sys_enter_close")
             .map_err(|e| ProbeError::Tracepoint(error_chain(&e)))?;
+        let mut shared = 2;
+        match attach_set_state(&mut ebpf) {
+            Ok(()) => shared += 1,
+            Err(why) => log::warn!(
+                "not watching TCP handshakes ({why}): calls on short connections of processes \
+                 that never ask for their own address (most but Go) will not be linked to the \
+                 server span at the other end"
+            ),
+        }
         Ok(Self {
             ebpf,
             links: HashMap::new(),
             goroutine_links: HashMap::new(),
             newproc_links: HashMap::new(),
             detacher: Detacher::start(),
+            shared,
         })
     }
 
@@ -425,9 +438,10 @@ impl Probes {
         owned
     }
 
-    /// Probes attached now: the two shared syscall programs and the per-process uprobes.
+    /// Probes attached now: the shared programs and the per-process uprobes.
     pub fn attached_count(&self) -> usize {
-        2 + self.newproc_links.len()
+        self.shared
+            + self.newproc_links.len()
             + self
                 .links
                 .values()
@@ -468,6 +482,54 @@ where
         .ok_or(ProbeError::Missing(name))?
         .try_into()
         .map_err(|e| ProbeError::Load(error_chain(&e)))
+}
+
+/// Attaches `inet_sock_set_state` if the kernel's tracepoint lays its record out as the
+/// program reads it (`set_state::FIELDS`). Failing is not fatal: only short connections'
+/// local addresses are lost.
+fn attach_set_state(ebpf: &mut Ebpf) -> Result<(), String> {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|dir| {
+            std::fs::read_to_string(format!("{dir}/events/sock/inet_sock_set_state/format")).ok()
+        })
+        .ok_or("the tracepoint sock:inet_sock_set_state is missing")?;
+    check_format(&format, &obs_common::sockets::set_state::FIELDS)?;
+    let program =
+        program::<TracePoint>(ebpf, names::PROG_INET_SOCK_SET_STATE).map_err(|e| e.to_string())?;
+    program.load().map_err(|e| error_chain(&e))?;
+    program
+        .attach("sock", "inet_sock_set_state")
+        .map_err(|e| error_chain(&e))?;
+    Ok(())
+}
+
+/// Checks a tracepoint's format file (`field:TYPE NAME;\toffset:N;\tsize:M;...` lines) for
+/// every `(name, offset, size)` in `want`.
+fn check_format(format: &str, want: &[(&str, usize, usize)]) -> Result<(), String> {
+    let fields: HashMap<&str, (usize, usize)> = format
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.trim().split(';').map(str::trim);
+            let decl = parts.next()?.strip_prefix("field:")?;
+            // "__u8 saddr[4]" -> "saddr"; "const void * skaddr" -> "skaddr".
+            let name = decl.rsplit([' ', '*']).next()?.split('[').next()?;
+            let mut number = |key: &str| parts.next()?.strip_prefix(key)?.parse().ok();
+            Some((name, (number("offset:")?, number("size:")?)))
+        })
+        .collect();
+    for &(name, offset, size) in want {
+        match fields.get(name) {
+            Some(&found) if found == (offset, size) => {}
+            Some(&(o, s)) => {
+                return Err(format!(
+                    "its field {name} is at offset {o} with size {s}, not {offset} and {size}"
+                ))
+            }
+            None => return Err(format!("it has no field {name}")),
+        }
+    }
+    Ok(())
 }
 
 /// Tracepoints are found through tracefs; mount it where aya looks if nothing has.
@@ -615,6 +677,59 @@ impl Detaching {
     pub fn wait(self) {
         if let Some(thread) = self.0 {
             let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use obs_common::sockets::set_state::FIELDS;
+
+    /// Linux 6.18's format file, as read on this project's machine.
+    const SET_STATE_6_18: &str = "name: inet_sock_set_state
+ID: 2287
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+
+print fmt: \"family=%s\"
+";
+
+    #[test]
+    fn the_set_state_layout_is_checked_field_by_field() {
+        assert_eq!(check_format(SET_STATE_6_18, &FIELDS), Ok(()));
+        let moved = SET_STATE_6_18.replace("sport;\toffset:24", "sport;\toffset:26");
+        assert_eq!(
+            check_format(&moved, &FIELDS),
+            Err("its field sport is at offset 26 with size 2, not 24 and 2".into())
+        );
+        let without = SET_STATE_6_18.replace("saddr_v6", "src_v6");
+        assert_eq!(
+            check_format(&without, &FIELDS),
+            Err("it has no field saddr_v6".into())
+        );
+        for garbage in [
+            "",
+            "field:",
+            "field:int;offset:x;size:4;",
+            "\u{0}field:a b;offset:",
+        ] {
+            assert!(check_format(garbage, &FIELDS).is_err());
         }
     }
 }

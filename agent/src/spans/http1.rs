@@ -114,8 +114,10 @@ struct Socket {
     /// `None` until known (a socket found open at attach).
     role: Option<Role>,
     peer: Option<SocketAddr>,
-    /// This end's address (from getsockname), when seen.
+    /// This end's address (getsockname, the kernel's handshake, /proc), when seen.
     local: Option<SocketAddr>,
+    /// The kernel's socket, for a connection connected now (0: unknown).
+    sock: u64,
     /// Seen from its start (accept, connect): its first bytes tell its protocol.
     from_start: bool,
     protocol: Protocol,
@@ -186,7 +188,21 @@ pub struct Connections {
     finished: Vec<Exchange>,
     /// The requests of one read, reused (no allocation per read).
     read_requests: Vec<(RequestStart, u64)>,
+    /// Connects and completed handshakes still waiting for each other, by kernel socket
+    /// (either may come first).
+    handshakes: HashMap<u64, Handshake>,
 }
+
+/// One half of the pair that names a connected socket's own address.
+#[derive(Clone, Copy, Debug)]
+enum Handshake {
+    Connect(u32),
+    Local(SocketAddr),
+}
+
+/// Handshakes waiting for their other half, at most: more (their connects never seen) are
+/// forgotten.
+const MAX_HANDSHAKES: usize = 1024;
 
 impl Connections {
     /// A descriptor found to be a socket when the agent attached: accepted (`Server`),
@@ -217,6 +233,7 @@ impl Connections {
                     role,
                     peer,
                     local: None,
+                    sock: 0,
                     from_start,
                     protocol: Protocol::Unknown,
                 },
@@ -232,6 +249,38 @@ impl Connections {
         if let Some(s) = self.sockets.get_mut(&fd) {
             s.local = Some(local);
         }
+    }
+
+    /// The kernel socket whose handshake the connect on `fd` (just seen, `new_connection`)
+    /// started; its local address comes with `handshake_done`, before or after.
+    pub fn connecting(&mut self, fd: u32, sock: u64) {
+        let Some(s) = self.sockets.get_mut(&fd) else {
+            return;
+        };
+        s.sock = sock;
+        match self.handshakes.remove(&sock) {
+            Some(Handshake::Local(local)) => s.local = Some(local),
+            _ => self.remember(sock, Handshake::Connect(fd)),
+        }
+    }
+
+    /// The handshake of kernel socket `sock` completed, with this end at `local`.
+    pub fn handshake_done(&mut self, sock: u64, local: SocketAddr) {
+        match self.handshakes.remove(&sock) {
+            Some(Handshake::Connect(fd)) => {
+                if let Some(s) = self.sockets.get_mut(&fd).filter(|s| s.sock == sock) {
+                    s.local = Some(local);
+                }
+            }
+            _ => self.remember(sock, Handshake::Local(local)),
+        }
+    }
+
+    fn remember(&mut self, sock: u64, half: Handshake) {
+        if self.handshakes.len() >= MAX_HANDSHAKES {
+            self.handshakes.clear();
+        }
+        self.handshakes.insert(sock, half);
     }
 
     /// The oldest request started and not yet given its span identity (with `set_span`).
@@ -291,7 +340,11 @@ impl Connections {
     /// The descriptor was closed: a response in progress is complete; unanswered requests
     /// are dropped.
     pub fn close(&mut self, fd: u32) -> Option<Dropped> {
-        self.sockets.remove(&fd);
+        if let Some(s) = self.sockets.remove(&fd) {
+            if s.sock != 0 {
+                self.handshakes.remove(&s.sock);
+            }
+        }
         let mut c = self.connections.remove(&fd)?;
         self.finished.extend(c.responding.take());
         let n = c.pending.len();
@@ -704,6 +757,45 @@ mod tests {
         let mut s = Connections::default();
         assert_eq!(s.new_connection(7, Role::Server, None), None);
         s
+    }
+
+    /// The local address of a request's connection, as its span starts with it.
+    fn started_local(c: &mut Connections, fd: u32) -> Option<SocketAddr> {
+        write(c, fd, 1, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let started = c.take_started().expect("a request started");
+        assert_eq!(started.fd, fd);
+        started.local
+    }
+
+    #[test]
+    fn connects_meet_their_handshakes_in_either_order() {
+        let a: SocketAddr = "10.0.0.1:40001".parse().unwrap();
+        let b: SocketAddr = "10.0.0.1:40002".parse().unwrap();
+        let mut c = Connections::default();
+        // The handshake completed inside connect (loopback): its event comes first.
+        c.handshake_done(0xa000, a);
+        c.new_connection(5, Role::Client, None);
+        c.connecting(5, 0xa000);
+        assert_eq!(started_local(&mut c, 5), Some(a));
+        // A non-blocking connect that completes later.
+        c.new_connection(6, Role::Client, None);
+        c.connecting(6, 0xb000);
+        c.handshake_done(0xb000, b);
+        assert_eq!(started_local(&mut c, 6), Some(b));
+        // A descriptor reused for another socket before the first one's handshake completed:
+        // the late handshake names nothing.
+        c.new_connection(7, Role::Client, None);
+        c.connecting(7, 0xc000);
+        c.close(7);
+        c.new_connection(7, Role::Client, None);
+        c.connecting(7, 0xd000);
+        c.handshake_done(0xc000, a);
+        assert_eq!(started_local(&mut c, 7), None);
+        // Halves that never meet are bounded.
+        for sock in 0..3 * MAX_HANDSHAKES as u64 {
+            c.handshake_done(0x1_0000 + sock, a);
+        }
+        assert!(c.handshakes.len() <= MAX_HANDSHAKES);
     }
 
     #[test]
