@@ -2,7 +2,7 @@
 //! both ends of connections (server, client, and role unknown) and span building.
 #![no_main]
 use obs_agent::{
-    events::{decode, peer_address, Event},
+    events::{decode, local_address, peer_address, Event},
     spans::{
         goroutines::{Caller, Chain, Goroutines},
         http1::{Connections, Role},
@@ -39,6 +39,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             Ok(Event::SockConn(c)) => {
                 let _ = peer_address(&c);
                 goroutines.closed(c.fd);
+                // A few kernel sockets, so that connects and handshakes meet.
+                conns.connecting(3 + c.fd % 3, c.sock % 4);
+                continue;
+            }
+            Ok(Event::SockLocal(l)) => {
+                if let Some(local) = local_address(&l) {
+                    conns.handshake_done(l.sock % 4, local);
+                }
                 continue;
             }
             Ok(Event::GoClientCall(c)) => {
