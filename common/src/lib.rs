@@ -20,6 +20,7 @@ pub mod names {
     pub const MAP_GO_PROCS: &str = "GO_PROCS";
     pub const MAP_GO_PARENTS: &str = "GO_PARENTS";
     pub const MAP_GO_STARTS: &str = "GO_STARTS";
+    pub const MAP_SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     pub const PROG_SYS_EXIT: &str = "sys_exit";
     pub const PROG_SYS_ENTER_CLOSE: &str = "sys_enter_close";
     pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";

@@ -99,33 +99,30 @@ pub struct SockLocal {
     pub addr: [u8; 16],
 }
 
-/// `sock:inet_sock_set_state`'s record: where the program reads each field. The layout has
-/// been the same since Linux 4.16; user space checks it against the tracepoint's format file
-/// before attaching.
+/// `sock:inet_sock_set_state` (raw tracepoint: the socket, the old and the new state).
 pub mod set_state {
-    pub const SKADDR: usize = 8;
-    pub const OLDSTATE: usize = 16;
-    pub const NEWSTATE: usize = 20;
-    pub const SPORT: usize = 24;
-    pub const FAMILY: usize = 28;
-    pub const PROTOCOL: usize = 30;
-    pub const SADDR: usize = 32;
-    pub const SADDR_V6: usize = 40;
-    /// (name, offset, size) of every field read, as the format file lists them.
-    pub const FIELDS: [(&str, usize, usize); 8] = [
-        ("skaddr", SKADDR, 8),
-        ("oldstate", OLDSTATE, 4),
-        ("newstate", NEWSTATE, 4),
-        ("sport", SPORT, 2),
-        ("family", FAMILY, 2),
-        ("protocol", PROTOCOL, 2),
-        ("saddr", SADDR, 4),
-        ("saddr_v6", SADDR_V6, 16),
-    ];
     /// include/net/tcp_states.h
     pub const TCP_ESTABLISHED: i32 = 1;
     pub const TCP_SYN_SENT: i32 = 2;
-    pub const IPPROTO_TCP: u16 = 6;
+}
+
+/// Where the fields of `struct sock_common` that name a socket's own address lie on the
+/// running kernel, from its BTF; [`SockOffsets::NONE`] for a field it lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `skc_family`
+    pub family: u32,
+    /// `skc_num`: the local port, host byte order.
+    pub num: u32,
+    /// `skc_rcv_saddr`: the local IPv4 address.
+    pub rcv_saddr: u32,
+    /// `skc_v6_rcv_saddr` (kernels with IPv6).
+    pub v6_rcv_saddr: u32,
+}
+
+impl SockOffsets {
+    pub const NONE: u32 = u32::MAX;
 }
 
 /// Handshakes in flight in watched processes, per map (threads in connect; sockets).
@@ -147,4 +144,5 @@ mod pod {
     unsafe impl<const N: usize> aya::Pod for SockDataN<N> {}
     unsafe impl aya::Pod for SockConn {}
     unsafe impl aya::Pod for SockLocal {}
+    unsafe impl aya::Pod for SockOffsets {}
 }

@@ -9,7 +9,7 @@ use obs_common::{
     go_http::MuxKey,
     go_runtime::{GoStartKey, MAX_GO_STARTS},
     go_trace::{GoOffsets, GoroutineKey, MAX_GOROUTINE_PARENTS},
-    sockets::{SockData, MAX_CONNECTING},
+    sockets::{SockData, SockOffsets, MAX_CONNECTING},
     stats::{Stat, STAT_COUNT},
     watched_slot, EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES,
     MAX_WATCHED_PROCESSES, WATCHED_WORDS,
@@ -47,6 +47,11 @@ pub static CONNECTING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_C
 /// Sockets of watched processes in SYN_SENT -> their process, until the handshake ends.
 #[map(name = "CONNECTING_SOCKS")]
 pub static CONNECTING_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_CONNECTING, 0);
+
+/// `struct sock_common`'s address fields on the running kernel, from its BTF (one entry,
+/// written before `inet_sock_set_state` is attached).
+#[map(name = "SOCK_OFFSETS")]
+pub static SOCK_OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
 
 /// (process, mux) pairs already reported by `go_mux_serve_http`.
 #[map(name = "GO_MUXES")]

@@ -13,8 +13,8 @@ use aya_ebpf::{
 use obs_common::{
     go_trace::FOLLOW_PARENTS,
     sockets::{
-        nr, set_state, SockConn, SockDataN, SockLocal, AF_INET, AF_INET6, DATA_PREFIX, DIR_EGRESS,
-        DIR_INGRESS, EGRESS_PREFIX, SOCK_DATA_HEADER,
+        nr, set_state, SockConn, SockDataN, SockLocal, SockOffsets, AF_INET, AF_INET6, DATA_PREFIX,
+        DIR_EGRESS, DIR_INGRESS, EGRESS_PREFIX, SOCK_DATA_HEADER,
     },
     stats::Stat,
     EventKind,
@@ -23,6 +23,7 @@ use obs_common::{
 use crate::{
     maps::{
         count, is_watched, wakeup_flags, CONNECTING, CONNECTING_SOCKS, EVENTS, GO_PROCS, SCRATCH,
+        SOCK_OFFSETS,
     },
     user_mem::read,
 };
@@ -344,61 +345,60 @@ fn output<T: 'static>(event: &T) {
 /// most runtimes never ask for it (getsockname), and a short connection is gone from /proc
 /// by the time user space reads the ring. Into SYN_SENT (inside the process's connect, which
 /// names the thread): the socket is remembered; out of it into ESTABLISHED (anywhere, often
-/// in a softirq), its now-bound local address is reported, keyed by the socket. Every other
-/// change returns after reading the two states. Field offsets: `set_state`.
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let (Ok(old), Ok(new)) = (unsafe { ctx.read_at::<i32>(set_state::OLDSTATE) }, unsafe {
-        ctx.read_at::<i32>(set_state::NEWSTATE)
-    }) else {
-        return 0;
-    };
+/// in a softirq), its now-bound local address is read from the socket (`SOCK_OFFSETS`) and
+/// reported, keyed by the socket. Every other change returns after comparing the states.
+/// A raw tracepoint: the kernel builds no record for it, which is most of what a
+/// `sock:inet_sock_set_state` perf tracepoint costs per call.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let new = ctx.arg::<u64>(2) as i32;
     if new == set_state::TCP_SYN_SENT {
         let thread = bpf_get_current_pid_tgid();
         let tgid = (thread >> 32) as u32;
-        if !is_watched(tgid) {
-            return 0;
-        }
-        let (Ok(protocol), Ok(sock)) =
-            (unsafe { ctx.read_at::<u16>(set_state::PROTOCOL) }, unsafe {
-                ctx.read_at::<u64>(set_state::SKADDR)
-            })
-        else {
-            return 0;
-        };
-        if protocol == set_state::IPPROTO_TCP {
+        if is_watched(tgid) {
+            let sock: u64 = ctx.arg(0);
             let _ = CONNECTING.insert(thread, sock, 0);
             let _ = CONNECTING_SOCKS.insert(sock, tgid, 0);
         }
-    } else if old == set_state::TCP_SYN_SENT {
-        let Ok(sock) = (unsafe { ctx.read_at::<u64>(set_state::SKADDR) }) else {
-            return 0;
-        };
-        let Some(tgid) = (unsafe { CONNECTING_SOCKS.get(sock) }).copied() else {
-            return 0;
-        };
-        let _ = CONNECTING_SOCKS.remove(sock);
-        if new == set_state::TCP_ESTABLISHED {
-            local_address(&ctx, tgid, sock);
-        }
+        return 0;
+    }
+    if ctx.arg::<u64>(1) as i32 != set_state::TCP_SYN_SENT {
+        return 0;
+    }
+    let sock: u64 = ctx.arg(0);
+    let Some(tgid) = (unsafe { CONNECTING_SOCKS.get(sock) }).copied() else {
+        return 0;
+    };
+    let _ = CONNECTING_SOCKS.remove(sock);
+    if new == set_state::TCP_ESTABLISHED {
+        local_address(tgid, sock);
     }
     0
 }
 
 #[inline(always)]
-fn local_address(ctx: &TracePointContext, tgid: u32, sock: u64) {
-    let (Ok(family), Ok(port)) = (unsafe { ctx.read_at::<u16>(set_state::FAMILY) }, unsafe {
-        ctx.read_at::<u16>(set_state::SPORT)
-    }) else {
+fn local_address(tgid: u32, sock: u64) {
+    let Some(off) = SOCK_OFFSETS.get(0) else {
+        return;
+    };
+    let field = |offset: u32| (sock + u64::from(offset)) as *const u8;
+    let family = unsafe { bpf_probe_read_kernel(field(off.family).cast::<u16>()) };
+    let port = unsafe { bpf_probe_read_kernel(field(off.num).cast::<u16>()) };
+    let (Ok(family), Ok(port)) = (family, port) else {
+        count(Stat::TargetReadErrors);
         return;
     };
     let addr = match family {
-        AF_INET => unsafe { ctx.read_at::<[u8; 4]>(set_state::SADDR) }.map(|a| {
-            let mut full = [0; 16];
-            full[..4].copy_from_slice(&a);
-            full
-        }),
-        AF_INET6 => unsafe { ctx.read_at::<[u8; 16]>(set_state::SADDR_V6) },
+        AF_INET => {
+            unsafe { bpf_probe_read_kernel(field(off.rcv_saddr).cast::<[u8; 4]>()) }.map(|a| {
+                let mut full = [0; 16];
+                full[..4].copy_from_slice(&a);
+                full
+            })
+        }
+        AF_INET6 if off.v6_rcv_saddr != SockOffsets::NONE => unsafe {
+            bpf_probe_read_kernel(field(off.v6_rcv_saddr).cast::<[u8; 16]>())
+        },
         _ => return,
     };
     let Ok(addr) = addr else {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope},
         RawTracePoint, TracePoint, UProbe,
@@ -23,8 +23,11 @@ use obs_common::{
     go_runtime::GoStartKey,
     go_trace::{GoOffsets, FOLLOW_PARENTS},
     names,
+    sockets::SockOffsets,
     stats::{Stat, STAT_COUNT},
 };
+
+use self::btf::{Btf, BtfError};
 
 use crate::{
     symbols::{
@@ -33,6 +36,8 @@ use crate::{
     },
     target::Process,
 };
+
+pub mod btf;
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/obs-ebpf.o"));
 
@@ -484,52 +489,37 @@ where
         .map_err(|e| ProbeError::Load(error_chain(&e)))
 }
 
-/// Attaches `inet_sock_set_state` if the kernel's tracepoint lays its record out as the
-/// program reads it (`set_state::FIELDS`). Failing is not fatal: only short connections'
-/// local addresses are lost.
+/// Attaches `inet_sock_set_state` (a raw tracepoint) once the offsets of the socket's
+/// address fields are known from the kernel's BTF. Failing is not fatal: only short
+/// connections' local addresses are lost.
 fn attach_set_state(ebpf: &mut Ebpf) -> Result<(), String> {
-    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|dir| {
-            std::fs::read_to_string(format!("{dir}/events/sock/inet_sock_set_state/format")).ok()
-        })
-        .ok_or("the tracepoint sock:inet_sock_set_state is missing")?;
-    check_format(&format, &obs_common::sockets::set_state::FIELDS)?;
-    let program =
-        program::<TracePoint>(ebpf, names::PROG_INET_SOCK_SET_STATE).map_err(|e| e.to_string())?;
+    let offsets = sock_offsets().map_err(|e| e.to_string())?;
+    let map = ebpf
+        .map_mut(names::MAP_SOCK_OFFSETS)
+        .ok_or("the eBPF object has no SOCK_OFFSETS map")?;
+    let mut array: Array<_, SockOffsets> = Array::try_from(map).map_err(|e| e.to_string())?;
+    array.set(0, offsets, 0).map_err(|e| e.to_string())?;
+    let program = program::<RawTracePoint>(ebpf, names::PROG_INET_SOCK_SET_STATE)
+        .map_err(|e| e.to_string())?;
     program.load().map_err(|e| error_chain(&e))?;
     program
-        .attach("sock", "inet_sock_set_state")
+        .attach("inet_sock_set_state")
         .map_err(|e| error_chain(&e))?;
     Ok(())
 }
 
-/// Checks a tracepoint's format file (`field:TYPE NAME;\toffset:N;\tsize:M;...` lines) for
-/// every `(name, offset, size)` in `want`.
-fn check_format(format: &str, want: &[(&str, usize, usize)]) -> Result<(), String> {
-    let fields: HashMap<&str, (usize, usize)> = format
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.trim().split(';').map(str::trim);
-            let decl = parts.next()?.strip_prefix("field:")?;
-            // "__u8 saddr[4]" -> "saddr"; "const void * skaddr" -> "skaddr".
-            let name = decl.rsplit([' ', '*']).next()?.split('[').next()?;
-            let mut number = |key: &str| parts.next()?.strip_prefix(key)?.parse().ok();
-            Some((name, (number("offset:")?, number("size:")?)))
-        })
-        .collect();
-    for &(name, offset, size) in want {
-        match fields.get(name) {
-            Some(&found) if found == (offset, size) => {}
-            Some(&(o, s)) => {
-                return Err(format!(
-                    "its field {name} is at offset {o} with size {s}, not {offset} and {size}"
-                ))
-            }
-            None => return Err(format!("it has no field {name}")),
-        }
-    }
-    Ok(())
+/// `struct sock_common`'s address fields on this kernel; IPv6's may be missing.
+fn sock_offsets() -> Result<SockOffsets, BtfError> {
+    let data =
+        std::fs::read(btf::VMLINUX).map_err(|_| BtfError::Corrupt("no /sys/kernel/btf/vmlinux"))?;
+    let btf = Btf::parse(&data)?;
+    let field = |name| btf.field_offset("sock_common", name);
+    Ok(SockOffsets {
+        family: field("skc_family")?,
+        num: field("skc_num")?,
+        rcv_saddr: field("skc_rcv_saddr")?,
+        v6_rcv_saddr: field("skc_v6_rcv_saddr").unwrap_or(SockOffsets::NONE),
+    })
 }
 
 /// Tracepoints are found through tracefs; mount it where aya looks if nothing has.
@@ -677,59 +667,6 @@ impl Detaching {
     pub fn wait(self) {
         if let Some(thread) = self.0 {
             let _ = thread.join();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use obs_common::sockets::set_state::FIELDS;
-
-    /// Linux 6.18's format file, as read on this project's machine.
-    const SET_STATE_6_18: &str = "name: inet_sock_set_state
-ID: 2287
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
-\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
-\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
-\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
-\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
-\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
-\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
-\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
-\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
-\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
-\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
-\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
-
-print fmt: \"family=%s\"
-";
-
-    #[test]
-    fn the_set_state_layout_is_checked_field_by_field() {
-        assert_eq!(check_format(SET_STATE_6_18, &FIELDS), Ok(()));
-        let moved = SET_STATE_6_18.replace("sport;\toffset:24", "sport;\toffset:26");
-        assert_eq!(
-            check_format(&moved, &FIELDS),
-            Err("its field sport is at offset 26 with size 2, not 24 and 2".into())
-        );
-        let without = SET_STATE_6_18.replace("saddr_v6", "src_v6");
-        assert_eq!(
-            check_format(&without, &FIELDS),
-            Err("it has no field saddr_v6".into())
-        );
-        for garbage in [
-            "",
-            "field:",
-            "field:int;offset:x;size:4;",
-            "\u{0}field:a b;offset:",
-        ] {
-            assert!(check_format(garbage, &FIELDS).is_err());
         }
     }
 }
