@@ -761,3 +761,83 @@ fn python_server_spans_continue_the_callers_trace() {
     assert_eq!(s["attributes"]["http.response.status_code"], 200);
     assert_eq!(s["status"], "OK");
 }
+
+/// A Python client opening one IPv6 connection per call to a Python server, both watched:
+/// each connection is opened, used and closed long before the agent reads its events, and
+/// neither process asks for its own address, so the agent learns the client's end of each
+/// from the kernel's TCP handshake. Every call is its own trace: the client span at the
+/// root, the server span under it; no server span is left a root of its own.
+#[test]
+fn short_ipv6_connections_link_client_and_server_spans() {
+    const CALLS: usize = 12;
+    let server = ScriptServer::python("v6-server", &["--ipv6"]);
+    let script = format!(
+        "import http.client, sys
+keep = http.client.HTTPConnection('::1', {port})
+keep.connect()
+print('connected', flush=True)
+sys.stdin.readline()
+for i in range({CALLS}):
+    c = http.client.HTTPConnection('::1', {port})
+    c.request('GET', '/items/%d' % i); c.getresponse().read(); c.close()
+keep.close()
+",
+        port = server.port
+    );
+    let mut client = Proc {
+        child: Command::new(python3())
+            .args(["-c", &script])
+            .env("OTEL_SERVICE_NAME", "v6-client")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    let mut line = String::new();
+    BufReader::new(client.child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let agent = Agent::for_pids(&[server.proc.pid(), client.pid()]);
+    for pid in [server.proc.pid(), client.pid()] {
+        let pid = pid.to_string();
+        wait_for(Duration::from_secs(10), || {
+            agent
+                .scrape()
+                .matching("obs_agent_target_info", &[("pid", &pid)])
+                .next()
+                .map(|_| ())
+        })
+        .unwrap_or_else(|| panic!("pid {pid} not watched; log:\n{}", agent.log()));
+    }
+    client
+        .child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    assert!(client.child.wait().unwrap().success());
+
+    let url = format!("http://127.0.0.1:{}/traces?limit=1000", agent.port);
+    let roots = |list: &serde_json::Value, service: &str, spans: u64| {
+        list.as_array()
+            .map(|traces| {
+                traces
+                    .iter()
+                    .filter(|t| t["root_service"] == service && t["span_count"] == spans)
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let list = wait_for(Duration::from_secs(10), || {
+        let list: serde_json::Value =
+            serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
+        (roots(&list, "v6-client", 2) + roots(&list, "v6-server", 1) >= CALLS).then_some(list)
+    })
+    .unwrap_or_else(|| panic!("fewer than {CALLS} traces; log:\n{}", agent.log()));
+    assert_eq!(
+        (roots(&list, "v6-client", 2), roots(&list, "v6-server", 1)),
+        (CALLS, 0),
+        "{list:#}"
+    );
+}

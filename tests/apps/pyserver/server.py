@@ -9,13 +9,14 @@ Routes (the "route" is what the agent should report: ids collapsed):
   anything else -> 404 (route: the path)
   GET /_stats -> JSON {"METHOD ROUTE STATUS": n} of everything else served (not counted)
 
-Usage: server.py --port-file FILE [--http10]
+Usage: server.py --port-file FILE [--http10] [--ipv6]  (--ipv6: listen on ::1)
 """
 
 import http.server
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -115,7 +116,11 @@ def main():
     port_file = args[args.index("--port-file") + 1]
     if "--http10" in args:
         Handler.protocol_version = "HTTP/1.0"
-    server = Server(("127.0.0.1", 0), Handler)
+    if "--ipv6" in args:
+        Server.address_family = socket.AF_INET6
+        server = Server(("::1", 0), Handler)
+    else:
+        server = Server(("127.0.0.1", 0), Handler)
     with open(port_file + ".tmp", "w") as f:
         f.write(str(server.server_address[1]))
     os.rename(port_file + ".tmp", port_file)
