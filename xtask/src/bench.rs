@@ -66,6 +66,11 @@ pub struct BenchArgs {
     /// cost of a goroutine alone). Repeatable: one measurement series per value.
     #[arg(long = "work", default_values_t = [0u32, 100, 1000, 10000])]
     work: Vec<u32>,
+    /// Each request on a new connection (wrk sends `Connection: close`): the cost of the
+    /// agent's connection tracking (accept, close, the TCP-handshake program) rather than of
+    /// its per-request data path.
+    #[arg(long)]
+    new_connections: bool,
     /// More arguments for the agent (e.g. --agent-arg=--trace-sample-ratio=0 to measure
     /// metrics without spans). Repeatable.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -139,7 +144,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     wait_http(&url)?;
     let pids: Vec<u32> = servers.iter().map(|s| s.0.id()).collect();
     // Warm up the server (and the Go runtime's heap) once.
-    wrk(&url, 2, args.connections, args.pin, &pids)?;
+    wrk(&url, 2, &args, &pids)?;
 
     let mut with = Vec::new();
     let mut without = Vec::new();
@@ -161,7 +166,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 with.push(load);
                 costs.push(cost);
             } else {
-                let load = wrk(&url, args.seconds, args.connections, args.pin, &pids)?;
+                let load = wrk(&url, args.seconds, &args, &pids)?;
                 eprintln!(
                     "round {round}: without agent {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
                     load.rps, load.p50_us, load.p99_us
@@ -202,9 +207,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "gohello".to_owned()
     };
     println!(
-        "obs-agent benchmark: {server} ({go_version}), wrk -t1 -c{} -d{}s, {} rounds, agent args {:?}",
+        "obs-agent benchmark: {server} ({go_version}), wrk -t1 -c{} -d{}s{}, {} rounds, agent args {:?}",
         args.connections,
         args.seconds,
+        if args.new_connections {
+            " (a new connection per request)"
+        } else {
+            ""
+        },
         args.rounds,
         args.agent_args
     );
@@ -469,7 +479,7 @@ fn with_agent(
     let (mut child, metrics_url) = start_agent(agent, server_pids, args)?;
     let before = scrape_sum(&metrics_url, "http_server_request_duration_seconds_count")?;
     let cpu_before = cpu_ticks(child.0.id())?;
-    let load = wrk(url, args.seconds, args.connections, args.pin, server_pids)?;
+    let load = wrk(url, args.seconds, args, server_pids)?;
     // Let the reader drain the ring before counting.
     sleep(Duration::from_millis(300));
     let cpu_after = cpu_ticks(child.0.id())?;
@@ -503,14 +513,17 @@ pub fn build_go_app(go: &Path, app: &str) -> Result<PathBuf> {
 }
 
 /// Runs wrk against `url`, timing the CPU of `server_pids` meanwhile.
-fn wrk(url: &str, seconds: u32, connections: u32, pin: bool, server_pids: &[u32]) -> Result<Load> {
+fn wrk(url: &str, seconds: u32, args: &BenchArgs, server_pids: &[u32]) -> Result<Load> {
     let server_ticks = || -> Result<u64> { server_pids.iter().map(|&p| cpu_ticks(p)).sum() };
-    let mut cmd = on_cpus(pin.then_some("1"), "wrk");
+    let mut cmd = on_cpus(args.pin.then_some("1"), "wrk");
+    if args.new_connections {
+        cmd.args(["-H", "Connection: close"]);
+    }
     let ticks_before = server_ticks()?;
     let started = Instant::now();
     let out = output(cmd.args([
         "-t1",
-        &format!("-c{connections}"),
+        &format!("-c{}", args.connections),
         &format!("-d{seconds}s"),
         "--latency",
         url,
