@@ -630,16 +630,12 @@ fn node_wide_watches_servers_and_clients_of_any_language() {
         &[("OTEL_SERVICE_NAME", "nw-go")],
     );
     let agent = Agent::start(&[]);
-    for pid in [py.proc.pid(), node.proc.pid(), go.proc.pid()] {
-        let pid = pid.to_string();
-        wait_for(Duration::from_secs(10), || {
-            agent
-                .scrape()
-                .matching("obs_agent_target_info", &[("pid", &pid)])
-                .next()
-                .map(|_| ())
-        })
-        .unwrap_or_else(|| panic!("pid {pid} not watched; log:\n{}", agent.log()));
+    for (server, pid) in [
+        ("py", py.proc.pid()),
+        ("node", node.proc.pid()),
+        ("go", go.proc.pid()),
+    ] {
+        agent.wait_watched(pid, server);
     }
     // A Python client: connects, waits to be watched, then makes its calls on that
     // connection (open before the agent saw the process) and on new ones.
@@ -670,15 +666,7 @@ c.close()
     BufReader::new(client.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let client_pid = client.id().to_string();
-    wait_for(Duration::from_secs(10), || {
-        agent
-            .scrape()
-            .matching("obs_agent_target_info", &[("pid", &client_pid)])
-            .next()
-            .map(|_| ())
-    })
-    .unwrap_or_else(|| panic!("the client is not watched; log:\n{}", agent.log()));
+    agent.wait_watched(client.id(), "the client");
     client.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(client.wait().unwrap().success());
 
@@ -798,17 +786,8 @@ keep.close()
         .read_line(&mut line)
         .unwrap();
     let agent = Agent::for_pids(&[server.proc.pid(), client.pid()]);
-    for pid in [server.proc.pid(), client.pid()] {
-        let pid = pid.to_string();
-        wait_for(Duration::from_secs(10), || {
-            agent
-                .scrape()
-                .matching("obs_agent_target_info", &[("pid", &pid)])
-                .next()
-                .map(|_| ())
-        })
-        .unwrap_or_else(|| panic!("pid {pid} not watched; log:\n{}", agent.log()));
-    }
+    agent.wait_watched(server.proc.pid(), "the server");
+    agent.wait_watched(client.pid(), "the client");
     client
         .child
         .stdin

@@ -176,20 +176,10 @@ fn node_wide_mode_follows_new_and_restarted_processes() {
             GoVersion::New,
             &[("OTEL_SERVICE_NAME", "nodewide")],
         );
-        let pid = server.proc.pid().to_string();
-        wait_for(Duration::from_secs(10), || {
-            agent
-                .scrape()
-                .matching("obs_agent_target_info", &[("pid", &pid)])
-                .next()
-                .map(|_| ())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "round {round}: new process not picked up; log:\n{}",
-                agent.log()
-            )
-        });
+        agent.wait_watched(
+            server.proc.pid(),
+            &format!("round {round}: the new process"),
+        );
         ureq::get(&server.url("/hello")).call().unwrap();
         let want = (round + 1) as f64;
         wait_for(Duration::from_secs(5), || {
