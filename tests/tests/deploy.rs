@@ -606,5 +606,19 @@ fn the_agent_runs_with_only_the_manifests_capabilities() {
             .join("\n"),
         log()
     );
+    // Every shared program is attached too, the TCP-handshake one among them (it reads the
+    // kernel's BTF from /sys, which every container has).
+    assert!(
+        !log().contains("not watching TCP handshakes"),
+        "with capabilities {}: {}",
+        bounding_set(c),
+        log()
+    );
+    assert_eq!(
+        scrape(&metrics_url).sum("obs_agent_probes_attached", &[]),
+        3.0,
+        "{}",
+        log()
+    );
     drop(server);
 }
