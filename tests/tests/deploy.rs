@@ -607,7 +607,7 @@ fn the_agent_runs_with_only_the_manifests_capabilities() {
         log()
     );
     // Every shared program is attached too, the TCP-handshake one among them (it reads the
-    // kernel's BTF from /sys, which every container has).
+    // kernel's BTF from /sys/kernel/btf, which needs no capability).
     assert!(
         !log().contains("not watching TCP handshakes"),
         "with capabilities {}: {}",
