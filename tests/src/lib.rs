@@ -376,7 +376,11 @@ impl Agent {
     /// Starts the agent with `args` (plus `--listen 127.0.0.1:0`: the kernel picks a free
     /// port, so no other test's server can take it first) and waits until /metrics answers.
     pub fn start(args: &[String]) -> Self {
-        let mut agent = Self::spawn(args);
+        Self::wait_serving(Self::spawn(args))
+    }
+
+    /// Waits for a spawned agent to serve /metrics; panics with its log if it does not.
+    fn wait_serving(mut agent: Self) -> Self {
         let port = wait_for(Duration::from_secs(20), || listening_port(&agent.log()));
         agent.port = port
             .unwrap_or_else(|| panic!("agent did not serve /metrics; its log:\n{}", agent.log()));
@@ -392,9 +396,27 @@ impl Agent {
 
     /// Starts the agent without waiting for it (`port` is 0 until `start` learns it).
     pub fn spawn(args: &[String]) -> Self {
+        Self::spawn_in(&[], args)
+    }
+
+    /// Starts the agent as `start` does, but through `wrapper` (a command that runs the
+    /// agent's command line it is given last: e.g. `unshare ... sh -c '...; exec "$@"' sh`).
+    pub fn start_in(wrapper: &[&str], args: &[String]) -> Self {
+        Self::wait_serving(Self::spawn_in(wrapper, args))
+    }
+
+    fn spawn_in(wrapper: &[&str], args: &[String]) -> Self {
         let stderr_path = tempdir().join("agent.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let child = Command::new(agent_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        let child = cmd
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--rescan-ms", "200"])
             .stdout(Stdio::null())

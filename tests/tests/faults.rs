@@ -1,6 +1,6 @@
 //! Bad input and faults: pids that do not exist, are not Go (watched through their sockets), or
 //! are Go without an HTTP server; targets that exit; the agent killed with SIGKILL under load;
-//! missing privileges.
+//! missing privileges; a kernel BTF the agent cannot use.
 
 use std::{
     process::{Command, Stdio},
@@ -15,7 +15,9 @@ use obs_agent::symbols::go_http::analyze_path;
 use obs_integration_tests::{
     go_app,
     load::{drive, Call},
-    read_process_memory, wait_for, Agent, GoServer, GoVersion, Proc,
+    read_process_memory,
+    servers::ScriptServer,
+    tempdir, wait_for, Agent, GoServer, GoVersion, Proc,
 };
 
 const NO_SUCH_PID: u32 = 4_194_305; // above any pid_max
@@ -333,6 +335,56 @@ fn without_root_the_agent_says_so() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("must run as root"), "{stderr}");
+}
+
+/// Garbage where the kernel's BTF should be (bind-mounted over /sys/kernel/btf/vmlinux in a
+/// mount namespace of the agent's own): the agent says what it goes without (the local
+/// addresses of short connections), attaches everything else, and counts every request.
+#[test]
+fn unusable_kernel_btf_costs_only_the_handshake_program() {
+    let garbage = tempdir().join("vmlinux");
+    std::fs::write(&garbage, b"not BTF at all").unwrap();
+    // Not Go: no uprobes, so the shared programs are all that is attached.
+    let server = ScriptServer::python("nobtf", &[]);
+    let script = format!(
+        "mount --bind {} /sys/kernel/btf/vmlinux && exec \"$@\"",
+        garbage.display()
+    );
+    let agent = Agent::start_in(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ],
+        &["--pid".to_owned(), server.proc.pid().to_string()],
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("not watching TCP handshakes (not BTF (magic 0x6f6e))"),
+        "{log}"
+    );
+    for _ in 0..5 {
+        ureq::get(&server.url("/hello")).call().unwrap();
+    }
+    let counted = wait_for(Duration::from_secs(10), || {
+        let n = agent
+            .scrape()
+            .server_counts("nobtf")
+            .get("GET /hello 200")
+            .copied()?;
+        (n == 5).then_some(n)
+    });
+    assert_eq!(counted, Some(5), "log:\n{}", agent.log());
+    assert_eq!(
+        agent.scrape().sum("obs_agent_probes_attached", &[]),
+        2.0,
+        "the two syscall programs, not the handshake one"
+    );
 }
 
 #[derive(PartialEq)]
