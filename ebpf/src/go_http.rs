@@ -6,11 +6,10 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
 use obs_common::{
     go_http::{GoMuxSeen, MuxKey},
-    stats::Stat,
     EventKind,
 };
 
-use crate::maps::{count, wakeup_flags, EVENTS, GO_MUXES};
+use crate::maps::{output, GO_MUXES};
 
 #[uprobe]
 pub fn go_mux_serve_http(ctx: ProbeContext) -> u32 {
@@ -26,8 +25,6 @@ pub fn go_mux_serve_http(ctx: ProbeContext) -> u32 {
         tgid,
         mux,
     };
-    if EVENTS.output::<GoMuxSeen>(&event, wakeup_flags()).is_err() {
-        count(Stat::EventsLostRingFull);
-    }
+    output(&event);
     0
 }

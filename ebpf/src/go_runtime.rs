@@ -11,7 +11,7 @@ use obs_common::{
 };
 
 use crate::{
-    maps::{count, wakeup_flags, EVENTS, GO_PROCS, GO_STARTS},
+    maps::{count, output, GO_PROCS, GO_STARTS},
     user_mem::read,
 };
 
@@ -121,7 +121,5 @@ fn event(tgid: u32, what: u32, goid: u64) -> GoPanic {
 
 #[inline(always)]
 fn submit(event: &GoPanic) {
-    if EVENTS.output::<GoPanic>(event, wakeup_flags()).is_err() {
-        count(Stat::EventsLostRingFull);
-    }
+    output(event);
 }

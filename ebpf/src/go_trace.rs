@@ -19,7 +19,7 @@ use obs_common::{
 
 use crate::{
     go_runtime,
-    maps::{count, wakeup_flags, EVENTS, GO_PARENTS, GO_PROCS},
+    maps::{count, output, EVENTS, GO_PARENTS, GO_PROCS},
     user_mem::read,
 };
 
@@ -127,12 +127,7 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         event.depth = i as u32 + 1;
         key.goid = *parent;
     }
-    if EVENTS
-        .output::<GoClientCall>(&event, wakeup_flags())
-        .is_err()
-    {
-        count(Stat::EventsLostRingFull);
-    }
+    output(&event);
     0
 }
 

@@ -80,6 +80,14 @@ pub fn count(stat: Stat) {
     }
 }
 
+/// Writes `event` to the ring (counting it lost if the ring is full).
+#[inline(always)]
+pub fn output<T: ?Sized>(event: &T) {
+    if EVENTS.output::<T>(event, wakeup_flags()).is_err() {
+        count(Stat::EventsLostRingFull);
+    }
+}
+
 /// Ring-buffer submit flags: never wake the reader (its timer drains the ring), except from
 /// the event that fills the ring past half, so a burst cannot overflow it unseen.
 #[inline(always)]

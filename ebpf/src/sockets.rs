@@ -22,8 +22,8 @@ use obs_common::{
 
 use crate::{
     maps::{
-        count, is_watched, wakeup_flags, CONNECTING, CONNECTING_SOCKS, EVENTS, GO_PROCS, SCRATCH,
-        SOCK_OFFSETS,
+        count, is_watched, output, wakeup_flags, CONNECTING, CONNECTING_SOCKS, EVENTS, GO_PROCS,
+        SCRATCH, SOCK_OFFSETS,
     },
     user_mem::read,
 };
@@ -92,10 +92,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         nr::SENDFILE if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, 0, 0),
         // The kernel wrote the peer's address to rsi (if the caller asked for it).
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => conn(tgid, syscall, ret as u32, ret, regs.rsi),
-        nr::CONNECT => {
-            let event = conn_event(tgid, syscall, regs.rdi as u32, ret, regs.rsi);
-            connected(event)
-        }
+        nr::CONNECT => connected(conn_event(tgid, syscall, regs.rdi as u32, ret, regs.rsi)),
         // The socket's own address (Go asks right after connect and accept): the local end
         // that links a client span to the server span of the same connection.
         nr::GETSOCKNAME if ret == 0 => conn(tgid, syscall, regs.rdi as u32, ret, regs.rsi),
@@ -132,11 +129,7 @@ fn peer_address(sockaddr: u64, event: &mut SockConn) {
         return;
     };
     let addr = match family {
-        AF_INET => read::<[u8; 4]>(sockaddr + 4).map(|a| {
-            let mut full = [0; 16];
-            full[..4].copy_from_slice(&a);
-            full
-        }),
+        AF_INET => read::<[u8; 4]>(sockaddr + 4).map(ipv4_in_16),
         AF_INET6 => read::<[u8; 16]>(sockaddr + 8),
         _ => return,
     };
@@ -145,6 +138,14 @@ fn peer_address(sockaddr: u64, event: &mut SockConn) {
         event.port = u16::from_be(port);
         event.addr = addr;
     }
+}
+
+/// An IPv4 address in the first 4 bytes of an event's 16-byte address field.
+#[inline(always)]
+fn ipv4_in_16(a: [u8; 4]) -> [u8; 16] {
+    let mut full = [0; 16];
+    full[..4].copy_from_slice(&a);
+    full
 }
 
 /// `struct iovec`: base, then length.
@@ -206,9 +207,7 @@ fn ingress(tgid: u32, regs: &pt_regs, ret: i64, buf: u64, copy: i64) {
     let record = unsafe {
         core::slice::from_raw_parts(e.cast::<u8>(), SOCK_DATA_HEADER + len.min(DATA_PREFIX))
     };
-    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
-        count(Stat::EventsLostRingFull);
-    }
+    output::<[u8]>(record);
 }
 
 #[inline(always)]
@@ -334,13 +333,6 @@ fn connected(mut event: SockConn) {
     output(&event);
 }
 
-#[inline(always)]
-fn output<T: 'static>(event: &T) {
-    if EVENTS.output::<T>(event, wakeup_flags()).is_err() {
-        count(Stat::EventsLostRingFull);
-    }
-}
-
 /// TCP state changes, for this end's address of the connections watched processes open:
 /// most runtimes never ask for it (getsockname), and a short connection is gone from /proc
 /// by the time user space reads the ring. Into SYN_SENT (inside the process's connect, which
@@ -390,11 +382,7 @@ fn local_address(tgid: u32, sock: u64) {
     };
     let addr = match family {
         AF_INET => {
-            unsafe { bpf_probe_read_kernel(field(off.rcv_saddr).cast::<[u8; 4]>()) }.map(|a| {
-                let mut full = [0; 16];
-                full[..4].copy_from_slice(&a);
-                full
-            })
+            unsafe { bpf_probe_read_kernel(field(off.rcv_saddr).cast::<[u8; 4]>()) }.map(ipv4_in_16)
         }
         AF_INET6 if off.v6_rcv_saddr != SockOffsets::NONE => unsafe {
             bpf_probe_read_kernel(field(off.v6_rcv_saddr).cast::<[u8; 16]>())

@@ -100,7 +100,7 @@ pub struct Probes {
     /// Detached probes on their way out (see `Detacher`).
     detacher: Detacher,
     /// Programs attached once for the whole machine (the syscall programs, and the TCP
-    /// state program when the kernel's tracepoint has the expected layout).
+    /// state program when the kernel's BTF gives the socket's field offsets).
     shared: usize,
 }
 
@@ -510,8 +510,7 @@ fn attach_set_state(ebpf: &mut Ebpf) -> Result<(), String> {
 
 /// `struct sock_common`'s address fields on this kernel; IPv6's may be missing.
 fn sock_offsets() -> Result<SockOffsets, BtfError> {
-    let data =
-        std::fs::read(btf::VMLINUX).map_err(|_| BtfError::Corrupt("no /sys/kernel/btf/vmlinux"))?;
+    let data = std::fs::read(btf::VMLINUX).map_err(|e| BtfError::Unreadable(e.to_string()))?;
     let btf = Btf::parse(&data)?;
     let field = |name| btf.field_offset("sock_common", name);
     Ok(SockOffsets {
