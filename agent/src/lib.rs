@@ -6,6 +6,7 @@
 //! `inspect` shows what `symbols` makes of a binary.
 
 pub mod cli;
+pub mod connections;
 pub mod events;
 pub mod export;
 pub mod go_process;

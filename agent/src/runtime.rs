@@ -17,6 +17,7 @@ use obs_common::{
 };
 
 use crate::{
+    connections::{Connections, Dropped, Exchange, RESPONSE_QUIET_NS},
     events::{local_address, peer_address, DecodeError, Event},
     go_process::GoProcess,
     metrics::{
@@ -25,9 +26,9 @@ use crate::{
     },
     probes::{error_chain, ProbeError, Probes},
     protocols::go_mux::{Pattern, PatternSet},
+    protocols::{trace_context::SpanContext, Role},
     spans::{
         goroutines::{Caller, Chain, Goroutines},
-        http1::{Connections, Dropped, Exchange, Role, SpanContext, RESPONSE_QUIET_NS},
         route_of,
         trace::{Resource, SpanSink},
         tracer::Orphan,
@@ -752,7 +753,7 @@ impl Agent {
                 Role::Server => None,
             };
             let ctx = tracer.start(&started, parent);
-            w.connections.set_span(started.fd, ctx);
+            w.connections.set_span(started.fd, started.id, ctx);
             match started.role {
                 Role::Server => {
                     w.goroutines.serving(goid, ctx);
@@ -796,14 +797,9 @@ impl Agent {
             Dropped::Overflow => {
                 m.lost("connection_table_full").inc();
             }
-            Dropped::NotHttp { role, reason } => m.non_http_connection(
-                service_name,
-                match role {
-                    Role::Server => "server",
-                    Role::Client => "client",
-                },
-                reason,
-            ),
+            Dropped::NotHttp { role, reason } => {
+                m.non_http_connection(service_name, role.as_str(), reason.as_str())
+            }
         }
     }
 

@@ -1,14 +1,15 @@
-//! Ring-buffer records from arbitrary bytes, through the HTTP/1 pairing of socket data on
+//! Ring-buffer records from arbitrary bytes, through the connection table (HTTP/1) on
 //! both ends of connections (server, client, and role unknown) and span building.
 #![no_main]
 use obs_agent::{
+    connections::Connections,
     events::{decode, local_address, peer_address, Event},
+    protocols::Role,
     spans::{
         goroutines::{Caller, Chain, Goroutines},
-        http1::{Connections, Role},
+        route_of,
         trace::Resource,
         tracer::Tracer,
-        ClientRequest, ServerRequest,
     },
 };
 use obs_common::sockets::DIR_INGRESS;
@@ -65,8 +66,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             if let (Role::Server, Some(span)) = (e.role, &e.span) {
                 goroutines.served(d.goid, span);
             }
-            let _ = ServerRequest::from_exchange(&e, None);
-            let _ = ClientRequest::from_exchange(&e);
+            let _ = route_of(&e, None);
             let _ = tracer.finish(e, None, &resource);
         }
         while let Some(started) = conns.take_started() {
@@ -76,7 +76,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 Caller::Unknown => conns.sole_server_span(),
             };
             let ctx = tracer.start(&started, parent);
-            conns.set_span(started.fd, ctx);
+            conns.set_span(started.fd, started.id, ctx);
             if started.role == Role::Server {
                 goroutines.serving(d.goid, ctx);
                 tracer.orphan(1, &started, &ctx);

@@ -1,11 +1,11 @@
-//! The HTTP/1 connection state machine on arbitrary syscall sequences: each step is one
+//! The connection table and its HTTP/1 decoder on arbitrary syscall sequences: each step is one
 //! control byte (which socket, which direction or event, how many bytes the call moved
 //! beyond those captured) and a slice of the input as the captured bytes. Checks that it never
 //! panics, stays bounded, and only reports exchanges of requests it was given.
 #![no_main]
 use obs_agent::{
-    protocols::http::parse_request_head,
-    spans::http1::{Connections, Role, MAX_PENDING, RESPONSE_QUIET_NS},
+    connections::{Connections, RESPONSE_QUIET_NS},
+    protocols::{http1::parse::parse_request_head, Role, MAX_PENDING},
 };
 use obs_common::sockets::{DATA_PREFIX, EGRESS_PREFIX};
 

@@ -18,8 +18,6 @@ pub use route_guard::{RouteGuard, OVERFLOW_ROUTE};
 pub use self_metrics::{labels as self_metrics_labels, ModuleLabels, SelfMetrics, TargetLabels};
 pub use series::ProcessSeries;
 
-use crate::spans::{ClientRequest, ServerRequest};
-
 /// OpenTelemetry's recommended buckets for `http.server.request.duration`, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -101,33 +99,31 @@ impl Metrics {
         }
     }
 
-    /// Records a call (uncached: [`Metrics::record_client`] is the per-request path).
-    pub fn record_client_request(&self, service_name: &str, req: &ClientRequest) {
-        let (server_address, server_port) = self.admit_peer(service_name, req.server);
+    /// Records a call without the process's cached series (what [`Metrics::record_client`]
+    /// falls back to past its cache's bounds).
+    fn record_client_uncached(
+        &self,
+        service_name: &str,
+        server: Option<SocketAddr>,
+        method: &'static str,
+        status: u16,
+        duration: Duration,
+    ) {
+        let (server_address, server_port) = self.admit_peer(service_name, server);
         self.observe_client(
             HttpClientLabels {
                 service_name: service_name.to_owned(),
-                http_request_method: req.method,
-                http_response_status_code: req.status,
+                http_request_method: method,
+                http_response_status_code: status,
                 server_address,
                 server_port,
             },
-            req.duration,
+            duration,
         );
     }
 
-    /// Records a served request (uncached: [`Metrics::record_server`] is the per-request
-    /// path).
-    pub fn record_server_request(&self, service_name: &str, req: &ServerRequest) {
-        self.record_server_uncached(
-            service_name,
-            &req.route,
-            req.method,
-            req.status,
-            req.duration,
-        );
-    }
-
+    /// Records a served request without the process's cached series (what
+    /// [`Metrics::record_server`] falls back to past its cache's bounds).
     fn record_server_uncached(
         &self,
         service_name: &str,
@@ -207,16 +203,10 @@ mod tests {
     #[test]
     fn records_and_encodes() {
         let m = Metrics::new(2);
-        let req = |route: &str| ServerRequest {
-            method: "GET",
-            route: route.to_owned(),
-            status: 200,
-            duration: Duration::from_millis(30),
-        };
-        m.record_server_request("svc", &req("/a"));
-        m.record_server_request("svc", &req("/a"));
-        m.record_server_request("svc", &req("/b"));
-        m.record_server_request("svc", &req("/c"));
+        let d = Duration::from_millis(30);
+        for route in ["/a", "/a", "/b", "/c"] {
+            m.record_server_uncached("svc", route, "GET", 200, d);
+        }
         let text = m.encode().unwrap();
         assert!(text.contains(
             "http_server_request_duration_seconds_count{service_name=\"svc\",http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/a\"} 2"
@@ -247,13 +237,7 @@ mod tests {
         for (route, method, status) in served {
             let shared = cached.record_server(&mut p, route, method, status, d);
             assert_eq!(&**shared, route);
-            let req = ServerRequest {
-                method,
-                route: route.to_owned(),
-                status,
-                duration: d,
-            };
-            plain.record_server_request("svc", &req);
+            plain.record_server_uncached("svc", route, method, status, d);
         }
         let peer = |s: &str| Some(s.parse().unwrap());
         let called = [
@@ -266,13 +250,7 @@ mod tests {
         ];
         for (server, status) in called {
             cached.record_client(&mut p, server, "GET", status, d);
-            let req = ClientRequest {
-                method: "GET",
-                status,
-                server,
-                duration: d,
-            };
-            plain.record_client_request("svc", &req);
+            plain.record_client_uncached("svc", server, "GET", status, d);
         }
         let text = cached.encode().unwrap();
         assert!(text.contains("http_route=\"_OTHER\"} 2"), "{text}");

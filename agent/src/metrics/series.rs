@@ -163,17 +163,7 @@ impl Metrics {
         }
         let service_name = &p.service_name;
         let Some(peer) = p.peers.get_mut(&server) else {
-            let (server_address, server_port) = self.admit_peer(service_name, server);
-            return self.observe_client(
-                HttpClientLabels {
-                    service_name: service_name.clone(),
-                    http_request_method: method,
-                    http_response_status_code: status,
-                    server_address,
-                    server_port,
-                },
-                duration,
-            );
+            return self.record_client_uncached(service_name, server, method, status, duration);
         };
         let PeerSeries {
             address,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use obs_common::go_trace::{GoClientCall, MAX_GOROUTINE_CHAIN};
 
-use super::http1::SpanContext;
+use crate::protocols::trace_context::SpanContext;
 
 /// Bounds, against a process that never finishes what it starts.
 pub const MAX_SERVING: usize = 65_536;

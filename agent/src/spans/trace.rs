@@ -15,8 +15,7 @@ use std::{
     sync::Arc,
 };
 
-pub type TraceId = [u8; 16];
-pub type SpanId = [u8; 8];
+pub use crate::protocols::trace_context::{SpanId, TraceId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SpanKind {

@@ -15,11 +15,15 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use super::{
-    http1::{Exchange, Role, SpanContext, Started},
-    trace::{HttpAttributes, Resource, Span, SpanId, SpanKind, TraceId},
+use super::trace::{HttpAttributes, Resource, Span, SpanKind};
+use crate::{
+    connections::{Exchange, Started},
+    protocols::{
+        http::collapse_path,
+        trace_context::{SpanContext, SpanId, TraceId},
+        Role,
+    },
 };
-use crate::protocols::http::collapse_path;
 
 /// Client requests in flight remembered for linking, at most (oldest forgotten first).
 pub const MAX_CLIENT_LINKS: usize = 65_536;
@@ -316,7 +320,7 @@ fn clock_offset_ns() -> i128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{protocols::http::TraceParent, spans::trace::Value};
+    use crate::{protocols::trace_context::TraceParent, spans::trace::Value};
 
     fn resource() -> Arc<Resource> {
         Arc::new(Resource {
@@ -331,6 +335,7 @@ mod tests {
     fn started(role: Role, local: &str, peer: &str) -> Started {
         Started {
             fd: 3,
+            id: 0,
             role,
             peer: Some(peer.parse().unwrap()),
             local: Some(local.parse().unwrap()),

@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use crate::spans::http1::Role;
+use crate::protocols::Role;
 
 /// A socket descriptor open at attach, with what /proc says of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
