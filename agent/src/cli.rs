@@ -106,6 +106,9 @@ pub enum Command {
     /// (the binary's DWARF, or the offsets table and which release of it), and why the agent
     /// would not watch it, if so. Example: obs-agent inspect ./my-service --json
     Inspect(InspectArgs),
+    /// List every probe the agent has: where it attaches, when, whether the agent can run
+    /// without it and what is lost then (a Markdown table, as the README shows it).
+    Probes,
 }
 
 #[derive(Clone, Debug, clap::Args)]

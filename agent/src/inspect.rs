@@ -8,14 +8,17 @@ use std::{collections::BTreeMap, fmt, path::Path};
 
 use serde::Serialize;
 
-use crate::symbols::{
-    disasm::SiteKind,
-    dwarf::Layouts,
-    elf::ElfFile,
-    go_http,
-    offsets::{self, GoRelease, LayoutSource},
-    runtime_globals::{GlobalsSource, RuntimeGlobals},
-    SymbolsError,
+use crate::{
+    probes::table::Probe,
+    symbols::{
+        disasm::SiteKind,
+        dwarf::Layouts,
+        elf::ElfFile,
+        go_http,
+        offsets::{self, GoRelease, LayoutSource},
+        runtime_globals::{GlobalsSource, RuntimeGlobals},
+        SymbolsError,
+    },
 };
 
 /// Struct -> member -> offset, sorted (stable output).
@@ -65,6 +68,10 @@ pub struct Report {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SiteReport {
+    /// The program attached there (the probe table's row, `obs-agent probes`).
+    pub program: &'static str,
+    /// What it serves (`routes`, `goroutines`, `call_parents`, `panics`).
+    pub feature: &'static str,
     pub function: &'static str,
     pub address: u64,
     pub file_offset: u64,
@@ -187,7 +194,13 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
             report.probe_sites = binary
                 .probe_points()
                 .iter()
-                .map(|p| SiteReport {
+                .filter_map(|p| {
+                    let spec = Probe::on_function(p.function)?.spec();
+                    Some((spec, p))
+                })
+                .map(|(spec, p)| SiteReport {
+                    program: spec.program,
+                    feature: spec.feature.as_str(),
                     function: p.function,
                     address: p.address,
                     file_offset: p.file_offset,
@@ -292,7 +305,9 @@ impl fmt::Display for Report {
         for site in &self.probe_sites {
             writeln!(
                 f,
-                "probe site:      {}+{:#x} (address {:#x}, file offset {:#x}): {}",
+                "probe site:      {} ({}): {}+{:#x} (address {:#x}, file offset {:#x}): {}",
+                site.program,
+                site.feature,
                 site.function,
                 site.offset,
                 site.address,

@@ -7,13 +7,13 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{bail, Context};
 use clap::Parser;
 use obs_agent::{
+    agent::{Agent, PACE_INTERVAL},
     cli::{Args, Command, InspectArgs},
     events,
     export::{self, traces::TraceConfig},
     inspect,
     metrics::Metrics,
     probes::{error_chain, Probes},
-    runtime::Agent,
     target::Selection,
 };
 
@@ -24,12 +24,16 @@ fn main() {
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .init();
-    if let Some(Command::Inspect(inspect_args)) = &args.command {
-        if let Err(e) = inspect_binary(inspect_args) {
-            eprintln!("obs-agent: {e:#}");
-            std::process::exit(1);
+    match &args.command {
+        Some(Command::Inspect(inspect_args)) => {
+            if let Err(e) = inspect_binary(inspect_args) {
+                eprintln!("obs-agent: {e:#}");
+                std::process::exit(1);
+            }
+            return;
         }
-        return;
+        Some(Command::Probes) => return print!("{}", obs_agent::probes::table::markdown()),
+        None => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -71,10 +75,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     trace_config.store_max_spans = args.max_stored_spans;
     let traces = export::traces::start(&trace_config, &metrics.agent)?;
-    // The span builder's sink: hand `traces.sink()` to whoever assembles spans.
-    let mut agent = Agent::new(probes, metrics, selection.clone());
-    agent.goroutine_probe_max_rate = args.goroutine_probe_max_rate;
-    let agent = Arc::new(agent);
+    let agent = Arc::new(Agent::new(
+        probes,
+        metrics.clone(),
+        selection.clone(),
+        args.goroutine_probe_max_rate,
+    ));
     agent.enable_tracing(traces.sink(), args.trace_sample_ratio);
 
     match &selection {
@@ -100,6 +106,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    // Gauges before the first scrape; then every PACE_INTERVAL.
+    agent.pace();
     let reader_agent = agent.clone();
     let reader = tokio::spawn(events::read_forever(ring, move |e| reader_agent.handle(e)));
     let lifecycle_agent = agent.clone();
@@ -115,16 +123,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     let pace_agent = agent.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(obs_agent::runtime::GO_PACE_INTERVAL);
+        let mut tick = tokio::time::interval(PACE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let a = pace_agent.clone();
             // Reads of target memory block: off the event loop.
-            let _ = tokio::task::spawn_blocking(move || a.pace_go_probes()).await;
+            let _ = tokio::task::spawn_blocking(move || a.pace()).await;
         }
     });
-    let server = export::serve(args.listen, agent.clone(), traces.store.clone());
+    let server = export::serve(args.listen, metrics, traces.store.clone());
 
     let outcome: anyhow::Result<()> = tokio::select! {
         r = server => r.with_context(|| format!("serving metrics on {}", args.listen)),

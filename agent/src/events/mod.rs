@@ -82,6 +82,21 @@ pub enum Event<'a> {
     SockLocal(SockLocal),
 }
 
+impl Event<'_> {
+    /// The process the event is about.
+    pub fn tgid(&self) -> u32 {
+        match self {
+            Event::GoMuxSeen(e) => e.tgid,
+            Event::GoClientCall(e) => e.tgid,
+            Event::GoPanic(e) => e.tgid,
+            Event::GoCreationBurst(e) => e.tgid,
+            Event::SockConn(e) => e.tgid,
+            Event::SockLocal(e) => e.tgid,
+            Event::SockData(e) => e.tgid,
+        }
+    }
+}
+
 /// The peer address of an accept or connect, when the process gave or got an IPv4/IPv6 one.
 pub fn peer_address(c: &SockConn) -> Option<std::net::SocketAddr> {
     socket_address(c.family, c.port, c.addr)

@@ -19,40 +19,44 @@ use axum::{
 };
 use serde::Deserialize;
 
-use crate::runtime::Agent;
+use crate::metrics::Metrics;
 use trace_store::{parse_trace_id, render_tree, TraceJson, TraceStore};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub async fn serve(
     addr: SocketAddr,
-    agent: Arc<Agent>,
+    metrics: Arc<Metrics>,
     traces: Arc<TraceStore>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     log::info!("serving metrics on http://{local}/metrics and traces on http://{local}/traces");
-    axum::serve(listener, router(agent).merge(trace_router(traces))).await
+    axum::serve(listener, router(metrics).merge(trace_router(traces))).await
 }
 
-pub fn router(agent: Arc<Agent>) -> Router {
+/// `/metrics` encodes the registry as it is: the agent keeps it up to date on its own timer,
+/// so a scrape does no work of the agent's and reads no process.
+pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/",
             get(|| async { "obs-agent: see /metrics, /traces and /healthz\n" }),
         )
-        .with_state(agent)
+        .with_state(metrics)
 }
 
-async fn metrics(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> impl IntoResponse {
-    agent.refresh();
+async fn metrics_text(
+    State(metrics): State<Arc<Metrics>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
-    match agent.metrics.encode() {
+    match metrics.encode() {
         Ok(body) if wants_openmetrics => {
             ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
         }

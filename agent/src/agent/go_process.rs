@@ -1,6 +1,6 @@
 //! One watched Go process's runtime figures: reads its runtime's state, names the addresses
 //! the kernel reports (goroutine start functions, panicking callers) and feeds
-//! `metrics::go_runtime`. Called from `runtime` at each refresh and on panic events.
+//! `metrics::go_runtime`. Called by the agent every `PACE_INTERVAL` and on panic events.
 
 use std::{
     collections::HashMap,

@@ -1,0 +1,53 @@
+//! Gauges and the kernel programs' counters, brought up to date every `PACE_INTERVAL` (a
+//! scrape only reads the registry): requests in flight per service, processes watched,
+//! probes attached and being detached, and what the kernel side counted (lost events, read
+//! errors, full tables).
+
+use std::collections::HashMap;
+
+use obs_common::stats::{Stat, STAT_COUNT};
+
+use crate::metrics::{self_metrics_labels, ServiceLabels};
+
+use super::{kernel::Kernel, lock, Agent};
+
+/// The kernel's counters as last exported: the registry's counters grow by the difference.
+pub type CountersSeen = [u64; STAT_COUNT as usize];
+
+impl<K: Kernel> Agent<K> {
+    pub(super) fn refresh_gauges(&self) {
+        let mut active: HashMap<String, i64> = HashMap::new();
+        let mut live = 0;
+        for w in lock(&self.pipeline).watched.values() {
+            *active.entry(w.process.service_name.clone()).or_default() +=
+                w.connections.in_flight() as i64;
+            live += i64::from(w.is_alive());
+        }
+        for (service_name, n) in active {
+            self.metrics
+                .server_active
+                .get_or_create(&ServiceLabels { service_name })
+                .set(n);
+        }
+        let m = &self.metrics.agent;
+        m.processes_watched.set(live);
+        let mut side = lock(&self.kernel);
+        m.probes_attached.set(side.kernel.attached_count() as i64);
+        m.probes_detaching.set(side.kernel.detaching_count() as i64);
+        let now = side.kernel.counters();
+        for stat in Stat::ALL {
+            let delta = now[stat as usize].saturating_sub(side.counters_seen[stat as usize]);
+            if delta == 0 {
+                continue;
+            }
+            match stat {
+                Stat::EventsLostRingFull => m.lost("ring_full").inc_by(delta),
+                other => m
+                    .kernel_errors
+                    .get_or_create(&self_metrics_labels::reason(other.name()))
+                    .inc_by(delta),
+            };
+        }
+        side.counters_seen = now;
+    }
+}

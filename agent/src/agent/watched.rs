@@ -1,0 +1,55 @@
+//! One watched process's state on the data path: its connections, goroutine links, routes,
+//! Go runtime figures, and the series and labels it is exported under.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use crate::{
+    connections::Connections,
+    metrics::{ModuleLabels, ProcessSeries, TargetLabels},
+    protocols::trace_context::SpanContext,
+    spans::{goroutines::Goroutines, trace::Resource, tracer::Orphan},
+    target::Process,
+};
+
+use super::{go_process::GoProcess, routes::Routes};
+
+/// The watched processes by pid, looked up on every event: a fast hash (pids are not
+/// chosen by peers).
+pub type WatchedMap = HashMap<u32, Watched, foldhash::fast::RandomState>;
+
+pub struct Watched {
+    pub process: Process,
+    /// What its spans say of it (OpenTelemetry resource).
+    pub resource: Arc<Resource>,
+    /// Its request series, resolved once per route and server.
+    pub series: ProcessSeries,
+    /// Its `obs_agent_target_info` and `obs_agent_target_module_info` series, removed at exit.
+    pub target: TargetLabels,
+    pub modules: Vec<ModuleLabels>,
+    /// When its exit was seen: its state is kept a while for the events it left in the ring.
+    pub exited_at: Option<Instant>,
+    pub connections: Connections,
+    /// Go processes with goroutine tracking: which request each call is made for.
+    pub goroutines: Goroutines,
+    pub routes: Routes,
+    /// Its Go runtime's figures (goroutines, GC, panics), when its goroutines are followed.
+    pub go: Option<GoProcess>,
+}
+
+impl Watched {
+    pub fn is_alive(&self) -> bool {
+        self.exited_at.is_none()
+    }
+}
+
+/// Server requests that started before the client request of the same connection was seen
+/// (usually in another watched process): now that client's children.
+pub fn adopt(watched: &mut WatchedMap, adopted: Vec<(Orphan, SpanContext)>) {
+    for (orphan, span) in adopted {
+        if let Some(server) = watched.get_mut(&orphan.pid) {
+            if server.connections.relink(orphan.fd, orphan.span_id, span) {
+                server.goroutines.relink(span);
+            }
+        }
+    }
+}
