@@ -214,10 +214,14 @@ fn print_report(args: &BenchArgs, go_version: &str, without: &[Load], agents: &[
         args.agent_args
     );
     if let [base, new] = agents {
+        let binary = base.binary.display().to_string();
+        let baseline = if base.label == binary {
+            binary
+        } else {
+            format!("{} ({binary})", base.label)
+        };
         println!(
-            "  agents: {} = {}, new = {} (this tree); each round measures without, {0} and new, in rotating order",
-            base.label,
-            base.binary.display(),
+            "  agents: baseline = {baseline}, new = {} (this tree); each round measures without, baseline and new, in rotating order",
             new.binary.display()
         );
     }
