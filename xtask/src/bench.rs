@@ -2,8 +2,10 @@
 //! attached, alternating over several rounds in one run (these machines are shared and
 //! noisy, so only side-by-side ratios mean anything). Reports throughput and latency ratios,
 //! the agent's CPU per 1,000 requests, its peak RSS, events lost, and whether the agent's
-//! request count equals what the server answered. With `--unwatched`, what the agent costs
-//! a process it does not watch, in nanoseconds per syscall.
+//! request count equals what the server answered. With `--baseline-agent`, a second agent
+//! binary (e.g. an older build) is measured in the same rounds, and the report sets the two
+//! side by side. With `--unwatched`, what the agent costs a process it does not watch, in
+//! nanoseconds per syscall.
 
 use std::{
     path::{Path, PathBuf},
@@ -23,7 +25,7 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Rounds of (with, without) pairs.
+    /// Rounds of (with, without) pairs (with --baseline-agent: of three measurements).
     #[arg(long, default_value_t = 5)]
     rounds: u32,
     /// Seconds of load per measurement.
@@ -75,6 +77,21 @@ pub struct BenchArgs {
     /// metrics without spans). Repeatable.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
     agent_args: Vec<String>,
+    /// Another obs-agent binary to measure beside this tree's (e.g. one built from an older
+    /// commit): each round then measures without an agent, with this one and with the new
+    /// build (same agent args, pinning and servers), in rotating order, and the report gives
+    /// each agent its column and adds new/baseline (median of per-round ratios). For the
+    /// plain, --traced, --new-connections and --handler-us variants; not with --unwatched or
+    /// --goroutines.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with_all = ["unwatched", "goroutines"]
+    )]
+    baseline_agent: Option<PathBuf>,
+    /// The baseline agent's name in the report (default: its path as given).
+    #[arg(long, value_name = "TEXT", requires = "baseline_agent")]
+    baseline_label: Option<String>,
 }
 
 struct Load {
@@ -90,6 +107,12 @@ struct Load {
     server_busy: f64,
 }
 
+/// One measurement with an agent attached: the load, and what the agent cost and counted.
+struct AgentRound {
+    load: Load,
+    cost: AgentCost,
+}
+
 struct AgentCost {
     cpu_ms: f64,
     peak_rss_kb: u64,
@@ -102,18 +125,139 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.goroutines {
         return goroutine_bench(&args);
     }
+    let baseline = baseline_agent(&args)?;
     let tools = install_test_tools()?;
     let agent = build()?;
     if args.unwatched {
         return bench_unwatched(&agent, &args);
     }
+    // The baseline first, so that the report's columns read before -> after.
+    let new_label = if baseline.is_some() { "new" } else { "agent" };
+    let mut agents: Vec<AgentRuns> = baseline
+        .into_iter()
+        .chain([AgentRuns::new(new_label, agent)])
+        .collect();
+    let go = tools.go(&args.go)?;
     let app = if args.traced { "gochain" } else { "gohello" };
-    let server_bin = build_go_app(tools.go(&args.go)?, app)?;
+    let server_bin = build_go_app(go, app)?;
+    let (servers, url) = start_servers(&server_bin, app, &args)?;
+    let pids: Vec<u32> = servers.iter().map(|s| s.0.id()).collect();
+    // Warm up the server (and the Go runtime's heap) once.
+    wrk(&url, 2, &args, &pids)?;
+    let without = measure_rounds(&mut agents, &pids, &url, &args)?;
+    drop(servers);
+
+    print_report(&args, &version_of(go)?, &without, &agents);
+    Ok(())
+}
+
+/// The rounds: in each, without an agent and with each of `agents` (added to its rounds), in
+/// an order rotated every round. Returns the loads without an agent.
+fn measure_rounds(
+    agents: &mut [AgentRuns],
+    pids: &[u32],
+    url: &str,
+    args: &BenchArgs,
+) -> Result<Vec<Load>> {
+    let mut without = Vec::new();
+    let subjects: Vec<Subject> = (0..agents.len())
+        .map(Subject::Agent)
+        .chain([Subject::Without])
+        .collect();
+    let name_width = agents
+        .iter()
+        .map(|a| a.round_name.chars().count())
+        .chain(["without agent".len()])
+        .max()
+        .unwrap_or(0)
+        + 1;
+    for round in 0..args.rounds {
+        for subject in rotated(&subjects, round) {
+            match subject {
+                Subject::Agent(i) => {
+                    let a = &mut agents[i];
+                    let run = with_agent(&a.binary, pids, url, args)?;
+                    log_round(round, &a.round_name, name_width, &run.load, Some(&run.cost));
+                    a.rounds.push(run);
+                }
+                Subject::Without => {
+                    let load = wrk(url, args.seconds, args, pids)?;
+                    log_round(round, "without agent", name_width, &load, None);
+                    without.push(load);
+                }
+            }
+        }
+    }
+    Ok(without)
+}
+
+/// The heading and the figures of the report, on stdout.
+fn print_report(args: &BenchArgs, go_version: &str, without: &[Load], agents: &[AgentRuns]) {
+    println!();
+    let server = if args.traced {
+        "gochain front -> leaf, one outgoing call per request, both watched".to_owned()
+    } else if args.handler_us > 0 {
+        format!("gohello, {} µs of work per request", args.handler_us)
+    } else {
+        "gohello".to_owned()
+    };
+    println!(
+        "obs-agent benchmark: {server} ({go_version}), wrk -t1 -c{} -d{}s{}, {} rounds, agent args {:?}",
+        args.connections,
+        args.seconds,
+        if args.new_connections {
+            " (a new connection per request)"
+        } else {
+            ""
+        },
+        args.rounds,
+        args.agent_args
+    );
+    if let [base, new] = agents {
+        let binary = base.binary.display().to_string();
+        let baseline = if base.label == binary {
+            binary
+        } else {
+            format!("{} ({binary})", base.label)
+        };
+        println!(
+            "  agents: baseline = {baseline}, new = {} (this tree); each round measures without, baseline and new, in rotating order",
+            new.binary.display()
+        );
+    }
+    for line in table(&report_rows(args, without, agents), agents) {
+        println!("{line}");
+    }
+}
+
+/// The `--baseline-agent`, if any, under its label; it must be a file.
+fn baseline_agent(args: &BenchArgs) -> Result<Option<AgentRuns>> {
+    let Some(path) = &args.baseline_agent else {
+        return Ok(None);
+    };
+    let canonical = std::fs::canonicalize(path)
+        .with_context(|| format!("--baseline-agent {}", path.display()))?;
+    if !canonical.is_file() {
+        bail!("--baseline-agent {}: not a file", path.display());
+    }
+    let label = match &args.baseline_label {
+        Some(label) => label.clone(),
+        None => path.display().to_string(),
+    };
+    Ok(Some(AgentRuns::new(&label, canonical)))
+}
+
+/// Starts the server (and, traced, its leaf) pinned as asked; returns them and the URL to load.
+fn start_servers(
+    server_bin: &Path,
+    app: &str,
+    args: &BenchArgs,
+) -> Result<(Vec<ChildGuard>, String)> {
     let port = 18080 + (std::process::id() % 1000) as u16;
     let addr = format!("127.0.0.1:{port}");
     let leaf_addr = format!("127.0.0.1:{}", port + 1);
     let start = |extra: &[&str]| -> Result<ChildGuard> {
-        let mut c = on_cpus(args.pin.then_some("0"), &server_bin);
+        let mut c = on_cpus(args.pin.then_some("0"), server_bin);
         Ok(ChildGuard(
             c.args(extra)
                 .stdout(Stdio::null())
@@ -142,129 +286,234 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         format!("http://{addr}/")
     };
     wait_http(&url)?;
-    let pids: Vec<u32> = servers.iter().map(|s| s.0.id()).collect();
-    // Warm up the server (and the Go runtime's heap) once.
-    wrk(&url, 2, &args, &pids)?;
+    Ok((servers, url))
+}
 
-    let mut with = Vec::new();
-    let mut without = Vec::new();
-    let mut costs = Vec::new();
-    for round in 0..args.rounds {
-        // Alternate which goes first, so drift in the machine's load cancels out.
-        let order = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for attached in order {
-            if attached {
-                let (load, cost) = with_agent(&agent, &pids, &url, &args)?;
-                eprintln!(
-                    "round {round}: with agent    {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  agent cpu {:.1} ms, counted {} of {}",
-                    load.rps, load.p50_us, load.p99_us, cost.cpu_ms, cost.counted, load.requests
-                );
-                with.push(load);
-                costs.push(cost);
-            } else {
-                let load = wrk(&url, args.seconds, &args, &pids)?;
-                eprintln!(
-                    "round {round}: without agent {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
-                    load.rps, load.p50_us, load.p99_us
-                );
-                without.push(load);
-            }
+/// What one measurement of a round loads the server with.
+#[derive(Clone, Copy)]
+enum Subject {
+    Without,
+    /// The agent at this index of the bench's agents.
+    Agent(usize),
+}
+
+/// One agent binary under test, and its measurements, one per round.
+struct AgentRuns {
+    /// Its column's heading in the report.
+    label: String,
+    /// Its name in the per-round lines.
+    round_name: String,
+    binary: PathBuf,
+    rounds: Vec<AgentRound>,
+}
+
+impl AgentRuns {
+    fn new(label: &str, binary: PathBuf) -> Self {
+        AgentRuns {
+            label: label.to_owned(),
+            round_name: format!("with {label}"),
+            binary,
+            rounds: Vec::new(),
         }
     }
-    for mut s in servers {
-        s.0.kill().ok();
+
+    fn total(&self, f: fn(&AgentRound) -> f64) -> f64 {
+        self.rounds.iter().map(f).sum()
     }
 
-    let median = |v: Vec<f64>| -> f64 {
-        let mut v = v;
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
+    fn median(&self, f: fn(&Load) -> f64) -> f64 {
+        median(self.rounds.iter().map(|r| f(&r.load)).collect())
+    }
+}
+
+/// The per-round line on stderr: the load, and what the agent (if any) cost and counted.
+fn log_round(round: u32, name: &str, width: usize, load: &Load, cost: Option<&AgentCost>) {
+    let agent = cost.map_or(String::new(), |c| {
+        format!(
+            "  agent cpu {:.1} ms, counted {} of {}",
+            c.cpu_ms, c.counted, load.requests
+        )
+    });
+    eprintln!(
+        "round {round}: {name:<width$}{:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs{agent}",
+        load.rps, load.p50_us, load.p99_us
+    );
+}
+
+/// One line of the report: a label, and a cell per agent (then, with a baseline, new/baseline).
+struct Row {
+    label: &'static str,
+    cells: Vec<String>,
+}
+
+/// What a report line compares new/baseline by (per round), and how it shows the ratio.
+type Direct = (fn(&AgentRound) -> f64, fn(f64) -> String);
+
+/// The report's lines: per agent, its ratios against no agent and its own costs; with a
+/// baseline, also the direct ratio new/baseline where one means something.
+fn report_rows(args: &BenchArgs, without: &[Load], agents: &[AgentRuns]) -> Vec<Row> {
+    // A cell per agent, plus one for new/baseline (median of per-round ratios) if there is a
+    // baseline and `direct` is given.
+    let row = |label: &'static str, cell: &dyn Fn(&AgentRuns) -> String, direct: Option<Direct>| {
+        let mut cells: Vec<String> = agents.iter().map(cell).collect();
+        if let [base, new] = agents {
+            cells.push(direct.map_or(String::new(), |(f, show)| {
+                show(median_of_ratios(
+                    new.rounds
+                        .iter()
+                        .zip(&base.rounds)
+                        .map(|(n, b)| (f(n), f(b))),
+                ))
+            }));
+        }
+        Row { label, cells }
     };
-    let ratio = |f: fn(&Load) -> f64| {
-        median(
-            with.iter()
-                .zip(&without)
-                .map(|(w, wo)| f(w) / f(wo))
-                .collect(),
+    let vs_without = |a: &AgentRuns, f: fn(&Load) -> f64| {
+        median_of_ratios(
+            a.rounds
+                .iter()
+                .zip(without)
+                .map(|(r, wo)| (f(&r.load), f(wo))),
         )
     };
-    let total_requests: u64 = with.iter().map(|l| l.requests).sum();
-    let total_cpu: f64 = costs.iter().map(|c| c.cpu_ms).sum();
-    let counted: f64 = costs.iter().map(|c| c.counted).sum();
-    let lost: f64 = costs.iter().map(|c| c.lost).sum::<f64>() + 0.0;
-    let peak_rss = costs.iter().map(|c| c.peak_rss_kb).max().unwrap_or(0);
-    let go_version = version_of(tools.go(&args.go)?)?;
-    println!();
-    let server = if args.traced {
-        "gochain front -> leaf, one outgoing call per request, both watched".to_owned()
-    } else if args.handler_us > 0 {
-        format!("gohello, {} µs of work per request", args.handler_us)
-    } else {
-        "gohello".to_owned()
-    };
-    println!(
-        "obs-agent benchmark: {server} ({go_version}), wrk -t1 -c{} -d{}s{}, {} rounds, agent args {:?}",
-        args.connections,
-        args.seconds,
-        if args.new_connections {
-            " (a new connection per request)"
-        } else {
-            ""
-        },
-        args.rounds,
-        args.agent_args
-    );
-    println!(
-        "  throughput ratio (with/without, median of rounds): {:.3}  ({:+.1}%)",
-        ratio(|l| l.rps),
-        (ratio(|l| l.rps) - 1.0) * 100.0
-    );
-    println!(
-        "  p50 latency ratio:                                  {:.3}",
-        ratio(|l| l.p50_us)
-    );
-    println!(
-        "  p99 latency ratio:                                  {:.3}",
-        ratio(|l| l.p99_us)
-    );
-    let med = |v: &[Load], f: fn(&Load) -> f64| median(v.iter().map(f).collect());
-    println!(
-        "  server CPU per request (without -> with, median):   {:.2} -> {:.2} µs",
-        med(&without, |l| l.server_us),
-        med(&with, |l| l.server_us)
-    );
-    println!(
-        "  server busy (CPU time / wall time, median):         {:.1}% -> {:.1}%",
-        med(&without, |l| l.server_busy) * 100.0,
-        med(&with, |l| l.server_busy) * 100.0
-    );
-    println!(
-        "  agent CPU per 1,000 requests:                       {:.3} ms",
-        total_cpu / (total_requests as f64 / 1000.0)
-    );
-    println!(
-        "  agent peak RSS:                                     {:.1} MiB",
-        peak_rss as f64 / 1024.0
-    );
-    println!("  events lost:                                        {lost}");
+    let without_median = |f: fn(&Load) -> f64| median(without.iter().map(f).collect());
+    let change = |r: f64| format!("{r:.3}  ({:+.1}%)", (r - 1.0) * 100.0);
+    let ratio = |r: f64| format!("{r:.3}");
+    let requests = |a: &AgentRuns| a.rounds.iter().map(|r| r.load.requests).sum::<u64>();
+    let mut rows = vec![
+        row(
+            "throughput ratio (with/without, median of rounds):",
+            &|a| change(vs_without(a, |l| l.rps)),
+            Some((|r| r.load.rps, change)),
+        ),
+        row(
+            "p50 latency ratio:",
+            &|a| ratio(vs_without(a, |l| l.p50_us)),
+            Some((|r| r.load.p50_us, ratio)),
+        ),
+        row(
+            "p99 latency ratio:",
+            &|a| ratio(vs_without(a, |l| l.p99_us)),
+            Some((|r| r.load.p99_us, ratio)),
+        ),
+        row(
+            "server CPU per request (without -> with, median):",
+            &|a| {
+                format!(
+                    "{:.2} -> {:.2} µs",
+                    without_median(|l| l.server_us),
+                    a.median(|l| l.server_us)
+                )
+            },
+            Some((|r| r.load.server_us, ratio)),
+        ),
+        row(
+            "server busy (CPU time / wall time, median):",
+            &|a| {
+                format!(
+                    "{:.1}% -> {:.1}%",
+                    without_median(|l| l.server_busy) * 100.0,
+                    a.median(|l| l.server_busy) * 100.0
+                )
+            },
+            None,
+        ),
+        row(
+            "agent CPU per 1,000 requests:",
+            &|a| {
+                format!(
+                    "{:.3} ms",
+                    a.total(|r| r.cost.cpu_ms) / (requests(a) as f64 / 1000.0)
+                )
+            },
+            Some((|r| r.cost.cpu_ms / r.load.requests as f64, ratio)),
+        ),
+        row(
+            "agent peak RSS:",
+            &|a| {
+                let peak = a.rounds.iter().map(|r| r.cost.peak_rss_kb).max();
+                format!("{:.1} MiB", peak.unwrap_or(0) as f64 / 1024.0)
+            },
+            Some((|r| r.cost.peak_rss_kb as f64, ratio)),
+        ),
+        row(
+            "events lost:",
+            &|a| (a.total(|r| r.cost.lost) + 0.0).to_string(),
+            None,
+        ),
+    ];
+    let counted = |a: &AgentRuns| a.total(|r| r.cost.counted);
     if args.traced {
         // Each request is served twice (front and leaf) and made once (front's call).
-        let spans: f64 = costs.iter().map(|c| c.spans).sum();
-        println!(
-            "  server requests counted / 2 x answered to wrk:      {counted} / {}",
-            2 * total_requests
-        );
-        println!("  spans made (sampled, to the built-in store):        {spans}");
+        rows.push(row(
+            "server requests counted / 2 x answered to wrk:",
+            &|a| format!("{} / {}", counted(a), 2 * requests(a)),
+            None,
+        ));
+        rows.push(row(
+            "spans made (sampled, to the built-in store):",
+            &|a| a.total(|r| r.cost.spans).to_string(),
+            None,
+        ));
     } else {
-        println!(
-            "  requests counted by the agent / answered to wrk:    {counted} / {total_requests}"
-        );
+        rows.push(row(
+            "requests counted by the agent / answered to wrk:",
+            &|a| format!("{} / {}", counted(a), requests(a)),
+            None,
+        ));
     }
-    Ok(())
+    rows
+}
+
+/// The lines of `rows` after their labels; with more than one agent, under a heading of the
+/// agents' labels and new/baseline, each column as wide as its widest cell.
+fn table(rows: &[Row], agents: &[AgentRuns]) -> Vec<String> {
+    const LABEL_WIDTH: usize = 52;
+    let mut heading: Vec<String> = agents.iter().map(|a| a.label.clone()).collect();
+    if agents.len() > 1 {
+        heading.push("new/baseline (median of per-round ratios)".to_owned());
+    }
+    let widths: Vec<usize> = (0..heading.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| &r.cells[i])
+                .chain([&heading[i]])
+                .map(|c| c.chars().count() + 3)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |label: &str, cells: &[String]| {
+        let mut text = format!("  {label:<LABEL_WIDTH$}");
+        for (cell, width) in cells.iter().zip(&widths) {
+            text.push_str(&format!("{cell:<width$}"));
+        }
+        text.trim_end().to_owned()
+    };
+    let heading = (agents.len() > 1).then(|| line("", &heading));
+    heading
+        .into_iter()
+        .chain(rows.iter().map(|row| line(row.label, &row.cells)))
+        .collect()
+}
+
+/// The middle value (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The median of `a / b` over the rounds' `(a, b)`.
+fn median_of_ratios(pairs: impl Iterator<Item = (f64, f64)>) -> f64 {
+    median(pairs.map(|(a, b)| a / b).collect())
+}
+
+/// `items` rotated left by `round` places: which goes first changes every round, so that
+/// drift in the machine's load falls on each in turn.
+fn rotated<T: Copy>(items: &[T], round: u32) -> Vec<T> {
+    let mut v = items.to_vec();
+    v.rotate_left(round as usize % items.len());
+    v
 }
 
 /// Syscalls per timed loop of the unwatched variant.
@@ -316,12 +565,7 @@ fn bench_unwatched(agent: &Path, args: &BenchArgs) -> Result<()> {
     let mut with = Vec::new();
     let mut without = Vec::new();
     for round in 0..args.rounds {
-        let order = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for attached in order {
+        for attached in rotated(&[true, false], round) {
             if attached {
                 let (mut child, _) = start_agent(agent, &[sleeper.0.id()], args)?;
                 let (getpid, read) = syscall_loop()?;
@@ -340,10 +584,6 @@ fn bench_unwatched(agent: &Path, args: &BenchArgs) -> Result<()> {
             }
         }
     }
-    let median = |mut v: Vec<f64>| -> f64 {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
     let column = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).collect::<Vec<_>>();
     println!();
     println!(
@@ -357,12 +597,7 @@ fn bench_unwatched(agent: &Path, args: &BenchArgs) -> Result<()> {
     ] {
         let w = median(column(&with, f));
         let wo = median(column(&without, f));
-        let ratios = median(
-            with.iter()
-                .zip(&without)
-                .map(|(a, b)| f(a) / f(b))
-                .collect(),
-        );
+        let ratios = median_of_ratios(with.iter().zip(&without).map(|(a, b)| (f(a), f(b))));
         println!(
             "  {name:<28} without {wo:>6.1} ns, with {w:>6.1} ns: {:+.1} ns per syscall, ratio {ratios:.3} (median of rounds)",
             w - wo
@@ -400,13 +635,8 @@ fn goroutine_bench(args: &BenchArgs) -> Result<()> {
     for &work in &args.work {
         let mut ratios = Vec::new();
         for round in 0..args.rounds {
-            let order = if round % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
             let (mut with, mut without) = (0.0, 0.0);
-            for attached in order {
+            for attached in rotated(&[true, false], round) {
                 if attached {
                     let (mut child, metrics_url) = start_agent(&agent, &[server.0.id()], args)?;
                     with = run(work)?;
@@ -425,8 +655,7 @@ fn goroutine_bench(args: &BenchArgs) -> Result<()> {
             }
             ratios.push(with / without);
         }
-        ratios.sort_by(|a, b| a.total_cmp(b));
-        summary.push((work, ratios[ratios.len() / 2]));
+        summary.push((work, median(ratios)));
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!();
@@ -475,7 +704,7 @@ fn with_agent(
     server_pids: &[u32],
     url: &str,
     args: &BenchArgs,
-) -> Result<(Load, AgentCost)> {
+) -> Result<AgentRound> {
     let (mut child, metrics_url) = start_agent(agent, server_pids, args)?;
     let before = scrape_sum(&metrics_url, "http_server_request_duration_seconds_count")?;
     let cpu_before = cpu_ticks(child.0.id())?;
@@ -490,16 +719,16 @@ fn with_agent(
     unsafe_kill_term(child.0.id());
     let _ = child.0.wait();
     let tick_ms = 1000.0 / clock_ticks_per_second();
-    Ok((
+    Ok(AgentRound {
         load,
-        AgentCost {
+        cost: AgentCost {
             cpu_ms: (cpu_after - cpu_before) as f64 * tick_ms,
             peak_rss_kb,
             lost,
             counted,
             spans,
         },
-    ))
+    })
 }
 
 pub fn build_go_app(go: &Path, app: &str) -> Result<PathBuf> {
@@ -648,5 +877,112 @@ fn on_cpus(cpus: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command 
             c
         }
         None => Command::new(program),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(flags: &[&str]) -> BenchArgs {
+        Cli::try_parse_from([&["xtask"], flags].concat())
+            .unwrap()
+            .bench
+    }
+
+    /// Two rounds of an agent whose rounds are `k` times `without`'s, everything else equal.
+    fn agent(label: &str, k: f64) -> AgentRuns {
+        let mut a = AgentRuns::new(label, PathBuf::from(label));
+        a.rounds = (0..2)
+            .map(|_| AgentRound {
+                load: load(k),
+                cost: AgentCost {
+                    cpu_ms: 50.0 * k,
+                    peak_rss_kb: 1024 * 34,
+                    lost: 0.0,
+                    counted: 100_000.0,
+                    spans: 0.0,
+                },
+            })
+            .collect();
+        a
+    }
+
+    fn load(k: f64) -> Load {
+        Load {
+            requests: 100_000,
+            rps: 10_000.0 * k,
+            p50_us: 200.0 / k,
+            p99_us: 400.0 / k,
+            server_us: 8.0 / k,
+            server_busy: 0.9,
+        }
+    }
+
+    #[test]
+    fn rounds_rotate_who_goes_first() {
+        // Two: (with, without), then (without, with), as the bench has always done.
+        assert_eq!(rotated(&[true, false], 0), [true, false]);
+        assert_eq!(rotated(&[true, false], 1), [false, true]);
+        assert_eq!(rotated(&[1, 2, 3], 1), [2, 3, 1]);
+        assert_eq!(rotated(&[1, 2, 3], 5), [3, 1, 2]);
+    }
+
+    #[test]
+    fn one_agent_prints_one_column() {
+        let without = [load(1.0), load(1.0)];
+        let agents = [agent("agent", 0.8)];
+        let lines = table(&report_rows(&args(&[]), &without, &agents), &agents);
+        assert_eq!(
+            lines[..2],
+            [
+                "  throughput ratio (with/without, median of rounds):  0.800  (-20.0%)",
+                "  p50 latency ratio:                                  1.250",
+            ]
+        );
+        assert_eq!(
+            lines.last().unwrap(),
+            "  requests counted by the agent / answered to wrk:    200000 / 200000"
+        );
+    }
+
+    #[test]
+    fn a_baseline_adds_a_column_and_new_over_baseline() {
+        let without = [load(1.0), load(1.0)];
+        let agents = [agent("old", 0.8), agent("new", 0.9)];
+        let lines = table(&report_rows(&args(&[]), &without, &agents), &agents);
+        let words =
+            |i: usize| -> Vec<String> { lines[i].split_whitespace().map(str::to_owned).collect() };
+        assert_eq!(words(0)[..3], ["old", "new", "new/baseline"]);
+        // Throughput against none for each, then new/baseline: 0.9 / 0.8.
+        assert_eq!(
+            words(1)[6..],
+            ["0.800", "(-20.0%)", "0.900", "(-10.0%)", "1.125", "(+12.5%)"]
+        );
+        // Agent CPU per 1,000 requests: 0.400 and 0.450 ms.
+        assert_eq!(words(6)[5..], ["0.400", "ms", "0.450", "ms", "1.125"]);
+    }
+
+    #[test]
+    fn baseline_flags_are_checked() {
+        assert!(Cli::try_parse_from(["xtask", "--baseline-label", "x"]).is_err());
+        for variant in ["--unwatched", "--goroutines"] {
+            assert!(Cli::try_parse_from(["xtask", variant, "--baseline-agent", "/x"]).is_err());
+        }
+        let a = args(&[
+            "--traced",
+            "--baseline-agent",
+            "/x",
+            "--baseline-label",
+            "main",
+        ]);
+        assert_eq!(a.baseline_label.as_deref(), Some("main"));
     }
 }
