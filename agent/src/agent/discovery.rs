@@ -11,7 +11,7 @@ use std::{
 use crate::{
     connections::Connections,
     metrics::self_metrics_labels::{module_labels, target_labels},
-    metrics::ProcessSeries,
+    metrics::{reasons::AttachFailure, ProcessSeries},
     probes::{error_chain, table::Probe, ProbeError},
     spans::{goroutines::Goroutines, trace::Resource},
     symbols::{
@@ -54,18 +54,18 @@ pub enum WatchError {
 }
 
 impl WatchError {
-    pub fn reason(&self) -> &'static str {
+    /// Why, as `obs_agent_attach_failures_total` counts it.
+    pub fn reason(&self) -> AttachFailure {
         match self {
-            WatchError::Process(ProcessError::NotFound(_)) => "no_such_process",
-            WatchError::Process(_) => "process_unreadable",
+            WatchError::Process(ProcessError::NotFound(_)) => AttachFailure::NoSuchProcess,
+            WatchError::Process(_) => AttachFailure::ProcessUnreadable,
             WatchError::Binary { error, .. } => match **error {
-                // Not an error for `watch` (other languages are watched); kept for callers.
-                SymbolsError::NotGo => "not_go",
-                SymbolsError::NotHttpServer(_) => "not_http_server",
-                SymbolsError::NoStructOffsets { .. } => "no_struct_offsets",
-                _ => "binary_unreadable",
+                SymbolsError::NotGo => AttachFailure::NotGo,
+                SymbolsError::NotHttpServer(_) => AttachFailure::NotHttpServer,
+                SymbolsError::NoStructOffsets { .. } => AttachFailure::NoStructOffsets,
+                _ => AttachFailure::BinaryUnreadable,
             },
-            WatchError::Probe(_) => "attach_failed",
+            WatchError::Probe(_) => AttachFailure::AttachFailed,
         }
     }
 }
@@ -328,7 +328,10 @@ impl<K: Kernel> Agent<K> {
             }
             if let Err(e) = self.watch(pid) {
                 match e.reason() {
-                    "process_unreadable" | "no_such_process" => log::trace!("pid {pid}: {e}"),
+                    // Gone, or a kernel thread, meanwhile.
+                    AttachFailure::ProcessUnreadable | AttachFailure::NoSuchProcess => {
+                        log::trace!("pid {pid}: {e}")
+                    }
                     _ => {
                         log::info!("not watching {e}");
                         self.metrics.agent.attach_failure(e.reason());
@@ -434,7 +437,7 @@ mod tests {
                 },
             },
         });
-        assert_eq!(no_offsets.reason(), "no_struct_offsets");
+        assert_eq!(no_offsets.reason(), AttachFailure::NoStructOffsets);
         let message = no_offsets.to_string();
         assert!(
             message.contains("go1.20.3") && message.contains("cargo xtask go-offsets"),

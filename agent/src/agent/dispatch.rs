@@ -10,6 +10,7 @@ use obs_common::sockets::{nr, DIR_INGRESS, EINPROGRESS};
 use crate::{
     connections::{Dropped, RESPONSE_QUIET_NS},
     events::{local_address, peer_address, DecodeError, Event},
+    metrics::reasons::{DecodeFailure, Lost},
     probes::table::Probe,
     protocols::{trace_context::SpanContext, Role},
     spans::{
@@ -34,13 +35,13 @@ impl<K: Kernel> Agent<K> {
         m.events_received.inc();
         let event = match event {
             Ok(e) => e,
-            Err(e) => return m.decode_error(e.reason()),
+            Err(e) => return m.decode_error((&e).into()),
         };
         let mut pipeline = lock(&self.pipeline);
         let pipeline = &mut *pipeline;
         let tgid = event.tgid();
         let Some(w) = pipeline.watched.get_mut(&tgid) else {
-            m.lost("unknown_process").inc();
+            m.lost(Lost::UnknownProcess).inc();
             return;
         };
         let mut adopted = Vec::new();
@@ -245,12 +246,12 @@ impl<K: Kernel> Agent<K> {
         match d {
             // Data on files, pipes and terminals is expected: not a loss.
             Dropped::NotASocket => {}
-            Dropped::UnmatchedResponse => m.decode_error("unmatched_response"),
+            Dropped::UnmatchedResponse => m.decode_error(DecodeFailure::UnmatchedResponse),
             Dropped::Unanswered(n) => {
-                m.lost("unanswered_request").inc_by(n as u64);
+                m.lost(Lost::UnansweredRequest).inc_by(n as u64);
             }
             Dropped::Overflow => {
-                m.lost("connection_table_full").inc();
+                m.lost(Lost::ConnectionTableFull).inc();
             }
             Dropped::NotHttp { role, reason } => {
                 m.non_http_connection(service_name, role.as_str(), reason.as_str())

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 
 use obs_common::stats::{Stat, STAT_COUNT};
 
-use crate::metrics::{self_metrics_labels, ServiceLabels};
+use crate::metrics::{
+    reasons::{KernelError, Lost},
+    ServiceLabels,
+};
 
 use super::{kernel::Kernel, lock, Agent};
 
@@ -41,12 +44,12 @@ impl<K: Kernel> Agent<K> {
                 continue;
             }
             match stat {
-                Stat::EventsLostRingFull => m.lost("ring_full").inc_by(delta),
-                other => m
-                    .kernel_errors
-                    .get_or_create(&self_metrics_labels::reason(other.name()))
-                    .inc_by(delta),
-            };
+                Stat::EventsLostRingFull => {
+                    m.lost(Lost::RingFull).inc_by(delta);
+                }
+                Stat::TargetReadErrors => m.kernel_error(KernelError::TargetRead, delta),
+                Stat::GoStartsFull => m.kernel_error(KernelError::GoroutineStartTableFull, delta),
+            }
         }
         side.counters_seen = now;
     }

@@ -170,7 +170,10 @@ fn watching_a_process_of_another_language_captures_its_sockets_only() {
 fn a_pid_that_does_not_exist_is_refused_with_its_reason() {
     let a = agent(Selection::Pids(vec![]));
     let err = a.watch(4_194_305).unwrap_err();
-    assert_eq!(err.reason(), "no_such_process");
+    assert_eq!(
+        err.reason(),
+        crate::metrics::reasons::AttachFailure::NoSuchProcess
+    );
     assert!(lock(&a.kernel).kernel.watched.is_empty());
 }
 

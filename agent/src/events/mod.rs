@@ -133,16 +133,6 @@ pub enum DecodeError {
     },
 }
 
-impl DecodeError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            DecodeError::Short(_) => "short_record",
-            DecodeError::UnknownKind(_) => "unknown_kind",
-            DecodeError::WrongSize { .. } => "wrong_size",
-        }
-    }
-}
-
 /// Decodes one ring-buffer record.
 pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let kind_bytes: [u8; 4] = record

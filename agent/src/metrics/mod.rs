@@ -2,6 +2,7 @@
 //! Prometheus translation), the cardinality guard on routes, and the agent's own metrics.
 
 pub mod go_runtime;
+pub mod reasons;
 mod route_guard;
 mod self_metrics;
 mod series;

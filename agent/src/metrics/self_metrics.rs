@@ -12,6 +12,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::reasons::{AttachFailure, DecodeFailure, KernelError, Lost};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
@@ -224,27 +226,27 @@ impl SelfMetrics {
             .inc_by(count);
     }
 
-    pub fn lost(&self, reason: &str) -> Counter {
+    pub fn lost(&self, reason: Lost) -> Counter {
         self.events_lost
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&labels::reason(reason.as_str()))
             .clone()
     }
 
-    pub fn decode_error(&self, reason: &str) {
+    pub fn decode_error(&self, reason: DecodeFailure) {
         self.decode_errors
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&labels::reason(reason.as_str()))
             .inc();
     }
 
-    pub fn attach_failure(&self, reason: &str) {
+    pub fn kernel_error(&self, reason: KernelError, n: u64) {
+        self.kernel_errors
+            .get_or_create(&labels::reason(reason.as_str()))
+            .inc_by(n);
+    }
+
+    pub fn attach_failure(&self, reason: AttachFailure) {
         self.attach_failures
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&labels::reason(reason.as_str()))
             .inc();
     }
 }
