@@ -11,7 +11,7 @@ use std::{
 use crate::{
     connections::Connections,
     metrics::self_metrics_labels::{module_labels, target_labels},
-    metrics::{reasons::AttachFailure, ProcessSeries},
+    metrics::{reasons::AttachFailure, ProcessSeries, ServiceLabels},
     probes::{error_chain, table::Probe, ProbeError},
     spans::{goroutines::Goroutines, trace::Resource},
     symbols::{
@@ -186,8 +186,9 @@ impl<K: Kernel> Agent<K> {
             let starts = lock(&self.kernel).kernel.goroutine_starts();
             go.record_creations(&self.metrics.go, &go_probes::starts_of(&starts, pid));
         }
+        let service_name = process.service_name.clone();
         let resource = Arc::new(Resource {
-            service_name: process.service_name.clone(),
+            service_name: service_name.clone(),
             instance_id: format!("{}:{}:{}", self.host_name, pid, process.start_time),
             pid,
             executable_name: process.exe_name(),
@@ -206,6 +207,14 @@ impl<K: Kernel> Agent<K> {
                 goroutines: Goroutines::default(),
                 routes,
                 go,
+                active: self
+                    .metrics
+                    .server_active
+                    .get_or_create(&ServiceLabels {
+                        service_name: service_name.clone(),
+                    })
+                    .clone(),
+                active_added: 0,
             },
         );
         Ok(())
@@ -277,6 +286,7 @@ impl<K: Kernel> Agent<K> {
                     w.exited_at = Some(now);
                     self.finish_dead(&mut pipeline.tracer, *pid, w);
                     w.connections = Connections::default();
+                    w.sync_active();
                     w.goroutines = Goroutines::default();
                     if let Some(go) = &mut w.go {
                         go.exited(&self.metrics.go);

@@ -126,6 +126,7 @@ impl<K: Kernel> Agent<K> {
             // seen: nothing it started can be answered any more.
             self.finish_dead(&mut pipeline.tracer, tgid, w);
         }
+        w.sync_active();
         adopt(&mut pipeline.watched, adopted);
     }
 
@@ -237,6 +238,7 @@ impl<K: Kernel> Agent<K> {
                 w.connections.finish_response(fd);
             }
             adopted.extend(self.record_finished(&mut pipeline.tracer, *pid, w, 0));
+            w.sync_active();
         }
         adopt(&mut pipeline.watched, adopted);
     }

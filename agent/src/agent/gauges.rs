@@ -1,16 +1,12 @@
 //! Gauges and the kernel programs' counters, brought up to date every `PACE_INTERVAL` (a
-//! scrape only reads the registry): requests in flight per service, processes watched,
-//! probes attached and being detached, and what the kernel side counted (lost events, read
-//! errors, full tables).
-
-use std::collections::HashMap;
+//! scrape only reads the registry): processes watched, probes attached and being detached
+//! (one snapshot, so that they agree with each other), and what the kernel side counted
+//! (lost events, read errors, full tables). Requests in flight are kept exact by the
+//! dispatch itself (`Watched::sync_active`).
 
 use obs_common::stats::{Stat, STAT_COUNT};
 
-use crate::metrics::{
-    reasons::{KernelError, Lost},
-    ServiceLabels,
-};
+use crate::metrics::reasons::{KernelError, Lost};
 
 use super::{kernel::Kernel, lock, Agent};
 
@@ -19,19 +15,7 @@ pub type CountersSeen = [u64; STAT_COUNT as usize];
 
 impl<K: Kernel> Agent<K> {
     pub(super) fn refresh_gauges(&self) {
-        let mut active: HashMap<String, i64> = HashMap::new();
-        let mut live = 0;
-        for w in lock(&self.pipeline).watched.values() {
-            *active.entry(w.process.service_name.clone()).or_default() +=
-                w.connections.in_flight() as i64;
-            live += i64::from(w.is_alive());
-        }
-        for (service_name, n) in active {
-            self.metrics
-                .server_active
-                .get_or_create(&ServiceLabels { service_name })
-                .set(n);
-        }
+        let live = self.watched_count() as i64;
         let m = &self.metrics.agent;
         m.processes_watched.set(live);
         let mut side = lock(&self.kernel);

@@ -303,3 +303,37 @@ fn a_process_that_exits_is_released_and_its_probes_go() {
     let text = a.metrics.encode().unwrap();
     assert!(!text.contains(&format!("pid=\"{pid}\"")), "{text}");
 }
+
+#[test]
+fn requests_in_flight_are_exact_after_every_event() {
+    let a = agent(Selection::Pids(vec![]));
+    let me = std::process::id();
+    a.watch(me).unwrap();
+    let service = Process::inspect(me).unwrap().service_name;
+    let active = || {
+        let text = a.metrics.encode().unwrap();
+        let line = format!("http_server_active_requests{{service_name=\"{service}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map(|v| v.parse::<i64>().unwrap())
+    };
+    assert_eq!(active(), Some(0));
+    feed(
+        &a,
+        &[
+            conn(me, nr::ACCEPT, 902, None),
+            data(me, 902, 1, true, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"),
+        ],
+    );
+    assert_eq!(active(), Some(2));
+    feed(&a, &[data(me, 902, 2, false, b"HTTP/1.1 200 OK\r\n\r\n")]);
+    assert_eq!(active(), Some(1));
+    // Closed with one unanswered: none in flight, one lost.
+    feed(&a, &[conn(me, nr::CLOSE, 902, None)]);
+    assert_eq!(active(), Some(0));
+    let text = a.metrics.encode().unwrap();
+    assert!(
+        text.contains("obs_agent_events_lost_total{reason=\"unanswered_request\"} 1"),
+        "{text}"
+    );
+}

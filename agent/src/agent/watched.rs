@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::{
     connections::Connections,
     metrics::{ModuleLabels, ProcessSeries, TargetLabels},
@@ -34,11 +36,25 @@ pub struct Watched {
     pub routes: Routes,
     /// Its Go runtime's figures (goroutines, GC, panics), when its goroutines are followed.
     pub go: Option<GoProcess>,
+    /// Its service's `http_server_active_requests`, shared with the service's other
+    /// processes, and what this process adds to it now.
+    pub active: Gauge,
+    pub active_added: i64,
 }
 
 impl Watched {
     pub fn is_alive(&self) -> bool {
         self.exited_at.is_none()
+    }
+
+    /// Brings the service's requests-in-flight gauge up to date with this process's
+    /// connections (after every event: the gauge is exact whenever it is scraped).
+    pub fn sync_active(&mut self) {
+        let now = self.connections.in_flight() as i64;
+        if now != self.active_added {
+            self.active.inc_by(now - self.active_added);
+            self.active_added = now;
+        }
     }
 }
 

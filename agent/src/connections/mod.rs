@@ -144,6 +144,15 @@ impl Socket {
             _ => 0,
         }
     }
+
+    /// Requests in flight if this is a server end.
+    fn server_in_flight(&self) -> usize {
+        if self.role == Some(Role::Server) {
+            self.in_flight()
+        } else {
+            0
+        }
+    }
 }
 
 /// Every socket of one process, server and client ends.
@@ -152,6 +161,8 @@ pub struct Connections {
     sockets: FdMap<Socket>,
     queues: Queues,
     handshakes: Handshakes,
+    /// Requests in flight on server ends, kept as they come and go (read on every event).
+    server_in_flight: usize,
 }
 
 /// What the table hands on, apart from the sockets so that a socket's decoder can fill them.
@@ -229,6 +240,7 @@ impl Connections {
             ..Socket::default()
         };
         if let Some(mut old) = self.sockets.insert(fd, socket) {
+            self.server_in_flight -= old.server_in_flight();
             // A socket found again: what it was answering is complete.
             if let Decoding::Active(d) = &mut old.decoding {
                 d.close(&mut self.queues.records);
@@ -280,12 +292,16 @@ impl Connections {
     /// Bytes going `direction` on `fd`, to the connection's decoder.
     pub fn data(&mut self, fd: u32, direction: Direction, chunk: Chunk<'_>) -> Result<(), Dropped> {
         let Self {
-            sockets, queues, ..
+            sockets,
+            queues,
+            server_in_flight,
+            ..
         } = self;
         let socket = sockets.get_mut(&fd).ok_or(Dropped::NotASocket)?;
         if matches!(socket.decoding, Decoding::NotYet) {
             socket.decoding = Decoding::Active(decoder_for(socket.role, socket.from_start));
         }
+        let before = socket.server_in_flight();
         let Decoding::Active(decoder) = &mut socket.decoding else {
             return Ok(());
         };
@@ -307,6 +323,7 @@ impl Connections {
         if matches!(&socket.decoding, Decoding::Active(d) if d.is_done()) {
             socket.decoding = Decoding::Ignored;
         }
+        *server_in_flight = *server_in_flight - before + socket.server_in_flight();
         queues.collect(fd, socket);
         outcome
     }
@@ -373,6 +390,7 @@ impl Connections {
     /// are dropped.
     pub fn close(&mut self, fd: u32) -> Option<Dropped> {
         let mut socket = self.sockets.remove(&fd)?;
+        self.server_in_flight -= socket.server_in_flight();
         if socket.sock != 0 {
             self.handshakes.forget(socket.sock);
         }
@@ -430,12 +448,14 @@ impl Connections {
             self.queues.collect(fd, &mut socket);
         }
         self.queues.started.clear();
+        self.server_in_flight = 0;
         unanswered
     }
 
     /// Requests in flight on the server end of connections (read, not yet answered).
     pub fn in_flight(&self) -> usize {
-        self.in_flight_as(Some(Role::Server))
+        debug_assert_eq!(self.server_in_flight, self.in_flight_as(Some(Role::Server)));
+        self.server_in_flight
     }
 
     /// Requests in flight on every connection, server and client ends.
