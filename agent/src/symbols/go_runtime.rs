@@ -178,7 +178,8 @@ pub fn runtime_state(
     functions: &HashMap<String, FunctionSymbol>,
     l: &Layouts,
 ) -> Result<RuntimeState, String> {
-    let (globals, globals_source) = runtime_globals::find(elf, functions, l)?;
+    let (globals, globals_source) =
+        runtime_globals::find(elf, functions, l).map_err(|e| e.to_string())?;
     let off = |s: &str, m: &str| offset_of(l, s, m).map_err(|e| e.to_string());
     let sched = globals.sched;
     let sched_gfree = sched + off(SCHEDT, "gFree")?;
