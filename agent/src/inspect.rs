@@ -6,13 +6,14 @@
 
 use std::{collections::BTreeMap, fmt, path::Path};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::symbols::{
     disasm::SiteKind,
     dwarf::Layouts,
     elf::ElfFile,
     go_http,
+    go_runtime::RuntimeStateError,
     offsets::{self, GoRelease, LayoutSource},
     runtime_globals::{GlobalsSource, RuntimeGlobals},
     SymbolsError,
@@ -55,12 +56,25 @@ pub struct Report {
     /// Whether calls can be linked to their requests by goroutine, or why not.
     pub goroutine_tracking: Option<Result<(), String>>,
     /// Whether the Go runtime's own counts (goroutines, GC) can be read, or why not.
-    pub runtime_state: Option<Result<(), String>>,
+    #[serde(serialize_with = "outcome_as_text")]
+    pub runtime_state: Option<Result<(), RuntimeStateError>>,
     /// Where the runtime keeps them, when they can be read.
     pub runtime_globals: Option<GlobalsReport>,
     /// Struct -> members the agent reads (`go_http::WANTED_FIELDS`), what `dwarf_layouts`
     /// and the offsets table cover.
     pub wanted_fields: BTreeMap<&'static str, &'static [&'static str]>,
+}
+
+/// Success, or why not as its message: `{"Ok": null}` or `{"Err": "..."}`, as serde writes a
+/// `Result<(), String>` (what `--json` has always printed).
+fn outcome_as_text<E: fmt::Display, S: Serializer>(
+    outcome: &Option<Result<(), E>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    outcome
+        .as_ref()
+        .map(|r| r.as_ref().map(|_| ()).map_err(ToString::to_string))
+        .serialize(serializer)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -387,6 +401,26 @@ mod tests {
         assert!(
             text.contains("would watch it:  yes, through its socket syscalls"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_runtime_states_outcome_is_written_as_a_result_of_text() {
+        let mut report = inspect(Path::new("/proc/self/exe")).unwrap();
+        let why = RuntimeStateError::UnknownPauseScheme { buckets: 3 };
+        for (outcome, as_text) in [
+            (None, None),
+            (Some(Ok(())), Some(Ok(()))),
+            (Some(Err(why.clone())), Some(Err(why.to_string()))),
+        ] {
+            report.runtime_state = outcome;
+            let json = serde_json::to_value(&report).unwrap();
+            let before: Option<Result<(), String>> = as_text;
+            assert_eq!(json["runtime_state"], serde_json::to_value(before).unwrap());
+        }
+        assert_eq!(
+            serde_json::to_value(&report).unwrap()["runtime_state"],
+            serde_json::json!({"Err": "a GC pause histogram of 3 buckets (unknown scheme)"})
         );
     }
 }

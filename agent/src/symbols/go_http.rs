@@ -194,7 +194,7 @@ pub struct GoHttpBinary {
     /// Panic probes (where the functions were found).
     pub panics: go_runtime::PanicProbes,
     /// Where the runtime keeps its own counts, or why they cannot be read.
-    pub runtime_state: Result<go_runtime::RuntimeState, String>,
+    pub runtime_state: Result<go_runtime::RuntimeState, go_runtime::RuntimeStateError>,
     /// The link-time address of the file's first loaded page (for a process's load bias).
     pub image_base: Option<u64>,
     /// Names of functions at addresses (set by whoever keeps the binary open).
@@ -329,7 +329,7 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
     let layout_source = mux_discovery.and(layouts).map(|(_, source)| source);
     let goroutines = goroutine_tracking(elf, &build, &functions);
     let runtime_state = offsets::layouts_for(elf, &build)
-        .map_err(|e| e.to_string())
+        .map_err(go_runtime::RuntimeStateError::from)
         .and_then(|(l, _)| go_runtime::runtime_state(elf, &functions, &l));
     Ok(GoHttpBinary {
         build,
