@@ -12,7 +12,7 @@ use crate::symbols::{
     disasm::SiteKind,
     dwarf::Layouts,
     elf::ElfFile,
-    go_http,
+    go_http::{self, GoroutineTrackingError},
     go_runtime::RuntimeStateError,
     offsets::{self, GoRelease, LayoutSource},
     runtime_globals::{GlobalsSource, RuntimeGlobals},
@@ -54,7 +54,8 @@ pub struct Report {
     /// Why the agent would not watch processes running this binary.
     pub refusal: Option<String>,
     /// Whether calls can be linked to their requests by goroutine, or why not.
-    pub goroutine_tracking: Option<Result<(), String>>,
+    #[serde(serialize_with = "outcome_as_text")]
+    pub goroutine_tracking: Option<Result<(), GoroutineTrackingError>>,
     /// Whether the Go runtime's own counts (goroutines, GC) can be read, or why not.
     #[serde(serialize_with = "outcome_as_text")]
     pub runtime_state: Option<Result<(), RuntimeStateError>>,
@@ -405,22 +406,35 @@ mod tests {
     }
 
     #[test]
-    fn the_runtime_states_outcome_is_written_as_a_result_of_text() {
+    fn outcomes_are_written_as_a_result_of_text() {
         let mut report = inspect(Path::new("/proc/self/exe")).unwrap();
-        let why = RuntimeStateError::UnknownPauseScheme { buckets: 3 };
-        for (outcome, as_text) in [
-            (None, None),
-            (Some(Ok(())), Some(Ok(()))),
-            (Some(Err(why.clone())), Some(Err(why.to_string()))),
+        let state = RuntimeStateError::UnknownPauseScheme { buckets: 3 };
+        let goroutines = GoroutineTrackingError::NoRunqputCall;
+        let as_text = |outcome: Option<Result<(), String>>| serde_json::to_value(outcome).unwrap();
+        for (runtime_state, goroutine_tracking, state_text, goroutines_text) in [
+            (None, None, None, None),
+            (Some(Ok(())), Some(Ok(())), Some(Ok(())), Some(Ok(()))),
+            (
+                Some(Err(state.clone())),
+                Some(Err(goroutines.clone())),
+                Some(Err(state.to_string())),
+                Some(Err(goroutines.to_string())),
+            ),
         ] {
-            report.runtime_state = outcome;
+            report.runtime_state = runtime_state;
+            report.goroutine_tracking = goroutine_tracking;
             let json = serde_json::to_value(&report).unwrap();
-            let before: Option<Result<(), String>> = as_text;
-            assert_eq!(json["runtime_state"], serde_json::to_value(before).unwrap());
+            assert_eq!(json["runtime_state"], as_text(state_text));
+            assert_eq!(json["goroutine_tracking"], as_text(goroutines_text));
         }
+        let json = serde_json::to_value(&report).unwrap();
         assert_eq!(
-            serde_json::to_value(&report).unwrap()["runtime_state"],
+            json["runtime_state"],
             serde_json::json!({"Err": "a GC pause histogram of 3 buckets (unknown scheme)"})
+        );
+        assert_eq!(
+            json["goroutine_tracking"],
+            serde_json::json!({"Err": "no call to runtime.runqput in runtime.newproc.func1"})
         );
     }
 }
