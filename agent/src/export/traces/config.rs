@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use crate::export::otlp::Protocol;
+use crate::export::otlp::{OtlpBuildError, Protocol};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{source_name} is {value:?}: the agent exports OTLP as grpc or http/protobuf")]
     Protocol { source_name: String, value: String },
     #[error("the OTLP exporter could not be built: {0}")]
-    Build(String),
+    Build(OtlpBuildError),
 }
 
 /// The collector to export to; `None` in [`TraceConfig::otlp`] means the built-in store only.
