@@ -25,7 +25,10 @@ use opentelemetry::{
     InstrumentationScope, KeyValue, StringValue,
 };
 use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use opentelemetry_sdk::{
+    error::OTelSdkError,
+    trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks},
+};
 
 use super::traces::{BatchExporter, OtlpConfig};
 use crate::spans::trace::{AttributeValue, Resource, Span, SpanKind};
@@ -136,10 +139,12 @@ impl OtlpExporter {
 }
 
 impl BatchExporter for OtlpExporter {
-    async fn export(&mut self, resource: &Resource, spans: &[Span]) -> Result<(), String> {
+    type Error = OTelSdkError;
+
+    async fn export(&mut self, resource: &Resource, spans: &[Span]) -> Result<(), OTelSdkError> {
         self.inner.set_resource(&sdk_resource(resource));
         let data = spans.iter().map(span_data).collect();
-        self.inner.export(data).await.map_err(|e| e.to_string())
+        self.inner.export(data).await
     }
 }
 

@@ -20,11 +20,14 @@ use crate::{
 
 /// Sends one process's spans somewhere; the batcher retries a failed call.
 pub trait BatchExporter: Send + 'static {
+    /// Why a call failed (logged; the spans are retried, then counted as dropped).
+    type Error: std::error::Error + Send;
+
     fn export(
         &mut self,
         resource: &Resource,
         spans: &[Span],
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// The batching task and the signal that makes it drain its queue and end.

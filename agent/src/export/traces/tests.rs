@@ -71,15 +71,21 @@ struct Recorder {
     down: Arc<AtomicBool>,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("collector down")]
+struct CollectorDown;
+
 impl BatchExporter for Recorder {
+    type Error = CollectorDown;
+
     fn export(
         &mut self,
         resource: &Resource,
         spans: &[Span],
-    ) -> impl Future<Output = Result<(), String>> + Send {
+    ) -> impl Future<Output = Result<(), CollectorDown>> + Send {
         *self.attempts.lock().unwrap() += 1;
         let result = if self.down.load(Ordering::SeqCst) {
-            Err("collector down".to_owned())
+            Err(CollectorDown)
         } else {
             self.calls
                 .lock()
