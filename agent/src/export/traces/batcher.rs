@@ -12,7 +12,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{TraceConfig, DROPPED_EXPORT_FAILED};
+use super::{SpanDrop, TraceConfig};
 use crate::{
     metrics::SelfMetrics,
     spans::trace::{Resource, Span},
@@ -132,7 +132,7 @@ impl<E: BatchExporter> Batcher<E> {
             if self.export_with_retries(&resource, &spans).await {
                 self.metrics.spans_exported.inc_by(n);
             } else {
-                self.metrics.span_dropped(DROPPED_EXPORT_FAILED, n);
+                self.metrics.span_dropped(SpanDrop::ExportFailed.label(), n);
             }
         }
     }

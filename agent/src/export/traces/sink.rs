@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::{DROPPED_EXPORTER_STOPPED, DROPPED_QUEUE_FULL};
+use super::SpanDrop;
 use crate::{
     export::trace_store::TraceStore,
     metrics::SelfMetrics,
@@ -55,10 +55,10 @@ impl SpanSink for TraceSink {
         self.metrics.spans_queued.inc();
         let reason = match queue.try_send(span) {
             Ok(()) => return,
-            Err(TrySendError::Full(_)) => DROPPED_QUEUE_FULL,
-            Err(TrySendError::Closed(_)) => DROPPED_EXPORTER_STOPPED,
+            Err(TrySendError::Full(_)) => SpanDrop::QueueFull,
+            Err(TrySendError::Closed(_)) => SpanDrop::ExporterStopped,
         };
         self.metrics.spans_queued.dec();
-        self.metrics.span_dropped(reason, 1);
+        self.metrics.span_dropped(reason.label(), 1);
     }
 }
