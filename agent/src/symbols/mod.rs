@@ -93,3 +93,5 @@ impl PartialEq for SymbolsError {
         }
     }
 }
+
+impl Eq for SymbolsError {}

@@ -27,9 +27,11 @@ mod locate;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use object::{elf::PF_X, Object, ObjectSection, ObjectSegment, SegmentFlags};
 
-use super::elf::ElfFile;
+use super::{elf::ElfFile, SymbolsError};
 use header::{parse_header, Header};
 
 const MAGIC_GO118: u32 = 0xffff_fff0;
@@ -96,8 +98,9 @@ pub enum TextStartSource {
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PclntabError {
-    #[error("not an ELF binary this agent understands: {0}")]
-    BadElf(String),
+    /// The file's own error (it says it is not an ELF binary this agent understands).
+    #[error(transparent)]
+    BadElf(Arc<SymbolsError>),
     #[error(
         "the binary has no Go function table: no .gopclntab section and no valid table header \
          in its data"
@@ -152,7 +155,7 @@ impl<'a> Pclntab<'a> {
     pub fn parse(elf: &'a ElfFile) -> Result<Self, PclntabError> {
         let obj = elf
             .object()
-            .map_err(|e| PclntabError::BadElf(e.to_string()))?;
+            .map_err(|e| PclntabError::BadElf(Arc::new(e)))?;
         for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
             if let Some(section) = obj.section_by_name(name) {
                 let data = section
