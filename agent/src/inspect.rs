@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, fmt, path::Path};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::{
     probes::table::Probe,
@@ -14,7 +14,8 @@ use crate::{
         disasm::SiteKind,
         dwarf::Layouts,
         elf::ElfFile,
-        go_http,
+        go_http::{self, GoroutineTrackingError},
+        go_runtime::RuntimeStateError,
         offsets::{self, GoRelease, LayoutSource},
         runtime_globals::{GlobalsSource, RuntimeGlobals},
         SymbolsError,
@@ -56,14 +57,28 @@ pub struct Report {
     /// Why the agent would not watch processes running this binary.
     pub refusal: Option<String>,
     /// Whether calls can be linked to their requests by goroutine, or why not.
-    pub goroutine_tracking: Option<Result<(), String>>,
+    #[serde(serialize_with = "outcome_as_text")]
+    pub goroutine_tracking: Option<Result<(), GoroutineTrackingError>>,
     /// Whether the Go runtime's own counts (goroutines, GC) can be read, or why not.
-    pub runtime_state: Option<Result<(), String>>,
+    #[serde(serialize_with = "outcome_as_text")]
+    pub runtime_state: Option<Result<(), RuntimeStateError>>,
     /// Where the runtime keeps them, when they can be read.
     pub runtime_globals: Option<GlobalsReport>,
     /// Struct -> members the agent reads (`go_http::WANTED_FIELDS`), what `dwarf_layouts`
     /// and the offsets table cover.
     pub wanted_fields: BTreeMap<&'static str, &'static [&'static str]>,
+}
+
+/// Success, or why not as its message: `{"Ok": null}` or `{"Err": "..."}`, as serde writes a
+/// `Result<(), String>` (what `--json` has always printed).
+fn outcome_as_text<E: fmt::Display, S: Serializer>(
+    outcome: &Option<Result<(), E>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    outcome
+        .as_ref()
+        .map(|r| r.as_ref().map(|_| ()).map_err(ToString::to_string))
+        .serialize(serializer)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -402,6 +417,39 @@ mod tests {
         assert!(
             text.contains("would watch it:  yes, through its socket syscalls"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn outcomes_are_written_as_a_result_of_text() {
+        let mut report = inspect(Path::new("/proc/self/exe")).unwrap();
+        let state = RuntimeStateError::UnknownPauseScheme { buckets: 3 };
+        let goroutines = GoroutineTrackingError::NoRunqputCall;
+        let as_text = |outcome: Option<Result<(), String>>| serde_json::to_value(outcome).unwrap();
+        for (runtime_state, goroutine_tracking, state_text, goroutines_text) in [
+            (None, None, None, None),
+            (Some(Ok(())), Some(Ok(())), Some(Ok(())), Some(Ok(()))),
+            (
+                Some(Err(state.clone())),
+                Some(Err(goroutines.clone())),
+                Some(Err(state.to_string())),
+                Some(Err(goroutines.to_string())),
+            ),
+        ] {
+            report.runtime_state = runtime_state;
+            report.goroutine_tracking = goroutine_tracking;
+            let json = serde_json::to_value(&report).unwrap();
+            assert_eq!(json["runtime_state"], as_text(state_text));
+            assert_eq!(json["goroutine_tracking"], as_text(goroutines_text));
+        }
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["runtime_state"],
+            serde_json::json!({"Err": "a GC pause histogram of 3 buckets (unknown scheme)"})
+        );
+        assert_eq!(
+            json["goroutine_tracking"],
+            serde_json::json!({"Err": "no call to runtime.runqput in runtime.newproc.func1"})
         );
     }
 }

@@ -322,7 +322,13 @@ fn requests_in_flight_are_exact_after_every_event() {
         &a,
         &[
             conn(me, nr::ACCEPT, 902, None),
-            data(me, 902, 1, true, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"),
+            data(
+                me,
+                902,
+                1,
+                true,
+                b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+            ),
         ],
     );
     assert_eq!(active(), Some(2));

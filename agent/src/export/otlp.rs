@@ -15,14 +15,20 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
-use rustls::pki_types::{pem::PemObject, CertificateDer};
+use rustls::pki_types::{
+    pem::{self, PemObject},
+    CertificateDer,
+};
 
 use opentelemetry::{
     trace::{SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState},
     InstrumentationScope, KeyValue, StringValue,
 };
 use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use opentelemetry_sdk::{
+    error::OTelSdkError,
+    trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks},
+};
 
 use super::traces::{BatchExporter, OtlpConfig};
 use crate::spans::trace::{AttributeValue, Resource, Span, SpanKind};
@@ -57,6 +63,25 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// Why the OTLP exporter could not be built. The messages hold the underlying error's (it is
+/// not also a `source`, so that a chain of causes does not repeat it).
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpBuildError {
+    #[error("reading the collector's CA certificate {path}: {error}")]
+    CaCertificateUnreadable { path: String, error: std::io::Error },
+    #[error("the collector's CA certificate {path}: {error}")]
+    CaCertificateNotPem { path: String, error: pem::Error },
+    #[error("the collector's CA certificate {path}: {error}")]
+    CaCertificateRejected { path: String, error: rustls::Error },
+    #[error("the collector's CA certificate {path}: no PEM certificate in it")]
+    CaCertificateEmpty { path: String },
+    /// The TLS library offers no protocol version it considers safe.
+    #[error("{0}")]
+    TlsVersions(rustls::Error),
+    #[error("{0}")]
+    Exporter(opentelemetry_otlp::ExporterBuildError),
+}
+
 pub struct OtlpExporter {
     inner: opentelemetry_otlp::SpanExporter,
     endpoint: String,
@@ -65,7 +90,7 @@ pub struct OtlpExporter {
 impl OtlpExporter {
     /// Builds the crate's exporter; it reads `OTEL_EXPORTER_OTLP_[TRACES_]{ENDPOINT,HEADERS,
     /// TIMEOUT,COMPRESSION}` itself when the configuration leaves them open.
-    pub fn new(config: &OtlpConfig) -> Result<Self, String> {
+    pub fn new(config: &OtlpConfig) -> Result<Self, OtlpBuildError> {
         let endpoint = config
             .endpoint
             .as_deref()
@@ -101,7 +126,7 @@ impl OtlpExporter {
                 b.build()
             }
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(OtlpBuildError::Exporter)?;
         Ok(Self {
             inner,
             endpoint: endpoint.unwrap_or_else(|| "the OTEL_EXPORTER_OTLP_* endpoint".to_owned()),
@@ -114,10 +139,12 @@ impl OtlpExporter {
 }
 
 impl BatchExporter for OtlpExporter {
-    async fn export(&mut self, resource: &Resource, spans: &[Span]) -> Result<(), String> {
+    type Error = OTelSdkError;
+
+    async fn export(&mut self, resource: &Resource, spans: &[Span]) -> Result<(), OTelSdkError> {
         self.inner.set_resource(&sdk_resource(resource));
         let data = spans.iter().map(span_data).collect();
-        self.inner.export(data).await.map_err(|e| e.to_string())
+        self.inner.export(data).await
     }
 }
 
@@ -142,39 +169,45 @@ fn env(name: &str) -> Option<String> {
 /// The CA to trust for an https collector besides the system's, from
 /// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or `OTEL_EXPORTER_OTLP_CERTIFICATE` (a PEM file):
 /// its path and contents.
-fn collector_ca() -> Result<Option<(String, Vec<u8>)>, String> {
+fn collector_ca() -> Result<Option<(String, Vec<u8>)>, OtlpBuildError> {
     let Some(path) = env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
         .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE"))
     else {
         return Ok(None);
     };
-    let pem = std::fs::read(&path)
-        .map_err(|e| format!("reading the collector's CA certificate {path}: {e}"))?;
-    Ok(Some((path, pem)))
+    match std::fs::read(&path) {
+        Ok(pem) => Ok(Some((path, pem))),
+        Err(error) => Err(OtlpBuildError::CaCertificateUnreadable { path, error }),
+    }
 }
 
 /// The http/protobuf client: plain http, or https trusting the system's roots and the
 /// collector CA. Its timeout is the standard variables' (10 s by default), as the crate's
 /// own client would have.
-fn http_client() -> Result<HyperClient<HttpsConnector<HttpConnector>>, String> {
+fn http_client() -> Result<HyperClient<HttpsConnector<HttpConnector>>, OtlpBuildError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     if let Some((path, pem)) = collector_ca()? {
-        let bad = |e: &dyn fmt::Display| format!("the collector's CA certificate {path}: {e}");
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
-            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            let cert = match cert {
+                Ok(cert) => cert,
+                Err(error) => return Err(OtlpBuildError::CaCertificateNotPem { path, error }),
+            };
+            if let Err(error) = roots.add(cert) {
+                return Err(OtlpBuildError::CaCertificateRejected { path, error });
+            }
             added += 1;
         }
         if added == 0 {
-            return Err(bad(&"no PEM certificate in it"));
+            return Err(OtlpBuildError::CaCertificateEmpty { path });
         }
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .map_err(OtlpBuildError::TlsVersions)?
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = HttpsConnectorBuilder::new()

@@ -4,7 +4,7 @@
 //! offsets table, see `offsets`). No offset is hard-coded for any Go version. Functions are
 //! found in stripped binaries too (Go's function table, see `pclntab`).
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use obs_common::go_trace::GoOffsets;
 
@@ -181,12 +181,39 @@ pub struct GoroutineTracking {
     pub offsets: GoOffsets,
 }
 
+/// Why goroutines cannot be followed in a binary.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum GoroutineTrackingError {
+    /// No struct layouts for the binary, or they lack a field read.
+    #[error(transparent)]
+    StructOffsets(Arc<SymbolsError>),
+    #[error("{NEWPROC_CLOSURE} or {RUNQPUT} not found")]
+    CreationFunctionsMissing,
+    #[error("{function} is outside the file's segments")]
+    OutsideSegments { function: &'static str },
+    #[error("no call to {RUNQPUT} in {NEWPROC_CLOSURE}")]
+    NoRunqputCall,
+    #[error("no stack-check jump in {function}")]
+    NoStackCheckJump { function: &'static str },
+    #[error("{function}: no file offset for {address:#x}")]
+    NoFileOffset {
+        function: &'static str,
+        address: u64,
+    },
+}
+
+impl From<SymbolsError> for GoroutineTrackingError {
+    fn from(e: SymbolsError) -> Self {
+        Self::StructOffsets(Arc::new(e))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct GoHttpBinary {
     pub build: BuildInfo,
     /// Goroutine tracking, or why it is not possible for this binary (spans then fall back
     /// to linking a call to the process's sole request in flight).
-    pub goroutines: Result<GoroutineTracking, String>,
+    pub goroutines: Result<GoroutineTracking, GoroutineTrackingError>,
     /// The mux-discovery probe, when the binary has ServeMux with patterns (Go 1.22+).
     pub mux_discovery: Option<(ProbePoint, MuxLayout)>,
     /// Where the mux layout's offsets came from (with `mux_discovery`).
@@ -194,7 +221,7 @@ pub struct GoHttpBinary {
     /// Panic probes (where the functions were found).
     pub panics: go_runtime::PanicProbes,
     /// Where the runtime keeps its own counts, or why they cannot be read.
-    pub runtime_state: Result<go_runtime::RuntimeState, String>,
+    pub runtime_state: Result<go_runtime::RuntimeState, go_runtime::RuntimeStateError>,
     /// The link-time address of the file's first loaded page (for a process's load bias).
     pub image_base: Option<u64>,
     /// Names of functions at addresses (set by whoever keeps the binary open).
@@ -329,7 +356,7 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
     let layout_source = mux_discovery.and(layouts).map(|(_, source)| source);
     let goroutines = goroutine_tracking(elf, &build, &functions);
     let runtime_state = offsets::layouts_for(elf, &build)
-        .map_err(|e| e.to_string())
+        .map_err(go_runtime::RuntimeStateError::from)
         .and_then(|(l, _)| go_runtime::runtime_state(elf, &functions, &l));
     Ok(GoHttpBinary {
         build,
@@ -368,26 +395,33 @@ fn goroutine_tracking(
     elf: &ElfFile,
     build: &BuildInfo,
     functions: &std::collections::HashMap<String, super::elf::FunctionSymbol>,
-) -> Result<GoroutineTracking, String> {
-    let (layouts, _) = offsets::layouts_for(elf, build).map_err(|e| e.to_string())?;
-    let (offsets, transport) = go_offsets(&layouts).map_err(|e| e.to_string())?;
+) -> Result<GoroutineTracking, GoroutineTrackingError> {
+    let (layouts, _) = offsets::layouts_for(elf, build)?;
+    let (offsets, transport) = go_offsets(&layouts)?;
     let (Some(closure), Some(runqput)) = (functions.get(NEWPROC_CLOSURE), functions.get(RUNQPUT))
     else {
-        return Err(format!("{NEWPROC_CLOSURE} or {RUNQPUT} not found"));
+        return Err(GoroutineTrackingError::CreationFunctionsMissing);
     };
     let code = elf
         .bytes_at(closure.address, closure.size.clamp(1, 512))
-        .ok_or_else(|| format!("{NEWPROC_CLOSURE} is outside the file's segments"))?;
+        .ok_or(GoroutineTrackingError::OutsideSegments {
+            function: NEWPROC_CLOSURE,
+        })?;
     let call = disasm::find_call_to(code, closure.address, runqput.address)
-        .ok_or_else(|| format!("no call to {RUNQPUT} in {NEWPROC_CLOSURE}"))?;
+        .ok_or(GoroutineTrackingError::NoRunqputCall)?;
     let newproc = point(elf, NEWPROC_CLOSURE, closure.address, call)?;
     let round_trip = match functions.get(ROUND_TRIP).filter(|_| transport) {
         Some(f) => {
-            let code = elf
-                .bytes_at(f.address, f.size.clamp(1, 64))
-                .ok_or_else(|| format!("{ROUND_TRIP} is outside the file's segments"))?;
-            let site = disasm::find_stack_check_jump(code, f.address)
-                .ok_or_else(|| format!("no stack-check jump in {ROUND_TRIP}"))?;
+            let code = elf.bytes_at(f.address, f.size.clamp(1, 64)).ok_or(
+                GoroutineTrackingError::OutsideSegments {
+                    function: ROUND_TRIP,
+                },
+            )?;
+            let site = disasm::find_stack_check_jump(code, f.address).ok_or(
+                GoroutineTrackingError::NoStackCheckJump {
+                    function: ROUND_TRIP,
+                },
+            )?;
             Some(point(elf, ROUND_TRIP, f.address, site)?)
         }
         None => None,
@@ -405,11 +439,11 @@ fn point(
     function: &'static str,
     function_address: u64,
     site: ProbeSite,
-) -> Result<ProbePoint, String> {
+) -> Result<ProbePoint, GoroutineTrackingError> {
     let address = function_address + site.offset;
     let file_offset = elf
         .file_offset(address)
-        .ok_or_else(|| format!("{function}: no file offset for {address:#x}"))?;
+        .ok_or(GoroutineTrackingError::NoFileOffset { function, address })?;
     Ok(ProbePoint {
         function,
         address,

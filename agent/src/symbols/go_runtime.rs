@@ -22,7 +22,7 @@
 //! - the GC settings: `gcController.gcPercent` (GOGC) and `gcController.memoryLimit`
 //!   (GOMEMLIMIT), as set by the environment or `runtime/debug`.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use super::{
     disasm::{self, ProbeSite, SiteKind},
@@ -30,7 +30,8 @@ use super::{
     elf::{ElfFile, FunctionSymbol},
     go_http::ProbePoint,
     pclntab::Pclntab,
-    runtime_globals::{self, GlobalsSource, RuntimeGlobals},
+    runtime_globals::{self, GlobalsError, GlobalsSource, RuntimeGlobals},
+    SymbolsError,
 };
 
 pub const SCHEDT: &str = runtime_globals::SCHEDT;
@@ -153,6 +154,24 @@ impl PauseScheme {
     }
 }
 
+/// Why the runtime's own counts cannot be read.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RuntimeStateError {
+    /// No struct layouts for the binary, or they lack a field read.
+    #[error(transparent)]
+    StructOffsets(Arc<SymbolsError>),
+    #[error(transparent)]
+    Globals(#[from] GlobalsError),
+    #[error("a GC pause histogram of {buckets} buckets (unknown scheme)")]
+    UnknownPauseScheme { buckets: usize },
+}
+
+impl From<SymbolsError> for RuntimeStateError {
+    fn from(e: SymbolsError) -> Self {
+        Self::StructOffsets(Arc::new(e))
+    }
+}
+
 /// Panic probes: `gopanic` (every panic), `recovery` (a deferred call recovered),
 /// `fatalpanic` (the process dies of it). Each is optional.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -177,9 +196,9 @@ pub fn runtime_state(
     elf: &ElfFile,
     functions: &HashMap<String, FunctionSymbol>,
     l: &Layouts,
-) -> Result<RuntimeState, String> {
+) -> Result<RuntimeState, RuntimeStateError> {
     let (globals, globals_source) = runtime_globals::find(elf, functions, l)?;
-    let off = |s: &str, m: &str| offset_of(l, s, m).map_err(|e| e.to_string());
+    let off = |s: &str, m: &str| offset_of(l, s, m).map_err(RuntimeStateError::from);
     let sched = globals.sched;
     let sched_gfree = sched + off(SCHEDT, "gFree")?;
     let (sched_free, p_free) = if l.contains_key(SCHED_GFREE_COUNTED) {
@@ -206,7 +225,7 @@ pub fn runtime_state(
     let underflow = off(TIME_HISTOGRAM, "underflow")?;
     let buckets = usize::try_from((underflow - counts) / 8).unwrap_or(0);
     let scheme = PauseScheme::for_buckets(buckets)
-        .ok_or_else(|| format!("a GC pause histogram of {buckets} buckets (unknown scheme)"))?;
+        .ok_or(RuntimeStateError::UnknownPauseScheme { buckets })?;
     let gc = globals.gc_controller;
     Ok(RuntimeState {
         allglen: globals.allglen,

@@ -47,3 +47,51 @@ pub enum SymbolsError {
         reason: String,
     },
 }
+
+/// Equal when they say the same: I/O errors by path and kind (`io::Error` has no equality of
+/// its own). Lets the errors that hold one (a binary's runtime state, its goroutine tracking)
+/// be compared.
+impl PartialEq for SymbolsError {
+    fn eq(&self, other: &Self) -> bool {
+        use SymbolsError::*;
+        match (self, other) {
+            (Io { path, source }, Io { path: p, source: s }) => {
+                path == p && source.kind() == s.kind()
+            }
+            (BadElf(a), BadElf(b))
+            | (BadDwarf(a), BadDwarf(b))
+            | (MissingField(a), MissingField(b)) => a == b,
+            (NotGo, NotGo) => true,
+            (NotHttpServer(a), NotHttpServer(b)) => a == b,
+            (Pclntab(a), Pclntab(b)) => a == b,
+            (
+                NoStructOffsets { go_version, reason },
+                NoStructOffsets {
+                    go_version: v,
+                    reason: r,
+                },
+            ) => go_version == v && reason == r,
+            (
+                NoProbeSite { function, reason },
+                NoProbeSite {
+                    function: f,
+                    reason: r,
+                },
+            ) => function == f && reason == r,
+            (
+                Io { .. }
+                | BadElf(_)
+                | NotGo
+                | NotHttpServer(_)
+                | Pclntab(_)
+                | BadDwarf(_)
+                | MissingField(_)
+                | NoStructOffsets { .. }
+                | NoProbeSite { .. },
+                _,
+            ) => false,
+        }
+    }
+}
+
+impl Eq for SymbolsError {}

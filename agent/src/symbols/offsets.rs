@@ -135,8 +135,33 @@ pub enum TableMiss {
     )]
     Stale,
     #[error("the embedded offsets table is unreadable: {0}")]
-    Unreadable(String),
+    Unreadable(&'static TableParseError),
 }
+
+/// Why the offsets table's JSON is not a table.
+#[derive(Debug, thiserror::Error)]
+pub enum TableParseError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("release key {key:?} is not MAJOR.MINOR")]
+    ReleaseKey { key: String },
+}
+
+/// Equal when the same thing is wrong at the same place (`serde_json::Error` has no equality
+/// of its own).
+impl PartialEq for TableParseError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Json(a), Self::Json(b)) => {
+                (a.classify(), a.line(), a.column()) == (b.classify(), b.line(), b.column())
+            }
+            (Self::ReleaseKey { key: a }, Self::ReleaseKey { key: b }) => a == b,
+            (Self::Json(_) | Self::ReleaseKey { .. }, _) => false,
+        }
+    }
+}
+
+impl Eq for TableParseError {}
 
 /// One release's entry.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -172,8 +197,8 @@ pub struct Chosen<'t> {
 }
 
 impl OffsetsTable {
-    pub fn parse(json: &str) -> Result<Self, String> {
-        let stored: StoredTable = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    pub fn parse(json: &str) -> Result<Self, TableParseError> {
+        let stored: StoredTable = serde_json::from_str(json)?;
         let mut releases = stored
             .releases
             .into_iter()
@@ -181,7 +206,7 @@ impl OffsetsTable {
                 GoRelease::parse(&key)
                     .filter(|r| r.to_string() == key)
                     .map(|r| (r, entry))
-                    .ok_or_else(|| format!("release key {key:?} is not MAJOR.MINOR"))
+                    .ok_or(TableParseError::ReleaseKey { key })
             })
             .collect::<Result<Vec<_>, _>>()?;
         releases.sort_by_key(|(r, _)| *r);
@@ -266,11 +291,11 @@ pub fn differences(a: &Layouts, b: &Layouts) -> Vec<String> {
 
 /// The table embedded in the agent, parsed on first use.
 pub fn embedded() -> Result<&'static OffsetsTable, TableMiss> {
-    static TABLE: OnceLock<Result<OffsetsTable, String>> = OnceLock::new();
+    static TABLE: OnceLock<Result<OffsetsTable, TableParseError>> = OnceLock::new();
     TABLE
         .get_or_init(|| OffsetsTable::parse(EMBEDDED_TABLE))
         .as_ref()
-        .map_err(|e| TableMiss::Unreadable(e.clone()))
+        .map_err(TableMiss::Unreadable)
 }
 
 /// The wanted structs' wanted members, from the binary's DWARF; `None` without DWARF.
@@ -449,11 +474,21 @@ mod tests {
 
     #[test]
     fn malformed_tables_are_errors() {
-        assert!(OffsetsTable::parse("").is_err());
+        assert!(matches!(
+            OffsetsTable::parse(""),
+            Err(TableParseError::Json(_))
+        ));
         assert!(OffsetsTable::parse(r#"{"fields": {}, "releases": {"1.x": {}}}"#).is_err());
         let bad_key =
             r#"{"fields": {}, "releases": {"1.022": {"toolchain": "go1.22.1", "layouts": {}}}}"#;
-        assert!(OffsetsTable::parse(bad_key).is_err());
+        let err = OffsetsTable::parse(bad_key).unwrap_err();
+        assert_eq!(
+            err,
+            TableParseError::ReleaseKey {
+                key: "1.022".to_owned()
+            }
+        );
+        assert_eq!(err.to_string(), r#"release key "1.022" is not MAJOR.MINOR"#);
     }
 
     #[test]

@@ -34,12 +34,13 @@
 //! (the controller's methods) in code every program links, never RIP-relatively, hence two
 //! others here.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use super::{
     disasm::{self, Access, RipOperand},
     dwarf::{offset_of, Layouts},
     elf::{ElfFile, FunctionSymbol},
+    SymbolsError,
 };
 
 pub const ALLGLEN: &str = "runtime.allglen";
@@ -94,29 +95,70 @@ pub enum GlobalsSource {
     Code,
 }
 
+/// Why the runtime's globals were not found.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum GlobalsError {
+    #[error(transparent)]
+    SymbolTable(Arc<SymbolsError>),
+    #[error(
+        "no symbols for the runtime's globals, and {0}: the runtime's own counts cannot be read"
+    )]
+    NotSolved(SolveError),
+}
+
+/// Why the globals cannot be solved from code (see the module's documentation).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SolveError {
+    #[error("{function} is not in the binary")]
+    FunctionMissing { function: &'static str },
+    #[error("the code of {function} is not in the file")]
+    CodeOutsideFile { function: &'static str },
+    #[error("{function}: {reason}")]
+    Undecodable {
+        function: &'static str,
+        reason: String,
+    },
+    /// The offset of a field that solves for a global.
+    #[error(transparent)]
+    FieldOffset(Arc<SymbolsError>),
+    #[error("{global} is not found in the code of {}", .functions.join(" and "))]
+    NotFound {
+        global: &'static str,
+        functions: &'static [&'static str],
+    },
+    #[error(
+        "{global} is ambiguous in the code of {} ({candidates} candidates)",
+        .functions.join(" and ")
+    )]
+    Ambiguous {
+        global: &'static str,
+        functions: &'static [&'static str],
+        candidates: usize,
+    },
+    #[error("two runtime globals solve to one address: {globals:x?}")]
+    SameAddress { globals: RuntimeGlobals },
+    #[error("{global} solves to {address:#x}, outside the binary's segments")]
+    OutsideSegments { global: &'static str, address: u64 },
+}
+
 /// The globals from the symbol table, else from code. `functions` must hold
 /// [`CODE_FUNCTIONS`] where the binary has them.
 pub fn find(
     elf: &ElfFile,
     functions: &HashMap<String, FunctionSymbol>,
     layouts: &Layouts,
-) -> Result<(RuntimeGlobals, GlobalsSource), String> {
-    if let Some(globals) = from_symbols(elf)? {
+) -> Result<(RuntimeGlobals, GlobalsSource), GlobalsError> {
+    if let Some(globals) = from_symbols(elf).map_err(|e| GlobalsError::SymbolTable(Arc::new(e)))? {
         return Ok((globals, GlobalsSource::SymbolTable));
     }
     from_code(elf, functions, layouts)
         .map(|globals| (globals, GlobalsSource::Code))
-        .map_err(|why| {
-            format!(
-                "no symbols for the runtime's globals, and {why}: the runtime's own counts \
-                 cannot be read"
-            )
-        })
+        .map_err(GlobalsError::NotSolved)
 }
 
 /// The globals from the ELF symbol table; `None` unless it has all five.
-pub fn from_symbols(elf: &ElfFile) -> Result<Option<RuntimeGlobals>, String> {
-    let symbols = elf.functions(&GLOBALS).map_err(|e| e.to_string())?;
+pub fn from_symbols(elf: &ElfFile) -> Result<Option<RuntimeGlobals>, SymbolsError> {
+    let symbols = elf.functions(&GLOBALS)?;
     let address = |name: &str| symbols.get(name).map(|s| s.address);
     Ok((|| {
         Some(RuntimeGlobals {
@@ -143,35 +185,40 @@ pub fn from_code(
     elf: &ElfFile,
     functions: &HashMap<String, FunctionSymbol>,
     layouts: &Layouts,
-) -> Result<RuntimeGlobals, String> {
-    let operands = |function: &str| -> Result<Vec<RipOperand>, String> {
+) -> Result<RuntimeGlobals, SolveError> {
+    let operands = |function: &'static str| -> Result<Vec<RipOperand>, SolveError> {
         let f = functions
             .get(function)
-            .ok_or_else(|| format!("{function} is not in the binary"))?;
+            .ok_or(SolveError::FunctionMissing { function })?;
         let code = elf
             .bytes_at(f.address, f.size)
             .filter(|code| f.size > 0 && code.len() as u64 == f.size)
-            .ok_or_else(|| format!("the code of {function} is not in the file"))?;
-        disasm::rip_relative_operands(code, f.address).map_err(|e| format!("{function}: {e}"))
+            .ok_or(SolveError::CodeOutsideFile { function })?;
+        disasm::rip_relative_operands(code, f.address)
+            .map_err(|reason| SolveError::Undecodable { function, reason })
     };
-    let field = |strukt: &str, member: &str, width: usize| -> Result<Field, String> {
-        let offset = offset_of(layouts, strukt, member).map_err(|e| e.to_string())?;
+    let field = |strukt: &str, member: &str, width: usize| -> Result<Field, SolveError> {
+        let offset =
+            offset_of(layouts, strukt, member).map_err(|e| SolveError::FieldOffset(Arc::new(e)))?;
         Ok(Field { offset, width })
     };
-    let solve = |global: &str, function: &str, fields: &[Field]| -> Result<u64, String> {
-        unique(global, function, bases(&operands(function)?, fields))
+    let solve = |global: &'static str,
+                 function: &'static [&'static str; 1],
+                 fields: &[Field]|
+     -> Result<u64, SolveError> {
+        unique(global, function, bases(&operands(function[0])?, fields))
     };
     // Widths are the fields' Go types (atomic wrappers or not, across releases): goidgen
     // 64 bits, ngsys 32, numgc 32, pause_total_ns 64, memoryLimit 64, lastHeapGoal 64.
     let globals = RuntimeGlobals {
         sched: solve(
             SCHED,
-            ONE_NEW_EXTRA_M,
+            &[ONE_NEW_EXTRA_M],
             &[field(SCHEDT, "goidgen", 8)?, field(SCHEDT, "ngsys", 4)?],
         )?,
         allp: solve(
             ALLP,
-            PREEMPTALL,
+            &[PREEMPTALL],
             &[
                 Field {
                     offset: 0,
@@ -185,7 +232,7 @@ pub fn from_code(
         )?,
         memstats: solve(
             MEMSTATS,
-            GC_MARK_TERMINATION,
+            &[GC_MARK_TERMINATION],
             &[
                 field(MSTATS, "numgc", 4)?,
                 field(MSTATS, "pause_total_ns", 8)?,
@@ -193,7 +240,7 @@ pub fn from_code(
         )?,
         gc_controller: solve(
             GC_CONTROLLER,
-            GC_CONTROLLER_COMMIT,
+            &[GC_CONTROLLER_COMMIT],
             &[
                 field(GC_CONTROLLER_STATE, "memoryLimit", 8)?,
                 field(GC_CONTROLLER_STATE, "lastHeapGoal", 8)?,
@@ -201,7 +248,7 @@ pub fn from_code(
         )?,
         allglen: unique(
             ALLGLEN,
-            &format!("{FOR_EACH_G_RACE} and {ALLGADD}"),
+            &[FOR_EACH_G_RACE, ALLGADD],
             allglen_candidates(&operands(FOR_EACH_G_RACE)?, &operands(ALLGADD)?),
         )?,
     };
@@ -215,18 +262,14 @@ pub fn from_code(
         globals.gc_controller,
     ];
     if (1..addresses.len()).any(|i| addresses[..i].contains(&addresses[i])) {
-        return Err(format!(
-            "two runtime globals solve to one address: {globals:x?}"
-        ));
+        return Err(SolveError::SameAddress { globals });
     }
-    if let Some((name, address)) = GLOBALS
+    if let Some((&global, address)) = GLOBALS
         .iter()
         .zip(addresses)
         .find(|(_, address)| !elf.is_loaded(*address))
     {
-        return Err(format!(
-            "{name} solves to {address:#x}, outside the binary's segments"
-        ));
+        return Err(SolveError::OutsideSegments { global, address });
     }
     Ok(globals)
 }
@@ -287,14 +330,19 @@ fn allglen_candidates(for_each_g: &[RipOperand], allgadd: &[RipOperand]) -> Vec<
 }
 
 /// The one solution, else why there is none.
-fn unique(global: &str, function: &str, solutions: Vec<u64>) -> Result<u64, String> {
+fn unique(
+    global: &'static str,
+    functions: &'static [&'static str],
+    solutions: Vec<u64>,
+) -> Result<u64, SolveError> {
     match solutions[..] {
         [address] => Ok(address),
-        [] => Err(format!("{global} is not found in the code of {function}")),
-        _ => Err(format!(
-            "{global} is ambiguous in the code of {function} ({} candidates)",
-            solutions.len()
-        )),
+        [] => Err(SolveError::NotFound { global, functions }),
+        _ => Err(SolveError::Ambiguous {
+            global,
+            functions,
+            candidates: solutions.len(),
+        }),
     }
 }
 
@@ -350,7 +398,7 @@ mod tests {
         ];
         assert_eq!(bases(&operands, &fields), [sched]);
         assert_eq!(
-            unique(SCHED, ONE_NEW_EXTRA_M, bases(&operands, &fields)),
+            unique(SCHED, &[ONE_NEW_EXTRA_M], bases(&operands, &fields)),
             Ok(sched)
         );
     }
@@ -396,16 +444,17 @@ mod tests {
         ];
         let both = bases(&operands, &slice);
         assert_eq!(both, [0x1000, 0x1008]);
-        let err = unique(ALLP, PREEMPTALL, both).unwrap_err();
-        assert!(
-            err.contains("ambiguous") && err.contains("2 candidates"),
-            "{err}"
+        let err = unique(ALLP, &[PREEMPTALL], both).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "runtime.allp is ambiguous in the code of runtime.preemptall (2 candidates)"
         );
         let none = bases(&[read(0x1000, 8)], &slice);
-        let err = unique(ALLP, PREEMPTALL, none).unwrap_err();
-        assert!(
-            err.contains("not found in the code of runtime.preemptall"),
-            "{err}"
+        let err = unique(ALLGLEN, &[FOR_EACH_G_RACE, ALLGADD], none).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "runtime.allglen is not found in the code of runtime.forEachGRace and \
+             runtime.allgadd"
         );
         assert!(bases(&operands, &[]).is_empty());
     }
