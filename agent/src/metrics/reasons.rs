@@ -14,7 +14,7 @@ macro_rules! reasons {
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             /// The label value.
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $label,)+
                 }
@@ -83,6 +83,18 @@ reasons! {
     }
 }
 
+reasons! {
+    /// `obs_agent_spans_dropped_total{reason}`: sampled spans never exported.
+    SpanDrop {
+        /// The export queue was full (the collector slow or down).
+        QueueFull => "queue_full",
+        /// Every attempt to export its batch failed.
+        ExportFailed => "export_failed",
+        /// The export task had ended (shutdown).
+        ExporterStopped => "exporter_stopped",
+    }
+}
+
 impl From<&crate::events::DecodeError> for DecodeFailure {
     fn from(e: &crate::events::DecodeError) -> Self {
         use crate::events::DecodeError;
@@ -110,5 +122,6 @@ mod tests {
         distinct(DecodeFailure::ALL.iter().map(|r| r.as_str()).collect());
         distinct(KernelError::ALL.iter().map(|r| r.as_str()).collect());
         distinct(AttachFailure::ALL.iter().map(|r| r.as_str()).collect());
+        distinct(SpanDrop::ALL.iter().map(|r| r.as_str()).collect());
     }
 }

@@ -12,7 +12,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::reasons::{AttachFailure, DecodeFailure, KernelError, Lost};
+use super::reasons::{AttachFailure, DecodeFailure, KernelError, Lost, SpanDrop};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -218,11 +218,9 @@ impl SelfMetrics {
             .inc();
     }
 
-    pub fn span_dropped(&self, reason: &str, count: u64) {
+    pub fn span_dropped(&self, reason: SpanDrop, count: u64) {
         self.spans_dropped
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&labels::reason(reason.as_str()))
             .inc_by(count);
     }
 

@@ -20,7 +20,7 @@ pub fn struct_layouts(elf: &ElfFile, wanted: &[&str]) -> Result<Option<Layouts>,
         Ok(elf.section(id.name()).unwrap_or(Cow::Borrowed(&[])))
     })?;
     let dwarf = sections.borrow(|s| EndianSlice::new(s, RunTimeEndian::Little));
-    let bad = |e: gimli::Error| SymbolsError::BadDwarf(e.to_string());
+    let bad = SymbolsError::BadDwarf;
 
     let mut layouts = Layouts::new();
     let mut units = dwarf.units();
@@ -103,5 +103,8 @@ pub fn offset_of(layouts: &Layouts, strukt: &str, member: &str) -> Result<u64, S
         .get(strukt)
         .and_then(|m| m.get(member))
         .copied()
-        .ok_or_else(|| SymbolsError::MissingField(format!("{strukt}.{member}")))
+        .ok_or_else(|| SymbolsError::MissingField {
+            strukt: strukt.to_owned(),
+            member: member.to_owned(),
+        })
 }

@@ -6,7 +6,7 @@ use std::{borrow::Cow, collections::HashMap, fs::File, path::Path};
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
-use super::{pclntab::Pclntab, SymbolsError};
+use super::{pclntab::Pclntab, ElfProblem, SymbolsError};
 
 pub struct ElfFile {
     map: memmap2::Mmap,
@@ -52,15 +52,14 @@ impl ElfFile {
     }
 
     pub fn object(&self) -> Result<object::File<'_>, SymbolsError> {
-        let obj =
-            object::File::parse(&*self.map).map_err(|e| SymbolsError::BadElf(e.to_string()))?;
+        let obj = object::File::parse(&*self.map)
+            .map_err(|e| SymbolsError::BadElf(ElfProblem::Unparsable(e)))?;
         if obj.format() != object::BinaryFormat::Elf {
-            return Err(SymbolsError::BadElf("not ELF".into()));
+            return Err(SymbolsError::BadElf(ElfProblem::NotElf));
         }
         if obj.architecture() != object::Architecture::X86_64 {
-            return Err(SymbolsError::BadElf(format!(
-                "architecture {:?} (only x86_64 is supported)",
-                obj.architecture()
+            return Err(SymbolsError::BadElf(ElfProblem::Architecture(
+                obj.architecture(),
             )));
         }
         Ok(obj)

@@ -15,7 +15,7 @@ use super::{
     elf::ElfFile,
     go_runtime,
     offsets::{self, LayoutSource},
-    runtime_globals, SymbolsError,
+    runtime_globals, NoSite, SymbolsError,
 };
 
 pub const SERVER_HANDLER: &str = "net/http.serverHandler.ServeHTTP";
@@ -298,9 +298,7 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
     let build = elf
         .section(".go.buildinfo")
         .ok_or(SymbolsError::NotGo)
-        .and_then(|s| {
-            buildinfo::parse(&s).map_err(|e| SymbolsError::BadElf(format!("Go build info: {e}")))
-        })?;
+        .and_then(|s| buildinfo::parse(&s).map_err(SymbolsError::from))?;
     let mut wanted = vec![
         SERVER_HANDLER,
         MUX_SERVE_HTTP,
@@ -326,13 +324,13 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
     let layout = layouts.as_ref().and_then(|(l, _)| mux_layout(l).ok());
     let mux_discovery = match (layout, functions.get(MUX_SERVE_HTTP)) {
         (Some(layout), Some(sym)) => {
-            let no_site = |reason: &str| SymbolsError::NoProbeSite {
+            let no_site = |reason| SymbolsError::NoProbeSite {
                 function: MUX_SERVE_HTTP,
-                reason: reason.to_owned(),
+                reason,
             };
             let code = elf
                 .bytes_at(sym.address, sym.size.clamp(1, 64))
-                .ok_or_else(|| no_site("its address is outside the file's segments"))?;
+                .ok_or_else(|| no_site(NoSite::OutsideSegments))?;
             let site = disasm::find_stack_check_jump(code, sym.address).unwrap_or(ProbeSite {
                 offset: 0,
                 kind: SiteKind::Entry,
@@ -340,7 +338,7 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
             let address = sym.address + site.offset;
             let file_offset = elf
                 .file_offset(address)
-                .ok_or_else(|| no_site("no file offset"))?;
+                .ok_or_else(|| no_site(NoSite::NoFileOffset))?;
             Some((
                 ProbePoint {
                     function: MUX_SERVE_HTTP,

@@ -25,7 +25,9 @@ pub enum SymbolsError {
         source: std::io::Error,
     },
     #[error("not an ELF binary this agent understands: {0}")]
-    BadElf(String),
+    BadElf(ElfProblem),
+    #[error("corrupt Go build info: {0}")]
+    BadBuildInfo(#[from] buildinfo::BuildInfoError),
     #[error("not a Go program")]
     NotGo,
     #[error("a Go program without net/http's server (no {0}): nothing to watch")]
@@ -33,9 +35,9 @@ pub enum SymbolsError {
     #[error("cannot read Go's function table: {0}")]
     Pclntab(#[from] pclntab::PclntabError),
     #[error("corrupt DWARF: {0}")]
-    BadDwarf(String),
-    #[error("the struct layouts lack {0}")]
-    MissingField(String),
+    BadDwarf(gimli::Error),
+    #[error("the struct layouts lack {strukt}.{member}")]
+    MissingField { strukt: String, member: String },
     #[error("{go_version} without DWARF: no struct offsets for it: {reason}")]
     NoStructOffsets {
         go_version: String,
@@ -44,8 +46,28 @@ pub enum SymbolsError {
     #[error("no probe site in {function}: {reason}")]
     NoProbeSite {
         function: &'static str,
-        reason: String,
+        reason: NoSite,
     },
+}
+
+/// Why a file is not an ELF binary the agent reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ElfProblem {
+    #[error("{0}")]
+    Unparsable(object::read::Error),
+    #[error("not ELF")]
+    NotElf,
+    #[error("architecture {0:?} (only x86_64 is supported)")]
+    Architecture(object::Architecture),
+}
+
+/// Why a function has no place for a probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoSite {
+    #[error("its address is outside the file's segments")]
+    OutsideSegments,
+    #[error("no file offset")]
+    NoFileOffset,
 }
 
 /// Equal when they say the same: I/O errors by path and kind (`io::Error` has no equality of
@@ -58,9 +80,16 @@ impl PartialEq for SymbolsError {
             (Io { path, source }, Io { path: p, source: s }) => {
                 path == p && source.kind() == s.kind()
             }
-            (BadElf(a), BadElf(b))
-            | (BadDwarf(a), BadDwarf(b))
-            | (MissingField(a), MissingField(b)) => a == b,
+            (BadElf(a), BadElf(b)) => a == b,
+            (BadBuildInfo(a), BadBuildInfo(b)) => a == b,
+            (BadDwarf(a), BadDwarf(b)) => a == b,
+            (
+                MissingField { strukt, member },
+                MissingField {
+                    strukt: s,
+                    member: m,
+                },
+            ) => strukt == s && member == m,
             (NotGo, NotGo) => true,
             (NotHttpServer(a), NotHttpServer(b)) => a == b,
             (Pclntab(a), Pclntab(b)) => a == b,
@@ -81,11 +110,12 @@ impl PartialEq for SymbolsError {
             (
                 Io { .. }
                 | BadElf(_)
+                | BadBuildInfo(_)
                 | NotGo
                 | NotHttpServer(_)
                 | Pclntab(_)
                 | BadDwarf(_)
-                | MissingField(_)
+                | MissingField { .. }
                 | NoStructOffsets { .. }
                 | NoProbeSite { .. },
                 _,

@@ -132,7 +132,7 @@ impl<E: BatchExporter> Batcher<E> {
             if self.export_with_retries(&resource, &spans).await {
                 self.metrics.spans_exported.inc_by(n);
             } else {
-                self.metrics.span_dropped(SpanDrop::ExportFailed.label(), n);
+                self.metrics.span_dropped(SpanDrop::ExportFailed, n);
             }
         }
     }

@@ -17,33 +17,13 @@ pub use config::{ConfigError, OtlpConfig, TraceConfig};
 pub use sink::TraceSink;
 
 use super::{otlp::OtlpExporter, trace_store::TraceStore};
+pub use crate::metrics::reasons::SpanDrop;
 use crate::{metrics::SelfMetrics, spans::trace::SpanSink};
 
-/// Why a span was not exported: the `reason` label of `obs_agent_spans_dropped_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpanDrop {
-    /// The export queue was full (the collector slow or down).
-    QueueFull,
-    /// Every attempt to export its batch failed.
-    ExportFailed,
-    /// The export task had ended (shutdown).
-    ExporterStopped,
-}
-
-impl SpanDrop {
-    pub const fn label(self) -> &'static str {
-        match self {
-            SpanDrop::QueueFull => "queue_full",
-            SpanDrop::ExportFailed => "export_failed",
-            SpanDrop::ExporterStopped => "exporter_stopped",
-        }
-    }
-}
-
 /// The drop reasons' labels, for readers of the metric.
-pub const DROPPED_QUEUE_FULL: &str = SpanDrop::QueueFull.label();
-pub const DROPPED_EXPORT_FAILED: &str = SpanDrop::ExportFailed.label();
-pub const DROPPED_EXPORTER_STOPPED: &str = SpanDrop::ExporterStopped.label();
+pub const DROPPED_QUEUE_FULL: &str = SpanDrop::QueueFull.as_str();
+pub const DROPPED_EXPORT_FAILED: &str = SpanDrop::ExportFailed.as_str();
+pub const DROPPED_EXPORTER_STOPPED: &str = SpanDrop::ExporterStopped.as_str();
 
 /// The running trace pipeline: the sink to give the span builder, and the store the HTTP
 /// endpoint reads.

@@ -59,6 +59,6 @@ impl SpanSink for TraceSink {
             Err(TrySendError::Closed(_)) => SpanDrop::ExporterStopped,
         };
         self.metrics.spans_queued.dec();
-        self.metrics.span_dropped(reason.label(), 1);
+        self.metrics.span_dropped(reason, 1);
     }
 }
