@@ -66,7 +66,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             if let (Role::Server, Some(span)) = (e.role, &e.span) {
                 goroutines.served(d.goid, span);
             }
-            let _ = route_of(&e, None);
+            let _ = route_of(&e.exchange, None);
             let _ = tracer.finish(e, None, &resource);
         }
         while let Some(started) = conns.take_started() {

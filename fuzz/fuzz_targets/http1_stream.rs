@@ -46,8 +46,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             }
         }
         for e in conns.drain_finished() {
-            assert!(e.start_ns <= e.end_ns);
-            assert!(e.status >= 100 && e.status <= 999);
+            assert!(e.exchange.start_ns <= e.exchange.end_ns);
+            assert!(e.exchange.status >= 100 && e.exchange.status <= 999);
         }
         let mut started = 0;
         while conns.take_started().is_some() {

@@ -154,11 +154,12 @@ impl<K: Kernel> Agent<K> {
         goid: u64,
     ) -> Vec<(Orphan, SpanContext)> {
         let sink = self.span_sink.get();
-        for e in w.connections.drain_finished() {
+        for f in w.connections.drain_finished() {
+            let e = &f.exchange;
             let duration = Duration::from_nanos(e.end_ns.saturating_sub(e.start_ns));
-            let route = match e.role {
+            let route = match f.role {
                 Role::Server => {
-                    let route = route_of(&e, w.routes.pattern(&e));
+                    let route = route_of(e, w.routes.pattern(e));
                     Some(self.metrics.record_server(
                         &mut w.series,
                         &route,
@@ -169,16 +170,16 @@ impl<K: Kernel> Agent<K> {
                 }
                 Role::Client => {
                     self.metrics
-                        .record_client(&mut w.series, e.peer, e.method, e.status, duration);
+                        .record_client(&mut w.series, f.peer, e.method, e.status, duration);
                     None
                 }
             };
             if let Some(sink) = sink {
-                if let (Role::Server, Some(span)) = (e.role, &e.span) {
+                if let (Role::Server, Some(span)) = (f.role, &f.span) {
                     w.goroutines.served(goid, span);
                 }
                 let route = route.as_deref();
-                if let Some(span) = tracer.finish(e, route, &w.resource) {
+                if let Some(span) = tracer.finish(f, route, &w.resource) {
                     self.metrics.agent.spans.inc();
                     sink.submit(span);
                 }

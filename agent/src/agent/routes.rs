@@ -5,9 +5,11 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    connections::Exchange,
     probes::table::Probe,
-    protocols::go_mux::{Pattern, PatternSet},
+    protocols::{
+        go_mux::{Pattern, PatternSet},
+        Exchange,
+    },
     symbols::go_http::{MuxLayout, ProbePoint},
     target::{self, memory::ProcessMemory},
 };

@@ -29,7 +29,7 @@ use crate::protocols::{
     http1::Http1,
     recognise::Unrecognised,
     trace_context::{SpanContext, SpanId, TraceParent},
-    Chunk, Completed, Decoder, Direction, Issue, Records, RequestId, Role, MAX_PENDING,
+    Chunk, Decoder, Direction, Exchange, Issue, Records, RequestId, Role, MAX_PENDING,
 };
 
 use self::handshake::Handshakes;
@@ -71,9 +71,9 @@ pub struct Started {
     pub traceparent: Option<TraceParent>,
 }
 
-/// A request/response pair seen on one connection.
+/// A request/response pair complete on one connection, with what the connection knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Exchange {
+pub struct Finished {
     pub role: Role,
     /// The other end: the client of a server connection, the server of a client connection.
     pub peer: Option<SocketAddr>,
@@ -81,14 +81,8 @@ pub struct Exchange {
     pub local: Option<SocketAddr>,
     /// The span identity given when the request started.
     pub span: Option<SpanContext>,
-    pub method: &'static str,
-    pub path: String,
-    pub truncated: bool,
-    pub status: u16,
-    /// The first byte of the request (read by a server, written by a client).
-    pub start_ns: u64,
-    /// The last byte of the response seen (written by a server, read by a client).
-    pub end_ns: u64,
+    /// What the connection's decoder made of it.
+    pub exchange: Exchange,
 }
 
 /// What happened to an event that did not complete an exchange, for the self metrics.
@@ -171,7 +165,7 @@ struct Queues {
     /// Requests started and not yet given a span identity (`take_started`), oldest first.
     started: VecDeque<Started>,
     /// Exchanges complete and not yet taken (`drain_finished`).
-    finished: Vec<Exchange>,
+    finished: Vec<Finished>,
     /// What the decoder of the last call emitted, reused (no allocation per call).
     records: Records,
 }
@@ -196,7 +190,7 @@ impl Queues {
         }
         for c in self.records.completed.drain(..) {
             let span = take_span(&mut socket.spans, c.id);
-            self.finished.push(exchange(role, socket, span, c));
+            self.finished.push(finished(role, socket, span, c));
         }
     }
 }
@@ -358,7 +352,7 @@ impl Connections {
     }
 
     /// Exchanges complete since the last call, in the order they completed.
-    pub fn drain_finished(&mut self) -> std::vec::Drain<'_, Exchange> {
+    pub fn drain_finished(&mut self) -> std::vec::Drain<'_, Finished> {
         self.queues.finished.drain(..)
     }
 
@@ -484,17 +478,17 @@ fn take_span(spans: &mut VecDeque<(RequestId, SpanContext)>, id: RequestId) -> O
     spans.remove(i).map(|(_, span)| span)
 }
 
-fn exchange(role: Role, socket: &Socket, span: Option<SpanContext>, c: Completed) -> Exchange {
-    Exchange {
+fn finished(
+    role: Role,
+    socket: &Socket,
+    span: Option<SpanContext>,
+    exchange: Exchange,
+) -> Finished {
+    Finished {
         role,
         peer: socket.peer,
         local: socket.local,
         span,
-        method: c.method,
-        path: c.path,
-        truncated: c.truncated,
-        status: c.status,
-        start_ns: c.start_ns,
-        end_ns: c.end_ns,
+        exchange,
     }
 }

@@ -32,7 +32,10 @@ fn sendfile(c: &mut Connections, fd: u32, ts: u64, n: i64) -> Result<(), Dropped
 
 fn done(c: &mut Connections) -> Vec<(&'static str, String, u16, u64, u64)> {
     c.drain_finished()
-        .map(|e| (e.method, e.path, e.status, e.start_ns, e.end_ns))
+        .map(|f| {
+            let e = f.exchange;
+            (e.method, e.path, e.status, e.start_ns, e.end_ns)
+        })
         .collect()
 }
 
@@ -405,19 +408,19 @@ fn client_requests_are_paired_with_the_responses_read() {
     read(&mut c, 5, 450, b"busy").unwrap();
     // Keep-alive: the next request on the same connection ends the previous response.
     write(&mut c, 5, 500, b"POST /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-    let e: Vec<Exchange> = c.drain_finished().collect();
+    let e: Vec<Finished> = c.drain_finished().collect();
     assert_eq!(
         (
             e[0].role,
             e[0].peer,
-            e[0].method,
-            e[0].status,
-            e[0].start_ns,
-            e[0].end_ns
+            e[0].exchange.method,
+            e[0].exchange.status,
+            e[0].exchange.start_ns,
+            e[0].exchange.end_ns
         ),
         (Role::Client, Some(peer), "GET", 503, 100, 450)
     );
-    assert!(e[0].truncated);
+    assert!(e[0].exchange.truncated);
     read(&mut c, 5, 600, b"HTTP/1.1 201 Created\r\n\r\n").unwrap();
     // A status line with nothing asked is counted, not paired.
     assert_eq!(
@@ -442,7 +445,7 @@ fn sockets_found_at_attach_get_their_role_from_their_first_http_line() {
     c.close(4);
     let got: Vec<_> = c
         .drain_finished()
-        .map(|e| (e.role, e.method, e.status))
+        .map(|e| (e.role, e.exchange.method, e.exchange.status))
         .collect();
     assert_eq!(
         got,
@@ -569,7 +572,14 @@ fn streams_of_real_servers() {
     s.close(7);
     let got: Vec<_> = s
         .drain_finished()
-        .map(|e| (e.role, e.path, e.status, e.end_ns))
+        .map(|e| {
+            (
+                e.role,
+                e.exchange.path,
+                e.exchange.status,
+                e.exchange.end_ns,
+            )
+        })
         .collect();
     assert_eq!(
         got,

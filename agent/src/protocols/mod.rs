@@ -80,7 +80,7 @@ pub struct NewRequest {
 
 /// A request and its response, complete.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completed {
+pub struct Exchange {
     pub id: RequestId,
     pub method: &'static str,
     pub path: String,
@@ -98,7 +98,7 @@ pub struct Completed {
 #[derive(Debug, Default)]
 pub struct Records {
     pub started: Vec<NewRequest>,
-    pub completed: Vec<Completed>,
+    pub completed: Vec<Exchange>,
 }
 
 /// What a decoder could not make sense of.

@@ -9,7 +9,7 @@ pub mod tracer;
 
 use std::borrow::Cow;
 
-use crate::{connections::Exchange, protocols::http::collapse_path};
+use crate::protocols::{http::collapse_path, Exchange};
 
 /// The route of a request: the pattern it matched (if the process's router is known), else
 /// its path with ids collapsed.
@@ -35,14 +35,10 @@ fn collapse_truncated(path: &str, truncated: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::Role;
 
     fn exchange(path: &str, truncated: bool) -> Exchange {
         Exchange {
-            role: Role::Server,
-            peer: None,
-            local: None,
-            span: None,
+            id: 0,
             method: "GET",
             path: path.to_owned(),
             truncated,

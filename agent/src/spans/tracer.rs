@@ -17,7 +17,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use super::trace::{HttpAttributes, Resource, Span, SpanKind};
 use crate::{
-    connections::{Exchange, Started},
+    connections::{Finished, Started},
     protocols::{
         http::collapse_path,
         trace_context::{SpanContext, SpanId, TraceId},
@@ -194,11 +194,11 @@ impl Tracer {
     /// taken so that its path moves into the span: a span allocates nothing of its own.
     pub fn finish(
         &mut self,
-        e: Exchange,
+        f: Finished,
         route: Option<&Arc<str>>,
         resource: &Arc<Resource>,
     ) -> Option<Span> {
-        match (e.role, e.local, e.peer, e.span) {
+        match (f.role, f.local, f.peer, f.span) {
             (Role::Client, Some(local), Some(peer), _)
                 if self
                     .client_links
@@ -217,22 +217,23 @@ impl Tracer {
             }
             _ => {}
         }
-        let ctx = e.span?;
+        let ctx = f.span?;
         if !ctx.sampled {
             return None;
         }
-        let (kind, error, route, server, client) = match e.role {
+        let e = f.exchange;
+        let (kind, error, route, server, client) = match f.role {
             Role::Server => {
                 let route = route.map_or_else(|| Arc::from(collapse_path(&e.path)), Arc::clone);
                 (
                     SpanKind::Server,
                     e.status >= 500,
                     Some(route),
-                    e.local,
-                    e.peer,
+                    f.local,
+                    f.peer,
                 )
             }
-            Role::Client => (SpanKind::Client, e.status >= 400, None, e.peer, None),
+            Role::Client => (SpanKind::Client, e.status >= 400, None, f.peer, None),
         };
         let mut path = e.path;
         if let Some(end) = path.find(['?', '#']) {
@@ -343,18 +344,21 @@ mod tests {
         }
     }
 
-    fn exchange(role: Role, span: SpanContext, local: &str, peer: &str, status: u16) -> Exchange {
-        Exchange {
+    fn exchange(role: Role, span: SpanContext, local: &str, peer: &str, status: u16) -> Finished {
+        Finished {
             role,
             peer: Some(peer.parse().unwrap()),
             local: Some(local.parse().unwrap()),
             span: Some(span),
-            method: "GET",
-            path: "/items/42?x=1".into(),
-            truncated: false,
-            status,
-            start_ns: 1_000,
-            end_ns: 2_000,
+            exchange: crate::protocols::Exchange {
+                id: 0,
+                method: "GET",
+                path: "/items/42?x=1".into(),
+                truncated: false,
+                status,
+                start_ns: 1_000,
+                end_ns: 2_000,
+            },
         }
     }
 

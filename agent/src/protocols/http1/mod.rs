@@ -32,7 +32,7 @@ use self::parse::{
     RequestParse, RequestStart,
 };
 use super::{
-    Chunk, Completed, Decoder, Direction, Issue, NewRequest, Records, RequestId, Role, MAX_PENDING,
+    Chunk, Decoder, Direction, Exchange, Issue, NewRequest, Records, RequestId, Role, MAX_PENDING,
 };
 
 /// A request read (server) or written (client) and not yet answered.
@@ -57,7 +57,7 @@ pub struct Http1 {
     next_id: RequestId,
     pending: VecDeque<Pending>,
     /// The response being written (server) or read (client): its status line was seen.
-    responding: Option<Completed>,
+    responding: Option<Exchange>,
     /// The start of a request line whose rest has not been read yet, with the time of its
     /// first byte.
     head: Vec<u8>,
@@ -275,7 +275,7 @@ impl Http1 {
         let Some(pending) = self.pending.pop_front() else {
             return Err(Issue::UnmatchedResponse);
         };
-        let completed = Completed {
+        let completed = Exchange {
             id: pending.id,
             method: pending.request.method,
             path: pending.request.path,
