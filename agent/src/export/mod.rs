@@ -172,37 +172,13 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::spans::trace::{HttpAttributes, Resource, Span, SpanKind};
+    use crate::spans::trace::fixtures;
 
     fn store() -> Arc<TraceStore> {
         let store = Arc::new(TraceStore::new(100));
-        let resource = Arc::new(Resource {
-            service_name: "front".into(),
-            instance_id: "h-1-1".into(),
-            pid: 1,
-            executable_name: "front".into(),
-            host_name: "h".into(),
-        });
         for (trace, ms) in [(1u8, 5u64), (2, 50)] {
-            store.insert(Span {
-                trace_id: [trace; 16],
-                span_id: [trace; 8],
-                parent_span_id: None,
-                sampled: true,
-                kind: SpanKind::Server,
-                start_unix_nanos: u64::from(trace) * 1_000_000_000,
-                end_unix_nanos: u64::from(trace) * 1_000_000_000 + ms * 1_000_000,
-                error: false,
-                http: HttpAttributes {
-                    method: "GET",
-                    status_code: 200,
-                    path: "/".into(),
-                    route: Some("/".into()),
-                    server: None,
-                    client: None,
-                },
-                resource: resource.clone(),
-            });
+            let start = u64::from(trace) * 1000;
+            store.insert(fixtures::span(trace, trace, start, start + ms));
         }
         store
     }

@@ -270,3 +270,46 @@ mod tests {
         assert_eq!(hex(&[0x00, 0xab, 0x1f]), "00ab1f");
     }
 }
+
+/// Spans and resources for the unit tests of every stage that handles spans.
+#[cfg(test)]
+pub mod fixtures {
+    use std::sync::Arc;
+
+    use super::{HttpAttributes, Resource, Span, SpanKind};
+
+    /// The process of service `name`.
+    pub fn resource(name: &str) -> Arc<Resource> {
+        Arc::new(Resource {
+            service_name: name.into(),
+            instance_id: format!("h-{name}"),
+            pid: 7,
+            executable_name: name.into(),
+            host_name: "h".into(),
+        })
+    }
+
+    /// A sampled root server span of `GET /` answered 200 by service `front`, with `trace`
+    /// and `id` repeated into its ids, from `start_ms` to `end_ms` (Unix epoch).
+    pub fn span(trace: u8, id: u8, start_ms: u64, end_ms: u64) -> Span {
+        Span {
+            trace_id: [trace; 16],
+            span_id: [id; 8],
+            parent_span_id: None,
+            sampled: true,
+            kind: SpanKind::Server,
+            start_unix_nanos: start_ms * 1_000_000,
+            end_unix_nanos: end_ms * 1_000_000,
+            error: false,
+            http: HttpAttributes {
+                method: "GET",
+                status_code: 200,
+                path: "/".into(),
+                route: Some("/".into()),
+                server: None,
+                client: None,
+            },
+            resource: resource("front"),
+        }
+    }
+}

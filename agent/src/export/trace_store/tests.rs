@@ -3,38 +3,16 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::spans::trace::{hex, HttpAttributes, Resource, SpanKind};
+use crate::spans::trace::{fixtures, hex, SpanKind};
 
-fn svc(name: &str) -> Arc<Resource> {
-    Arc::new(Resource {
-        service_name: name.into(),
-        instance_id: format!("h-{name}"),
-        pid: 7,
-        executable_name: name.into(),
-        host_name: "h".into(),
-    })
-}
+use crate::spans::trace::fixtures::resource as svc;
 
 fn span(trace: u8, id: u8, parent: Option<u8>, start_ms: u64, end_ms: u64) -> Span {
-    Span {
-        trace_id: [trace; 16],
-        span_id: [id; 8],
-        parent_span_id: parent.map(|p| [p; 8]),
-        sampled: true,
-        kind: SpanKind::Server,
-        start_unix_nanos: start_ms * 1_000_000,
-        end_unix_nanos: end_ms * 1_000_000,
-        error: false,
-        http: HttpAttributes {
-            method: "GET",
-            status_code: 200,
-            path: format!("/{id}"),
-            route: Some(Arc::from(format!("/{id}"))),
-            server: None,
-            client: None,
-        },
-        resource: svc("front"),
-    }
+    let mut span = fixtures::span(trace, id, start_ms, end_ms);
+    span.parent_span_id = parent.map(|p| [p; 8]);
+    span.http.path = format!("/{id}");
+    span.http.route = Some(Arc::from(format!("/{id}")));
+    span
 }
 
 #[test]

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::{
     export::otlp::Protocol,
-    spans::trace::{HttpAttributes, Resource, Span, SpanKind},
+    spans::trace::{fixtures, Resource, Span},
 };
 
 pub(crate) fn resource(pid: u32) -> Arc<Resource> {
@@ -30,23 +30,8 @@ pub(crate) fn resource(pid: u32) -> Arc<Resource> {
 
 fn span(n: u8, resource: &Arc<Resource>) -> Span {
     Span {
-        trace_id: [n; 16],
-        span_id: [n; 8],
-        parent_span_id: None,
-        sampled: true,
-        kind: SpanKind::Server,
-        start_unix_nanos: 1_000,
-        end_unix_nanos: 2_000,
-        error: false,
-        http: HttpAttributes {
-            method: "GET",
-            status_code: 200,
-            path: "/".into(),
-            route: Some("/".into()),
-            server: None,
-            client: None,
-        },
         resource: resource.clone(),
+        ..fixtures::span(n, n, 0, 0)
     }
 }
 
