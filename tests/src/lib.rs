@@ -4,6 +4,8 @@
 
 pub mod load;
 pub mod metrics;
+pub mod otlp;
+pub mod rotel;
 pub mod servers;
 
 use std::{
