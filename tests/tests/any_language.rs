@@ -14,7 +14,8 @@ use std::{
 
 use obs_integration_tests::{
     load::{drive, Call},
-    servers::{python3, Nginx, ScriptServer},
+    nginx::Nginx,
+    servers::{python3, ScriptServer},
     wait_for, Agent, GoServer, GoVersion, Proc, Samples,
 };
 
