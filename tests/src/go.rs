@@ -2,12 +2,13 @@
 //! ships (build modes), and building the test apps under tests/apps with them.
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
+    sync::{Condvar, Mutex},
 };
 
-use crate::workspace_root;
+use crate::{tempdir, workspace_root};
 
 /// An installed Go release (from OBS_GO_TOOLCHAINS, set by `cargo xtask test`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,9 +110,11 @@ impl BuildMode {
         BuildMode::PieExternal,
     ];
 
-    /// `go build` arguments and environment for this mode; `keep_symbols` leaves out the
-    /// stripping (`-s -w`) of the modes that ship stripped.
-    fn flags(self, keep_symbols: bool) -> (Vec<String>, &'static [(&'static str, &'static str)]) {
+    /// `go build` arguments and `CGO_ENABLED` (`None`: Go's default) for this mode;
+    /// `keep_symbols` leaves out the stripping (`-s -w`) of the modes that ship stripped,
+    /// `pure_go` turns cgo off in the modes that do not link C (so that no C code of
+    /// runtime/cgo comes into the binary: `.text` starts with Go's).
+    fn flags(self, keep_symbols: bool, pure_go: bool) -> (Vec<String>, Option<&'static str>) {
         let pie = matches!(self, BuildMode::Pie | BuildMode::PieExternal);
         let external = matches!(self, BuildMode::CgoExternal | BuildMode::PieExternal);
         let strip = self != BuildMode::Default && !keep_symbols;
@@ -127,12 +130,12 @@ impl BuildMode {
         if !ldflags.is_empty() {
             args.push(format!("-ldflags={}", ldflags.join(" ")));
         }
-        let env: &'static [(&str, &str)] = if external {
-            &[("CGO_ENABLED", "1")]
-        } else {
-            &[]
+        let cgo = match (external, pure_go) {
+            (true, _) => Some("1"),
+            (false, true) => Some("0"),
+            (false, false) => None,
         };
-        (args, env)
+        (args, cgo)
     }
 
     pub fn name(self) -> &'static str {
@@ -146,41 +149,86 @@ impl BuildMode {
     }
 }
 
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
+/// The outputs this test process is building: a build waits while another thread builds the
+/// same output (then finds it fresh); builds of different outputs run side by side, one per
+/// test running (the pclntab tests make 64 builds from a cold cache).
+static BUILDING: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+static BUILT: Condvar = Condvar::new();
+
+/// This thread's claim on building one output, given up when dropped.
+struct Claim(PathBuf);
+
+impl Claim {
+    fn new(out: &Path) -> Self {
+        let mut building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+        while building.contains(out) {
+            building = BUILT.wait(building).unwrap_or_else(|e| e.into_inner());
+        }
+        building.insert(out.to_owned());
+        Self(out.to_owned())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+        building.remove(&self.0);
+        BUILT.notify_all();
+    }
+}
 
 /// Builds tests/apps/<app> with the given Go in the given mode (GOPATH mode, no network).
 /// Outputs are reused while newer than the app's sources and the toolchain.
 pub fn go_build(app: &str, toolchain: &Toolchain, mode: BuildMode) -> PathBuf {
-    build(app, toolchain, mode, false)
+    build(app, toolchain, mode, false, false)
 }
 
 /// Builds tests/apps/<app> as `go_build` does but keeps the symbol table and DWARF that the
 /// mode strips: the same code and data layout, with the truth to check analyses of it against.
 pub fn go_build_with_symbols(app: &str, toolchain: &Toolchain, mode: BuildMode) -> PathBuf {
-    build(app, toolchain, mode, true)
+    build(app, toolchain, mode, true, false)
 }
 
-fn build(app: &str, toolchain: &Toolchain, mode: BuildMode, keep_symbols: bool) -> PathBuf {
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let suffix = if keep_symbols && mode != BuildMode::Default {
+/// Builds tests/apps/<app> as `go_build` (`keep_symbols`: `go_build_with_symbols`) does, but
+/// with cgo off in the modes that do not link C (`CGO_ENABLED=0`; Go's default is on when a C
+/// compiler is installed, and net/http then brings runtime/cgo's C code in).
+pub fn go_build_pure(
+    app: &str,
+    toolchain: &Toolchain,
+    mode: BuildMode,
+    keep_symbols: bool,
+) -> PathBuf {
+    build(app, toolchain, mode, keep_symbols, true)
+}
+
+fn build(
+    app: &str,
+    toolchain: &Toolchain,
+    mode: BuildMode,
+    keep_symbols: bool,
+    pure_go: bool,
+) -> PathBuf {
+    let (args, cgo) = mode.flags(keep_symbols, pure_go);
+    let symbols = if keep_symbols && mode != BuildMode::Default {
         "-symbols"
     } else {
         ""
     };
+    let no_cgo = if cgo == Some("0") { "-nocgo" } else { "" };
     let out = workspace_root().join("target/test-apps").join(format!(
-        "{app}-go{}-{}{suffix}",
+        "{app}-go{}-{}{symbols}{no_cgo}",
         toolchain.minor,
         mode.name()
     ));
+    let _claim = Claim::new(&out);
     let src = workspace_root().join("tests/apps").join(app);
     if is_fresh(&out, &[&src, &toolchain.go]) {
         return out;
     }
-    let (args, env) = mode.flags(keep_symbols);
     // Apps with a go.mod build in module mode (their dependencies are local replacements).
     let modules = src.join("go.mod").exists();
-    let status = Command::new(&toolchain.go)
-        .current_dir(&src)
+    let mut go = Command::new(&toolchain.go);
+    go.current_dir(&src)
         .arg("build")
         .args(args)
         .arg("-o")
@@ -189,16 +237,31 @@ fn build(app: &str, toolchain: &Toolchain, mode: BuildMode, keep_symbols: bool) 
         .env("GO111MODULE", if modules { "on" } else { "off" })
         .env("GOFLAGS", if modules { "-mod=mod" } else { "" })
         .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .envs(env.iter().copied())
-        .status()
-        .expect("run go build");
+        .env("GOPROXY", "off");
+    if let Some(cgo) = cgo {
+        go.env("CGO_ENABLED", cgo);
+    }
+    let status = go.status().expect("run go build");
     assert!(
         status.success(),
-        "building {app} with Go {} ({}) failed",
+        "building {app} with Go {} ({}{symbols}{no_cgo}) failed",
         toolchain.minor,
         mode.name()
     );
+    out
+}
+
+/// A copy of `bin` named `name`, in a new temporary directory, passed through `objcopy` with
+/// `flag` (`--strip-all`: no symbols; `--strip-debug`: no DWARF).
+pub fn objcopy(bin: &Path, flag: &str, name: &str) -> PathBuf {
+    let out = tempdir().join(name);
+    let status = Command::new("objcopy")
+        .arg(flag)
+        .arg(bin)
+        .arg(&out)
+        .status()
+        .expect("objcopy (binutils)");
+    assert!(status.success(), "objcopy {flag} {}", bin.display());
     out
 }
 

@@ -23,7 +23,8 @@ use std::{
 
 pub use agent::Agent;
 pub use go::{
-    go_app, go_build, go_build_with_symbols, toolchain, toolchains, BuildMode, GoVersion, Toolchain,
+    go_app, go_build, go_build_pure, go_build_with_symbols, objcopy, toolchain, toolchains,
+    BuildMode, GoVersion, Toolchain,
 };
 pub use metrics::{scrape, Samples};
 pub use servers::GoServer;
