@@ -11,6 +11,7 @@ pub mod nginx;
 pub mod otlp;
 pub mod rotel;
 pub mod servers;
+pub mod traces;
 
 use std::{
     io::Read,

@@ -49,6 +49,24 @@ impl GoServer {
         Self { proc, port }
     }
 
+    /// A link of a chain of tests/apps/gochain services (`bin`), named `service`: with a
+    /// `downstream`, each GET /work first calls that service as `args` say (`-calls`,
+    /// `-nested`, `-background`); without, it is the chain's leaf.
+    pub fn chain_link(
+        bin: &Path,
+        service: &str,
+        downstream: Option<&GoServer>,
+        args: &[&str],
+    ) -> Self {
+        let downstream_url = downstream.map(|d| d.url(""));
+        let mut all: Vec<&str> = Vec::new();
+        if let Some(url) = &downstream_url {
+            all.extend(["-downstream", url]);
+        }
+        all.extend(args);
+        Self::start_with_args(bin, &all, &[("OTEL_SERVICE_NAME", service)])
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

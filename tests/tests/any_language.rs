@@ -536,13 +536,7 @@ fn trace_through_nginx_to_its_backend() {
             .call()
             .unwrap();
         assert_eq!(r.status(), 200);
-        let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
-        let spans = wait_for(Duration::from_secs(10), || {
-            let body: serde_json::Value =
-                serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
-            body["spans"].as_array().filter(|s| s.len() >= 3).cloned()
-        })
-        .unwrap_or_else(|| panic!("trace {trace_id} incomplete; log:\n{}", agent.log()));
+        let spans = agent.wait_trace(&trace_id, 3);
         assert_eq!(spans.len(), 3, "{spans:#?}");
         let find = |service: &str, kind: &str| {
             spans
@@ -732,13 +726,7 @@ fn python_server_spans_continue_the_callers_trace() {
         .call()
         .unwrap();
     assert_eq!(r.status(), 200);
-    let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
-    let spans = wait_for(Duration::from_secs(10), || {
-        let body: serde_json::Value =
-            serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
-        body["spans"].as_array().filter(|s| !s.is_empty()).cloned()
-    })
-    .unwrap_or_else(|| panic!("no trace {trace_id}; log:\n{}", agent.log()));
+    let spans = agent.wait_trace(trace_id, 1);
     assert_eq!(spans.len(), 1);
     let s = &spans[0];
     assert_eq!(s["kind"], "server");
@@ -798,7 +786,6 @@ keep.close()
         .unwrap();
     assert!(client.child.wait().unwrap().success());
 
-    let url = format!("http://127.0.0.1:{}/traces?limit=1000", agent.port);
     let roots = |list: &serde_json::Value, service: &str, spans: u64| {
         list.as_array()
             .map(|traces| {
@@ -810,8 +797,7 @@ keep.close()
             .unwrap_or(0)
     };
     let list = wait_for(Duration::from_secs(10), || {
-        let list: serde_json::Value =
-            serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
+        let list = agent.traces(1000)?;
         (roots(&list, "v6-client", 2) + roots(&list, "v6-server", 1) >= CALLS).then_some(list)
     })
     .unwrap_or_else(|| panic!("fewer than {CALLS} traces; log:\n{}", agent.log()));

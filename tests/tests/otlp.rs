@@ -555,13 +555,8 @@ async fn the_agent_exports_traces_of_real_services() {
     let port = free_port();
     let receiver = Receiver::grpc(port).await;
     let bin = go_app("gochain", GoVersion::New);
-    let back = GoServer::start_with_args(&bin, &[], &[("OTEL_SERVICE_NAME", "otlp-back")]);
-    let back_url = back.url("");
-    let front = GoServer::start_with_args(
-        &bin,
-        &["-downstream", &back_url, "-calls", "a=1,fail=1"],
-        &[("OTEL_SERVICE_NAME", "otlp-front")],
-    );
+    let back = GoServer::chain_link(&bin, "otlp-back", None, &[]);
+    let front = GoServer::chain_link(&bin, "otlp-front", Some(&back), &["-calls", "a=1,fail=1"]);
     let args: Vec<String> = [
         "--pid".to_owned(),
         front.proc.pid().to_string(),
@@ -606,15 +601,9 @@ async fn the_agent_exports_traces_of_real_services() {
             );
         }
     }
-    let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
-    let stored: serde_json::Value = tokio::task::spawn_blocking(move || {
-        serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap()
-    })
-    .await
-    .unwrap();
-    let stored: BTreeMap<String, (String, String, Value)> = stored["spans"]
-        .as_array()
-        .unwrap()
+    let stored = tokio::task::block_in_place(|| agent.trace_spans(trace_id))
+        .expect("the agent's stored trace");
+    let stored: BTreeMap<String, (String, String, Value)> = stored
         .iter()
         .map(|s| {
             (
