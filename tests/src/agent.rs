@@ -111,19 +111,6 @@ impl Agent {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// Waits (10 s at most) for the agent to report `pid` as watched (`obs_agent_target_info`);
-    /// panics with `what` and the agent's log if it does not.
-    pub fn wait_watched(&self, pid: u32, what: &str) {
-        let pid = pid.to_string();
-        wait_for(Duration::from_secs(10), || {
-            self.scrape()
-                .matching("obs_agent_target_info", &[("pid", &pid)])
-                .next()
-                .map(|_| ())
-        })
-        .unwrap_or_else(|| panic!("{what} (pid {pid}) is not watched; log:\n{}", self.log()));
-    }
-
     /// Waits for the agent to exit by itself; returns (exit code, stderr).
     pub fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, String) {
         let status = wait_for(timeout, || self.proc.child.try_wait().ok().flatten());

@@ -128,11 +128,9 @@ fn debian_prometheus_is_counted_as_it_counts_itself() {
     *own.entry("/metrics 200".into()).or_default() += 1;
     let total: u64 = own.values().sum();
 
-    let counted = wait_for(Duration::from_secs(10), || {
-        let c = agent.scrape().server_counts("debian-prometheus");
-        (c.values().sum::<u64>() >= total).then_some(c)
-    })
-    .unwrap_or_else(|| agent.scrape().server_counts("debian-prometheus"));
+    let counted = agent
+        .scrape_when_counted(total, |s| s.server_counts("debian-prometheus"))
+        .server_counts("debian-prometheus");
     // The agent's keys are "METHOD ROUTE STATUS"; Prometheus's have no method.
     let mut by_route = BTreeMap::new();
     for (key, n) in counted {
@@ -150,7 +148,7 @@ fn debian_prometheus_is_counted_as_it_counts_itself() {
 
     let samples = agent.scrape();
     let with = [("service_name", "debian-prometheus")];
-    let info: Vec<_> = samples.matching("obs_agent_target_info", &with).collect();
+    let info = samples.target_info("debian-prometheus");
     assert_eq!(info.len(), 1);
     assert!(info[0].labels["go_version"].starts_with("go1."));
     // Debian builds in GOPATH mode: a main package, no module.

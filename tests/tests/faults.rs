@@ -15,6 +15,7 @@ use obs_agent::symbols::go_http::analyze_path;
 use obs_integration_tests::{
     go_app,
     load::{drive, Call},
+    metrics::counts,
     read_process_memory,
     servers::ScriptServer,
     tempdir, wait_for, Agent, GoServer, GoVersion, Proc,
@@ -86,15 +87,14 @@ fn bad_pids_are_reported_and_the_rest_watched() {
         server.proc.pid().to_string(),
     ]);
     ureq::get(&server.url("/hello")).call().unwrap();
-    let s = wait_for(Duration::from_secs(5), || {
-        let s = agent.scrape();
-        (s.sum(
+    let s = agent
+        .wait_for_sum(
             "http_server_request_duration_seconds_count",
             &[("service_name", "mixed")],
-        ) == 1.0)
-            .then_some(s)
-    })
-    .expect("the valid pid is watched");
+            1.0,
+            Duration::from_secs(5),
+        )
+        .expect("the valid pid is watched");
     assert_eq!(s.sum("obs_agent_processes_watched", &[]), 1.0);
     assert_eq!(
         s.sum(
@@ -121,10 +121,14 @@ fn target_exit_mid_request_releases_its_state() {
     // A request in flight when the process dies.
     let slow = server.url("/slow?ms=5000");
     let inflight = std::thread::spawn(move || ureq::get(&slow).call().is_err());
-    wait_for(Duration::from_secs(2), || {
-        (agent.scrape().sum("http_server_active_requests", &[]) == 1.0).then_some(())
-    })
-    .expect("slow request in flight");
+    agent
+        .wait_for_sum(
+            "http_server_active_requests",
+            &[],
+            1.0,
+            Duration::from_secs(2),
+        )
+        .expect("slow request in flight");
     server.proc.kill(libc::SIGKILL);
     assert!(
         inflight.join().unwrap(),
@@ -149,11 +153,7 @@ fn target_exit_mid_request_releases_its_state() {
         ),
         1.0
     );
-    assert_eq!(
-        s.matching("obs_agent_target_info", &[("service_name", "exiting")])
-            .count(),
-        0
-    );
+    assert_eq!(s.target_info("exiting").len(), 0);
     // What it counted before stays; the agent keeps serving.
     assert_eq!(
         s.sum(
@@ -184,14 +184,14 @@ fn node_wide_mode_follows_new_and_restarted_processes() {
         );
         ureq::get(&server.url("/hello")).call().unwrap();
         let want = (round + 1) as f64;
-        wait_for(Duration::from_secs(5), || {
-            (agent.scrape().sum(
+        agent
+            .wait_for_sum(
                 "http_server_request_duration_seconds_count",
                 &[("service_name", "nodewide")],
-            ) == want)
-                .then_some(())
-        })
-        .unwrap_or_else(|| panic!("round {round}: request not counted"));
+                want,
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|| panic!("round {round}: request not counted"));
     }
 }
 
@@ -459,16 +459,12 @@ fn garbage_and_truncated_input_make_no_series() {
         (s.server_counts("garbage").values().sum::<u64>() >= 12).then_some(s)
     })
     .unwrap_or_else(|| panic!("agent log:\n{}", agent.log()));
-    let counts = s.server_counts("garbage");
-    let want: std::collections::BTreeMap<String, u64> = [
+    let want = counts(&[
         ("GET /hello 200", 10),
         ("GET /hello 400", 1),
         ("GET /* 404", 1),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    assert_eq!(counts, want);
+    ]);
+    assert_eq!(s.server_counts("garbage"), want);
     // The 400s the server wrote for the garbage answered no request: counted, not exported.
     assert!(
         s.sum(

@@ -479,11 +479,14 @@ fn unrecovered_panic_is_counted_and_released() {
         (!app.proc.is_running()).then_some(())
     });
     assert!(died.is_some(), "the program did not die");
-    let s = wait_for(Duration::from_secs(10), || {
-        let s = agent.scrape();
-        (s.sum("obs_agent_processes_watched", &[]) == 0.0).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("exit not noticed; log:\n{}", agent.log()));
+    let s = agent
+        .wait_for_sum(
+            "obs_agent_processes_watched",
+            &[],
+            0.0,
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("exit not noticed; log:\n{}", agent.log()));
     assert_eq!(
         panics(&s, service, "main.crash", "false"),
         1.0,
