@@ -91,11 +91,18 @@ impl Agent {
         }
     }
 
+    /// Starts the agent watching `pids`.
     pub fn for_pids(pids: &[u32]) -> Self {
-        let args: Vec<String> = pids
+        Self::for_pids_with(pids, &[])
+    }
+
+    /// Starts the agent watching `pids`, with the flags `extra`.
+    pub fn for_pids_with(pids: &[u32], extra: &[&str]) -> Self {
+        let mut args: Vec<String> = pids
             .iter()
             .flat_map(|p| ["--pid".to_owned(), p.to_string()])
             .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
         Self::start(&args)
     }
 

@@ -9,6 +9,7 @@ pub mod load;
 pub mod metrics;
 pub mod nginx;
 pub mod otlp;
+pub mod prometheus;
 pub mod rotel;
 pub mod servers;
 pub mod traces;

@@ -22,6 +22,11 @@ impl GoServer {
         Self::start_bin(&go_app(app, version), env)
     }
 
+    /// Starts tests/apps/<app> built with `version`, as service `service`.
+    pub fn named(app: &str, version: GoVersion, service: &str) -> Self {
+        Self::start(app, version, &[("OTEL_SERVICE_NAME", service)])
+    }
+
     /// Starts a built test app (see `go_build`).
     pub fn start_bin(bin: &Path, env: &[(&str, &str)]) -> Self {
         Self::start_with_args(bin, &[], env)
@@ -29,23 +34,14 @@ impl GoServer {
 
     /// Starts a built test app with extra arguments.
     pub fn start_with_args(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let app = bin
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let dir = tempdir();
-        let port_file = dir.join("port");
-        let child = Command::new(bin)
-            .args(["-addr", "127.0.0.1:0", "-port-file"])
-            .arg(&port_file)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let proc = Proc { child };
-        let port = reported_port(&port_file, &app);
+        let (proc, port) = start_reporting_port(&bin.display().to_string(), |port_file| {
+            let mut cmd = Command::new(bin);
+            cmd.args(["-addr", "127.0.0.1:0", "-port-file"])
+                .arg(port_file)
+                .args(args)
+                .envs(env.iter().copied());
+            cmd
+        });
         Self { proc, port }
     }
 
@@ -77,9 +73,21 @@ impl GoServer {
     }
 }
 
+/// Starts the test app `command` makes, given the file to report its port in (stdout
+/// discarded), and waits for that port.
+fn start_reporting_port(what: &str, command: impl FnOnce(&Path) -> Command) -> (Proc, u16) {
+    let port_file = tempdir().join("port");
+    let child = command(&port_file)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let proc = Proc { child };
+    (proc, reported_port(&port_file, what))
+}
+
 /// The port a test app wrote to `port_file` once listening (written whole: renamed into
-/// place), waited for.
-fn reported_port(port_file: &Path, app: &str) -> u16 {
+/// place), waited for (20 s at most).
+pub fn reported_port(port_file: &Path, app: &str) -> u16 {
     wait_for(Duration::from_secs(20), || {
         std::fs::read_to_string(port_file).ok()?.trim().parse().ok()
     })
@@ -137,17 +145,12 @@ impl ScriptServer {
     }
 
     fn start(mut cmd: Command, service: &str) -> Self {
-        let port_file = tempdir().join("port");
-        let shown = format!("{cmd:?}");
-        let child = cmd
-            .arg("--port-file")
-            .arg(&port_file)
-            .env("OTEL_SERVICE_NAME", service)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {shown}: {e}"));
-        let proc = Proc { child };
-        let port = reported_port(&port_file, &shown);
+        let (proc, port) = start_reporting_port(&format!("{cmd:?}"), |port_file| {
+            cmd.arg("--port-file")
+                .arg(port_file)
+                .env("OTEL_SERVICE_NAME", service);
+            cmd
+        });
         Self { proc, port }
     }
 

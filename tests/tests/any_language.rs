@@ -591,11 +591,7 @@ fn node_wide_watches_servers_and_clients_of_any_language() {
     };
     let py = ScriptServer::python("nw-py", &[]);
     let node = ScriptServer::node("nw-node");
-    let go = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "nw-go")],
-    );
+    let go = GoServer::named("goserver", GoVersion::Old, "nw-go");
     let agent = Agent::start(&[]);
     for (server, pid) in [
         ("py", py.proc.pid()),

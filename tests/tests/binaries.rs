@@ -75,7 +75,7 @@ fn replaced_binary_is_analysed_through_the_process() {
 #[test]
 fn ten_processes_of_one_binary_are_analysed_once() {
     let servers: Vec<GoServer> = (0..10)
-        .map(|_| GoServer::start("goserver", GoVersion::New, &[("OTEL_SERVICE_NAME", "ten")]))
+        .map(|_| GoServer::named("goserver", GoVersion::New, "ten"))
         .collect();
     let pids: Vec<u32> = servers.iter().map(|s| s.proc.pid()).collect();
     let agent = Agent::for_pids(&pids);

@@ -4,16 +4,14 @@
 //! and its runtime's figures, read at globals found from code, are those its own Go client
 //! library reports.
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use obs_integration_tests::{
-    free_port,
     load::{drive, Call},
     metrics::{parse, Samples},
-    tempdir, wait_for, Agent, Proc,
+    prometheus::{Prometheus, PROMETHEUS},
+    wait_for, Agent,
 };
-
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 /// Prometheus's own counts: "ROUTE STATUS" -> n, from its /metrics.
 fn own_counts(base: &str) -> BTreeMap<String, u64> {
@@ -64,35 +62,17 @@ fn debian_prometheus_is_counted_as_it_counts_itself() {
         "{PROMETHEUS} is expected to be a stripped distribution binary: {file}"
     );
 
-    let dir = tempdir();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
+    let prometheus = Prometheus::start(
         "global:\n  scrape_interval: 1h\nscrape_configs: []\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let prometheus = Proc {
-        child: Command::new(PROMETHEUS)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .env("OTEL_SERVICE_NAME", "debian-prometheus")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
-    };
+        &[("OTEL_SERVICE_NAME", "debian-prometheus")],
+    );
+    let base = prometheus.url("");
     let ready = wait_for(Duration::from_secs(30), || {
         ureq::get(&format!("{base}/-/ready")).call().ok()
     });
     assert!(ready.is_some(), "prometheus did not become ready");
 
-    let agent = Agent::for_pids(&[prometheus.pid()]);
+    let agent = Agent::for_pids(&[prometheus.proc.pid()]);
     let before = own_counts(&base);
 
     let mut calls = Vec::new();

@@ -75,11 +75,7 @@ fn go_program_that_is_not_an_http_server() {
 
 #[test]
 fn bad_pids_are_reported_and_the_rest_watched() {
-    let server = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "mixed")],
-    );
+    let server = GoServer::named("goserver", GoVersion::Old, "mixed");
     let agent = Agent::start(&[
         "--pid".into(),
         NO_SUCH_PID.to_string(),
@@ -110,11 +106,7 @@ fn bad_pids_are_reported_and_the_rest_watched() {
 
 #[test]
 fn target_exit_mid_request_releases_its_state() {
-    let mut server = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "exiting")],
-    );
+    let mut server = GoServer::named("goserver", GoVersion::Old, "exiting");
     let pid = server.proc.pid();
     let agent = Agent::for_pids(&[pid]);
     ureq::get(&server.url("/hello")).call().unwrap();
@@ -173,11 +165,7 @@ fn target_exit_mid_request_releases_its_state() {
 fn node_wide_mode_follows_new_and_restarted_processes() {
     let agent = Agent::start(&[]);
     for round in 0..2 {
-        let server = GoServer::start(
-            "goserver",
-            GoVersion::New,
-            &[("OTEL_SERVICE_NAME", "nodewide")],
-        );
+        let server = GoServer::named("goserver", GoVersion::New, "nodewide");
         agent.wait_watched(
             server.proc.pid(),
             &format!("round {round}: the new process"),
@@ -414,11 +402,7 @@ fn send_raw(port: u16, bytes: &[u8], then: Then) {
 
 #[test]
 fn garbage_and_truncated_input_make_no_series() {
-    let server = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "garbage")],
-    );
+    let server = GoServer::named("goserver", GoVersion::Old, "garbage");
     let agent = Agent::for_pids(&[server.proc.pid()]);
     let mut seed: u32 = 12345;
     let garbage: Vec<u8> = (0..600)

@@ -12,7 +12,7 @@ fn client_counts_match(version: GoVersion) {
     let service = format!("client-{version:?}").to_lowercase();
     let a = GoServer::start("goserver", version, &[]);
     let b = GoServer::start("goserver", version, &[]);
-    let client = GoServer::start("goclient", version, &[("OTEL_SERVICE_NAME", &service)]);
+    let client = GoServer::named("goclient", version, &service);
     let agent = Agent::for_pids(&[client.proc.pid()]);
 
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();

@@ -78,7 +78,7 @@ fn mix(version: GoVersion) -> Vec<Call> {
 
 fn exact_counts(version: GoVersion) {
     let service = format!("goserver-{version:?}").to_lowercase();
-    let server = GoServer::start("goserver", version, &[("OTEL_SERVICE_NAME", &service)]);
+    let server = GoServer::named("goserver", version, &service);
     let agent = Agent::for_pids(&[server.proc.pid()]);
 
     let calls = mix(version);
@@ -182,11 +182,7 @@ fn exact_counts_newer_go_with_patterns() {
 
 #[test]
 fn active_requests_gauge_counts_in_flight_requests() {
-    let server = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "inflight")],
-    );
+    let server = GoServer::named("goserver", GoVersion::Old, "inflight");
     let agent = Agent::for_pids(&[server.proc.pid()]);
     let url = server.url("/slow?ms=1500");
     let handles: Vec<_> = (0..3)
@@ -208,7 +204,7 @@ fn active_requests_gauge_counts_in_flight_requests() {
 
 #[test]
 fn ids_in_paths_never_become_label_values() {
-    let server = GoServer::start("goserver", GoVersion::Old, &[("OTEL_SERVICE_NAME", "ids")]);
+    let server = GoServer::named("goserver", GoVersion::Old, "ids");
     let agent = Agent::for_pids(&[server.proc.pid()]);
     let calls: Vec<Call> = (0..300)
         .map(|n| {

@@ -116,11 +116,8 @@ fn routes_of_servers_without_dwarf_are_read_with_table_offsets() {
             (service, server)
         })
         .collect();
-    let mut args = vec!["--log-level".to_owned(), "debug".to_owned()];
-    for (_, server) in &servers {
-        args.extend(["--pid".to_owned(), server.proc.pid().to_string()]);
-    }
-    let agent = Agent::start(&args);
+    let pids: Vec<u32> = servers.iter().map(|(_, s)| s.proc.pid()).collect();
+    let agent = Agent::for_pids_with(&pids, &["--log-level", "debug"]);
     for (service, server) in &servers {
         // The first requests discover the mux; its patterns are read right after.
         let routed = wait_for(Duration::from_secs(10), || {

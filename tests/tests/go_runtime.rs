@@ -165,12 +165,6 @@ impl Checked<'_> {
     }
 }
 
-fn args_for(pid: u32, extra: &[&str]) -> Vec<String> {
-    let mut args = vec!["--pid".to_owned(), pid.to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
 fn panics(s: &Samples, service: &str, function: &str, recovered: &str) -> f64 {
     s.sum(
         "go_panics_total",
@@ -200,10 +194,7 @@ fn phases_with(tc: &Toolchain, mode: BuildMode, before_attach: u32, spawned: u32
     get(&app, "/gc?n=3");
     // No rate limit on the creation probe: bursts of thousands of goroutines are counted
     // by function (the limit has its own test).
-    let agent = Agent::start(&args_for(
-        app.proc.pid(),
-        &["--goroutine-probe-max-rate", "0"],
-    ));
+    let agent = Agent::for_pids_with(&[app.proc.pid()], &["--goroutine-probe-max-rate", "0"]);
     let c = Checked {
         agent: &agent,
         pid: app.proc.pid().to_string(),
@@ -319,7 +310,7 @@ fn gc_settings_are_the_processs_own() {
             let mut env = env;
             env.push(("OTEL_SERVICE_NAME", service.as_str()));
             let app = GoServer::start_bin(&go_build("goruntime", &tc, BuildMode::Stripped), &env);
-            let agent = Agent::start(&args_for(app.proc.pid(), &[]));
+            let agent = Agent::for_pids(&[app.proc.pid()]);
             let s = agent.scrape();
             let pid = app.proc.pid().to_string();
             let labels = [("pid", pid.as_str()), ("service_name", service.as_str())];
@@ -359,10 +350,7 @@ fn creation_probe_not_attached_to_a_busy_process() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let started = std::time::Instant::now();
-    let agent = Agent::start(&args_for(
-        app.proc.pid(),
-        &["--goroutine-probe-max-rate", "5000"],
-    ));
+    let agent = Agent::for_pids_with(&[app.proc.pid()], &["--goroutine-probe-max-rate", "5000"]);
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "the agent's start was held up"
@@ -410,10 +398,7 @@ fn creation_probe_paused_above_its_rate_limit() {
         &go_build("goruntime", &newest, BuildMode::Default),
         &[("OTEL_SERVICE_NAME", service)],
     );
-    let agent = Agent::start(&args_for(
-        app.proc.pid(),
-        &["--goroutine-probe-max-rate", "5000"],
-    ));
+    let agent = Agent::for_pids_with(&[app.proc.pid()], &["--goroutine-probe-max-rate", "5000"]);
     get(&app, "/churn?n=1500");
     assert!(
         agent.log().contains("creation probe detached"),

@@ -557,20 +557,16 @@ async fn the_agent_exports_traces_of_real_services() {
     let bin = go_app("gochain", GoVersion::New);
     let back = GoServer::chain_link(&bin, "otlp-back", None, &[]);
     let front = GoServer::chain_link(&bin, "otlp-front", Some(&back), &["-calls", "a=1,fail=1"]);
-    let args: Vec<String> = [
-        "--pid".to_owned(),
-        front.proc.pid().to_string(),
-        "--pid".to_owned(),
-        back.proc.pid().to_string(),
-        "--otlp-endpoint".to_owned(),
-        format!("http://127.0.0.1:{port}"),
-        "--otlp-protocol".to_owned(),
-        "grpc".to_owned(),
-    ]
-    .to_vec();
-    let agent = tokio::task::spawn_blocking(move || Agent::start(&args))
-        .await
-        .unwrap();
+    let pids = [front.proc.pid(), back.proc.pid()];
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let agent = tokio::task::spawn_blocking(move || {
+        Agent::for_pids_with(
+            &pids,
+            &["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc"],
+        )
+    })
+    .await
+    .unwrap();
     let trace_id = "5af7651916cd43dd8448eb211c80319c";
     let front_url = front.url("/work");
     tokio::task::spawn_blocking(move || {
