@@ -1,6 +1,8 @@
-//! Scraping and reading the agent's text exposition.
+//! Scraping and reading the agent's text exposition, and waiting for the figures in it.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
+
+use crate::{wait_for, Agent};
 
 /// One sample: metric name, labels (sorted), value.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,39 +95,110 @@ impl Samples {
 
     /// Request counts by "METHOD ROUTE STATUS" for one service.
     pub fn server_counts(&self, service: &str) -> BTreeMap<String, u64> {
-        let mut out = BTreeMap::new();
-        for s in self.matching(
-            "http_server_request_duration_seconds_count",
-            &[("service_name", service)],
-        ) {
-            let key = format!(
+        self.counts("http_server_request_duration_seconds_count", service, |l| {
+            format!(
                 "{} {} {}",
-                s.labels["http_request_method"],
-                s.labels["http_route"],
-                s.labels["http_response_status_code"]
-            );
-            *out.entry(key).or_default() += s.value as u64;
-        }
-        out
+                l["http_request_method"], l["http_route"], l["http_response_status_code"]
+            )
+        })
+    }
+
+    /// `server_counts` without the test's own requests for the server's counts (`GET /_stats`).
+    pub fn server_counts_without_stats(&self, service: &str) -> BTreeMap<String, u64> {
+        let mut counts = self.server_counts(service);
+        counts.retain(|key, _| !key.starts_with("GET /_stats "));
+        counts
     }
 
     /// The agent's client-side counts for a service: "METHOD STATUS ADDRESS:PORT" -> n.
     pub fn client_counts(&self, service: &str) -> BTreeMap<String, u64> {
-        let mut out = BTreeMap::new();
-        for s in self.matching(
-            "http_client_request_duration_seconds_count",
-            &[("service_name", service)],
-        ) {
-            let key = format!(
+        self.counts("http_client_request_duration_seconds_count", service, |l| {
+            format!(
                 "{} {} {}:{}",
-                s.labels["http_request_method"],
-                s.labels["http_response_status_code"],
-                s.labels["server_address"],
-                s.labels["server_port"]
-            );
-            *out.entry(key).or_default() += s.value as u64;
+                l["http_request_method"],
+                l["http_response_status_code"],
+                l["server_address"],
+                l["server_port"]
+            )
+        })
+    }
+
+    /// The samples of `name` for `service`, added up by `key` of their labels.
+    fn counts(
+        &self,
+        name: &str,
+        service: &str,
+        key: impl Fn(&BTreeMap<String, String>) -> String,
+    ) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for s in self.matching(name, &[("service_name", service)]) {
+            *out.entry(key(&s.labels)).or_default() += s.value as u64;
         }
         out
+    }
+
+    /// The `obs_agent_target_info` samples of a service: one per process watched.
+    pub fn target_info(&self, service: &str) -> Vec<&Sample> {
+        let of_service =
+            |s: &&Sample| s.labels.get("service_name").map(String::as_str) == Some(service);
+        self.0
+            .iter()
+            .filter(|s| s.name == "obs_agent_target_info")
+            .filter(of_service)
+            .collect()
+    }
+}
+
+/// Counts as the tests write what they expect: `counts(&[("GET /hello 200", 5)])`.
+pub fn counts(expected: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    expected
+        .iter()
+        .map(|(key, n)| ((*key).to_owned(), *n))
+        .collect()
+}
+
+impl Agent {
+    /// Scrapes until the `counts` of a scrape add up to `total` or more (events reach the
+    /// metrics within the reader's drain interval), 10 s at most; returns that scrape, or then
+    /// a last one.
+    pub fn scrape_when_counted(
+        &self,
+        total: u64,
+        counts: impl Fn(&Samples) -> BTreeMap<String, u64>,
+    ) -> Samples {
+        wait_for(Duration::from_secs(10), || {
+            let s = self.scrape();
+            (counts(&s).values().sum::<u64>() >= total).then_some(s)
+        })
+        .unwrap_or_else(|| self.scrape())
+    }
+
+    /// Scrapes until the samples of `name` with the labels `with` add up to `value`; returns
+    /// that scrape, or `None` after `timeout`.
+    pub fn wait_for_sum(
+        &self,
+        name: &str,
+        with: &[(&str, &str)],
+        value: f64,
+        timeout: Duration,
+    ) -> Option<Samples> {
+        wait_for(timeout, || {
+            let s = self.scrape();
+            (s.sum(name, with) == value).then_some(s)
+        })
+    }
+
+    /// Waits (10 s at most) for the agent to report `pid` as watched (`obs_agent_target_info`);
+    /// panics with `what` and the agent's log if it does not.
+    pub fn wait_watched(&self, pid: u32, what: &str) {
+        let pid = pid.to_string();
+        wait_for(Duration::from_secs(10), || {
+            self.scrape()
+                .matching("obs_agent_target_info", &[("pid", &pid)])
+                .next()
+                .map(|_| ())
+        })
+        .unwrap_or_else(|| panic!("{what} (pid {pid}) is not watched; log:\n{}", self.log()));
     }
 }
 

@@ -1,16 +1,108 @@
-//! Servers in other languages than Go for the any-language tests: the Python, Node and Java
-//! test apps (`tests/apps/pyserver`, `tests/apps/nodeserver`, `tests/apps/javaserver`) and
-//! Debian's nginx, each on a loopback port of its own.
+//! The test apps as servers: the Go ones (`tests/apps/go*`) and those in Python, Node and Java
+//! (`tests/apps/pyserver`, `tests/apps/nodeserver`, `tests/apps/javaserver`), each on a
+//! loopback port it chose and reported itself, each counting what it served.
 
 use std::{
     collections::HashMap,
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
 
-use crate::{free_port, reported_port, served_at, tempdir, wait_for, workspace_root, Proc};
+use crate::{go_app, tempdir, wait_for, workspace_root, GoVersion, Proc};
+
+/// A Go test server listening on a loopback port of its own choosing.
+pub struct GoServer {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl GoServer {
+    pub fn start(app: &str, version: GoVersion, env: &[(&str, &str)]) -> Self {
+        Self::start_bin(&go_app(app, version), env)
+    }
+
+    /// Starts tests/apps/<app> built with `version`, as service `service`.
+    pub fn named(app: &str, version: GoVersion, service: &str) -> Self {
+        Self::start(app, version, &[("OTEL_SERVICE_NAME", service)])
+    }
+
+    /// Starts a built test app (see `go_build`).
+    pub fn start_bin(bin: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(bin, &[], env)
+    }
+
+    /// Starts a built test app with extra arguments.
+    pub fn start_with_args(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let (proc, port) = start_reporting_port(&bin.display().to_string(), |port_file| {
+            let mut cmd = Command::new(bin);
+            cmd.args(["-addr", "127.0.0.1:0", "-port-file"])
+                .arg(port_file)
+                .args(args)
+                .envs(env.iter().copied());
+            cmd
+        });
+        Self { proc, port }
+    }
+
+    /// A link of a chain of tests/apps/gochain services (`bin`), named `service`: with a
+    /// `downstream`, each GET /work first calls that service as `args` say (`-calls`,
+    /// `-nested`, `-background`); without, it is the chain's leaf.
+    pub fn chain_link(
+        bin: &Path,
+        service: &str,
+        downstream: Option<&GoServer>,
+        args: &[&str],
+    ) -> Self {
+        let downstream_url = downstream.map(|d| d.url(""));
+        let mut all: Vec<&str> = Vec::new();
+        if let Some(url) = &downstream_url {
+            all.extend(["-downstream", url]);
+        }
+        all.extend(args);
+        Self::start_with_args(bin, &all, &[("OTEL_SERVICE_NAME", service)])
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The server's own count of what it served: "METHOD ROUTE STATUS" -> n.
+    pub fn served(&self) -> HashMap<String, u64> {
+        served_at(&self.url("/_stats"))
+    }
+}
+
+/// Starts the test app `command` makes, given the file to report its port in (stdout
+/// discarded), and waits for that port.
+fn start_reporting_port(what: &str, command: impl FnOnce(&Path) -> Command) -> (Proc, u16) {
+    let port_file = tempdir().join("port");
+    let child = command(&port_file)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let proc = Proc { child };
+    (proc, reported_port(&port_file, what))
+}
+
+/// The port a test app wrote to `port_file` once listening (written whole: renamed into
+/// place), waited for (20 s at most).
+pub fn reported_port(port_file: &Path, app: &str) -> u16 {
+    wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(port_file).ok()?.trim().parse().ok()
+    })
+    .unwrap_or_else(|| panic!("{app} did not report its port"))
+}
+
+/// A test app's own counts, from its `/_stats` (JSON "METHOD ROUTE STATUS" -> n).
+fn served_at(stats_url: &str) -> HashMap<String, u64> {
+    let body = ureq::get(stats_url)
+        .call()
+        .expect("GET /_stats")
+        .into_string()
+        .unwrap();
+    serde_json::from_str(&body).expect("stats JSON")
+}
 
 /// A test app in Python, Node or Java that reports its port in a file and counts what it serves.
 pub struct ScriptServer {
@@ -53,17 +145,12 @@ impl ScriptServer {
     }
 
     fn start(mut cmd: Command, service: &str) -> Self {
-        let port_file = tempdir().join("port");
-        let shown = format!("{cmd:?}");
-        let child = cmd
-            .arg("--port-file")
-            .arg(&port_file)
-            .env("OTEL_SERVICE_NAME", service)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {shown}: {e}"));
-        let proc = Proc { child };
-        let port = reported_port(&port_file, &shown);
+        let (proc, port) = start_reporting_port(&format!("{cmd:?}"), |port_file| {
+            cmd.arg("--port-file")
+                .arg(port_file)
+                .env("OTEL_SERVICE_NAME", service);
+            cmd
+        });
         Self { proc, port }
     }
 
@@ -74,86 +161,5 @@ impl ScriptServer {
     /// The server's own count of what it served: "METHOD ROUTE STATUS" -> n.
     pub fn served(&self) -> HashMap<String, u64> {
         served_at(&self.url("/_stats"))
-    }
-}
-
-/// Debian's nginx in one process (`master_process off`, so the process that serves is the
-/// one started), serving `root` with `sendfile` and proxying `/api/` to a backend over
-/// kept-alive HTTP/1.1 connections (as nginx is usually set up in front of an application),
-/// and `/short/` over nginx's default: one HTTP/1.0 connection per request.
-pub struct Nginx {
-    pub proc: Proc,
-    pub port: u16,
-    pub root: PathBuf,
-}
-
-impl Nginx {
-    pub fn start(backend_port: u16) -> Self {
-        let dir = tempdir();
-        let root = dir.join("www");
-        let tmp = dir.join("tmp");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::create_dir_all(&tmp).unwrap();
-        let port = free_port();
-        let d = dir.display();
-        let conf = format!(
-            "master_process off;
-daemon off;
-worker_processes 1;
-error_log {d}/error.log warn;
-pid {d}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    sendfile on;
-    client_body_temp_path {d}/tmp;
-    proxy_temp_path {d}/tmp;
-    fastcgi_temp_path {d}/tmp;
-    uwsgi_temp_path {d}/tmp;
-    scgi_temp_path {d}/tmp;
-    types {{ text/html html; application/octet-stream bin; }}
-    upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 4; }}
-    server {{
-        listen 127.0.0.1:{port};
-        root {d}/www;
-        location /api/ {{
-            proxy_pass http://backend/;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-        }}
-        location /short/ {{
-            proxy_pass http://127.0.0.1:{backend_port}/;
-        }}
-    }}
-}}
-"
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start nginx (Debian nginx-light; cargo xtask test installs it)");
-        let proc = Proc { child };
-        wait_for(Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "nginx did not listen on {port}: {}",
-                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-            )
-        });
-        Self { proc, port, root }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
     }
 }

@@ -14,7 +14,9 @@ use std::{
 
 use obs_integration_tests::{
     load::{drive, Call},
-    servers::{python3, Nginx, ScriptServer},
+    metrics::counts,
+    nginx::Nginx,
+    servers::{python3, ScriptServer},
     wait_for, Agent, GoServer, GoVersion, Proc, Samples,
 };
 
@@ -51,14 +53,6 @@ fn mix() -> Vec<Call> {
     calls
 }
 
-/// The agent's server counts for a service, without the test's own /_stats calls.
-fn agent_counts(s: &Samples, service: &str) -> BTreeMap<String, u64> {
-    s.server_counts(service)
-        .into_iter()
-        .filter(|(k, _)| !k.contains("/_stats"))
-        .collect()
-}
-
 fn sorted(m: std::collections::HashMap<String, u64>) -> BTreeMap<String, u64> {
     m.into_iter().collect()
 }
@@ -80,7 +74,7 @@ fn wait_for_counts(agent: &Agent, service: &str, want: &BTreeMap<String, u64>) -
     let mut last = BTreeMap::new();
     wait_for(Duration::from_secs(10), || {
         let s = agent.scrape();
-        last = agent_counts(&s, service);
+        last = s.server_counts_without_stats(service);
         (&last == want).then_some(s)
     })
     .unwrap_or_else(|| {
@@ -113,8 +107,7 @@ fn exact_counts_for(server: ScriptServer, service: &str) {
         ),
         0.0
     );
-    let by_service = [("service_name", service)];
-    let info: Vec<_> = s.matching("obs_agent_target_info", &by_service).collect();
+    let info = s.target_info(service);
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].labels["go_version"], "");
 }
@@ -160,14 +153,11 @@ fn curl_and_wrk_clients() {
             .expect("run curl");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "200\n200\n500\n");
     }
-    let want: BTreeMap<String, u64> = [
+    let want = counts(&[
         ("GET /hello 200", 5),
         ("GET /items/{id} 200", 5),
         ("GET /fail 500", 5),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     served_eventually(&py10, &want);
     wait_for_counts(&agent, "py10", &want);
 
@@ -224,16 +214,13 @@ fn pipelined_requests() {
                 .collect();
             assert_eq!(statuses, ["200", "200", "404", "201", "500"], "{answer}");
         }
-        let want: BTreeMap<String, u64> = [
+        let want = counts(&[
             ("GET /hello 200", 3),
             ("GET /items/{id} 200", 3),
             ("DELETE /items/{id} 404", 3),
             ("POST /create 201", 3),
             ("GET /fail 500", 3),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        ]);
         served_eventually(&server, &want);
         let s = wait_for_counts(&agent, service, &want);
         assert_eq!(
@@ -273,14 +260,11 @@ fn large_and_chunked_bodies() {
             let want: usize = (0..20).map(|i| format!("chunk {i}\n").len() * 100).sum();
             assert_eq!(chunked.into_string().unwrap().len(), want);
         }
-        let want: BTreeMap<String, u64> = [
+        let want = counts(&[
             ("PUT /items/{id} 201", 4),
             ("GET /big 200", 4),
             ("GET /chunked 200", 4),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        ]);
         served_eventually(&server, &want);
         let s = wait_for_counts(&agent, service, &want);
         if service != "py-big" {
@@ -377,12 +361,7 @@ fn bad_input_makes_no_series_and_is_counted() {
         );
     }
     // The server answered only the good requests, and the one cut short.
-    let served: BTreeMap<String, u64> = [
-        ("GET /hello 200".to_owned(), 10),
-        ("GET /big 200".to_owned(), 1),
-    ]
-    .into_iter()
-    .collect();
+    let served = counts(&[("GET /hello 200", 10), ("GET /big 200", 1)]);
     served_eventually(&server, &served);
     let s = wait_for_counts(&agent, "py-bad", &served);
     let non_http = |reason| {
@@ -429,7 +408,7 @@ fn bad_input_makes_no_series_and_is_counted() {
     })
     .unwrap_or_else(|| panic!("the dead server is released; log:\n{}", agent.log()));
     assert_eq!(unanswered(&s), 3.0);
-    assert_eq!(agent_counts(&s, "py-bad"), served);
+    assert_eq!(s.server_counts_without_stats("py-bad"), served);
     assert!(
         ureq::get(&format!("http://127.0.0.1:{}/healthz", agent.port))
             .call()
@@ -477,22 +456,16 @@ fn nginx_files_and_proxy() {
             other => panic!("{other:?}"),
         }
     }
-    let want: BTreeMap<String, u64> = [
+    let want = counts(&[
         ("GET /index.html 200", 10),
         ("HEAD /index.html 200", 10),
         ("GET /big.bin 200", 10),
         ("GET /nope.html 404", 10),
         ("GET /api/items/{id} 200", 10),
         ("GET /api/fail 500", 10),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     let s = wait_for_counts(&agent, "nginx", &want);
-    let backend_want: BTreeMap<String, u64> = [("GET /items/{id} 200", 10), ("GET /fail 500", 10)]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+    let backend_want = counts(&[("GET /items/{id} 200", 10), ("GET /fail 500", 10)]);
     served_eventually(&backend, &backend_want);
     wait_for_counts(&agent, "backend", &backend_want);
     let b = format!("127.0.0.1:{}", backend.port);
@@ -535,13 +508,7 @@ fn trace_through_nginx_to_its_backend() {
             .call()
             .unwrap();
         assert_eq!(r.status(), 200);
-        let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
-        let spans = wait_for(Duration::from_secs(10), || {
-            let body: serde_json::Value =
-                serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
-            body["spans"].as_array().filter(|s| s.len() >= 3).cloned()
-        })
-        .unwrap_or_else(|| panic!("trace {trace_id} incomplete; log:\n{}", agent.log()));
+        let spans = agent.wait_trace(&trace_id, 3);
         assert_eq!(spans.len(), 3, "{spans:#?}");
         let find = |service: &str, kind: &str| {
             spans
@@ -600,7 +567,7 @@ fn latency_runs_to_the_last_byte_of_a_sendfile_response() {
     let elapsed = started.elapsed().as_secs_f64();
     assert!(total > 16 << 20);
     assert!(elapsed > 1.0, "the client took {elapsed} s");
-    let want: BTreeMap<String, u64> = [("GET /huge.bin 200".to_owned(), 1)].into_iter().collect();
+    let want = counts(&[("GET /huge.bin 200", 1)]);
     let s = wait_for_counts(&agent, "nginx", &want);
     let seconds = s.sum(
         "http_server_request_duration_seconds_sum",
@@ -624,11 +591,7 @@ fn node_wide_watches_servers_and_clients_of_any_language() {
     };
     let py = ScriptServer::python("nw-py", &[]);
     let node = ScriptServer::node("nw-node");
-    let go = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "nw-go")],
-    );
+    let go = GoServer::named("goserver", GoVersion::Old, "nw-go");
     let agent = Agent::start(&[]);
     for (server, pid) in [
         ("py", py.proc.pid()),
@@ -683,14 +646,11 @@ c.close()
         assert!(view.failures.is_empty(), "{:?}", view.failures);
         wait_for_counts(&agent, service, &view.counts);
     }
-    let node_want: BTreeMap<String, u64> = [
+    let node_want = counts(&[
         ("GET /items/{id} 200", 6),
         ("POST /create 201", 4),
         ("GET /fail 500", 1),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     served_eventually(&node, &node_want);
     wait_for_counts(&agent, "nw-node", &node_want);
     let n = format!("127.0.0.1:{}", node.port);
@@ -731,13 +691,7 @@ fn python_server_spans_continue_the_callers_trace() {
         .call()
         .unwrap();
     assert_eq!(r.status(), 200);
-    let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
-    let spans = wait_for(Duration::from_secs(10), || {
-        let body: serde_json::Value =
-            serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
-        body["spans"].as_array().filter(|s| !s.is_empty()).cloned()
-    })
-    .unwrap_or_else(|| panic!("no trace {trace_id}; log:\n{}", agent.log()));
+    let spans = agent.wait_trace(trace_id, 1);
     assert_eq!(spans.len(), 1);
     let s = &spans[0];
     assert_eq!(s["kind"], "server");
@@ -797,7 +751,6 @@ keep.close()
         .unwrap();
     assert!(client.child.wait().unwrap().success());
 
-    let url = format!("http://127.0.0.1:{}/traces?limit=1000", agent.port);
     let roots = |list: &serde_json::Value, service: &str, spans: u64| {
         list.as_array()
             .map(|traces| {
@@ -809,8 +762,7 @@ keep.close()
             .unwrap_or(0)
     };
     let list = wait_for(Duration::from_secs(10), || {
-        let list: serde_json::Value =
-            serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
+        let list = agent.traces(1000)?;
         (roots(&list, "v6-client", 2) + roots(&list, "v6-server", 1) >= CALLS).then_some(list)
     })
     .unwrap_or_else(|| panic!("fewer than {CALLS} traces; log:\n{}", agent.log()));

@@ -7,7 +7,7 @@ use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 use obs_integration_tests::{
     go_app, go_build,
     load::{drive, Call},
-    tempdir, wait_for, Agent, BuildMode, GoServer, GoVersion, Samples,
+    tempdir, wait_for, Agent, BuildMode, GoServer, GoVersion,
 };
 
 fn calls() -> Vec<Call> {
@@ -28,14 +28,6 @@ fn calls() -> Vec<Call> {
 fn copy_executable(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap();
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn counts_when_done(agent: &Agent, service: &str, total: u64) -> Samples {
-    wait_for(Duration::from_secs(10), || {
-        let s = agent.scrape();
-        (s.server_counts(service).values().sum::<u64>() >= total).then_some(s)
-    })
-    .unwrap_or_else(|| agent.scrape())
 }
 
 /// The file was deleted, or replaced by another program (a new inode at the same path), while
@@ -62,12 +54,10 @@ fn binary_gone_from_disk(replace: bool) {
     let calls = calls();
     let client = drive(&server.url(""), &calls, 4);
     assert!(client.failures.is_empty(), "{:?}", client.failures);
-    let samples = counts_when_done(&agent, service, client.total());
-    let mut counted = samples.server_counts(service);
-    counted.remove("GET /_stats 200");
+    let samples = agent.scrape_when_counted(client.total(), |s| s.server_counts(service));
+    let counted = samples.server_counts_without_stats(service);
     assert_eq!(counted, client.counts, "agent log:\n{}", agent.log());
-    let with = [("service_name", service)];
-    let info: Vec<_> = samples.matching("obs_agent_target_info", &with).collect();
+    let info = samples.target_info(service);
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].labels["executable"], "server");
 }
@@ -85,7 +75,7 @@ fn replaced_binary_is_analysed_through_the_process() {
 #[test]
 fn ten_processes_of_one_binary_are_analysed_once() {
     let servers: Vec<GoServer> = (0..10)
-        .map(|_| GoServer::start("goserver", GoVersion::New, &[("OTEL_SERVICE_NAME", "ten")]))
+        .map(|_| GoServer::named("goserver", GoVersion::New, "ten"))
         .collect();
     let pids: Vec<u32> = servers.iter().map(|s| s.proc.pid()).collect();
     let agent = Agent::for_pids(&pids);
@@ -104,16 +94,10 @@ fn ten_processes_of_one_binary_are_analysed_once() {
         assert!(client.failures.is_empty(), "{:?}", client.failures);
         total += client.total();
     }
-    let samples = counts_when_done(&agent, "ten", total);
-    let mut counted = samples.server_counts("ten");
-    counted.remove("GET /_stats 200");
+    let samples = agent.scrape_when_counted(total, |s| s.server_counts("ten"));
+    let counted = samples.server_counts_without_stats("ten");
     assert_eq!(counted.values().sum::<u64>(), total);
-    assert_eq!(
-        samples
-            .matching("obs_agent_target_info", &[("service_name", "ten")])
-            .count(),
-        10
-    );
+    assert_eq!(samples.target_info("ten").len(), 10);
 }
 
 /// A module-mode build: its main module and its dependencies, with versions, as self metrics.
@@ -124,7 +108,7 @@ fn build_info_modules_are_shown_per_process() {
     let agent = Agent::for_pids(&[server.proc.pid()]);
     let samples = agent.scrape();
     let with = [("service_name", "modules")];
-    let info: Vec<_> = samples.matching("obs_agent_target_info", &with).collect();
+    let info = samples.target_info("modules");
     assert_eq!(info.len(), 1, "agent log:\n{}", agent.log());
     assert_eq!(info[0].labels["module"], "example.com/gomodule");
     assert_eq!(info[0].labels["module_version"], "(devel)");

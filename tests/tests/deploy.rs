@@ -15,7 +15,8 @@ use std::{
 };
 
 use obs_integration_tests::{
-    agent_bin, free_port, go_app, scrape, tempdir, wait_for, workspace_root, GoVersion, Proc,
+    agent_bin, free_port, go_app, scrape, servers::reported_port, tempdir, wait_for,
+    workspace_root, GoVersion, Proc,
 };
 use serde_json::Value;
 
@@ -503,14 +504,7 @@ fn the_agent_runs_with_only_the_manifests_capabilities() {
             .spawn()
             .expect("setpriv (util-linux)"),
     };
-    let server_port: u16 = wait_for(Duration::from_secs(20), || {
-        std::fs::read_to_string(&port_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    })
-    .expect("the service did not report its port");
+    let server_port = reported_port(&port_file, "the service");
 
     // tracefs as the pod sees it, in a mount namespace of the agent's own.
     let tracefs_mount = c["volumeMounts"]

@@ -4,16 +4,14 @@
 //! and its runtime's figures, read at globals found from code, are those its own Go client
 //! library reports.
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use obs_integration_tests::{
-    free_port,
     load::{drive, Call},
     metrics::{parse, Samples},
-    tempdir, wait_for, Agent, Proc,
+    prometheus::{Prometheus, PROMETHEUS},
+    wait_for, Agent,
 };
-
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 /// Prometheus's own counts: "ROUTE STATUS" -> n, from its /metrics.
 fn own_counts(base: &str) -> BTreeMap<String, u64> {
@@ -64,35 +62,17 @@ fn debian_prometheus_is_counted_as_it_counts_itself() {
         "{PROMETHEUS} is expected to be a stripped distribution binary: {file}"
     );
 
-    let dir = tempdir();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
+    let prometheus = Prometheus::start(
         "global:\n  scrape_interval: 1h\nscrape_configs: []\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let prometheus = Proc {
-        child: Command::new(PROMETHEUS)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .env("OTEL_SERVICE_NAME", "debian-prometheus")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
-    };
+        &[("OTEL_SERVICE_NAME", "debian-prometheus")],
+    );
+    let base = prometheus.url("");
     let ready = wait_for(Duration::from_secs(30), || {
         ureq::get(&format!("{base}/-/ready")).call().ok()
     });
     assert!(ready.is_some(), "prometheus did not become ready");
 
-    let agent = Agent::for_pids(&[prometheus.pid()]);
+    let agent = Agent::for_pids(&[prometheus.proc.pid()]);
     let before = own_counts(&base);
 
     let mut calls = Vec::new();
@@ -128,11 +108,9 @@ fn debian_prometheus_is_counted_as_it_counts_itself() {
     *own.entry("/metrics 200".into()).or_default() += 1;
     let total: u64 = own.values().sum();
 
-    let counted = wait_for(Duration::from_secs(10), || {
-        let c = agent.scrape().server_counts("debian-prometheus");
-        (c.values().sum::<u64>() >= total).then_some(c)
-    })
-    .unwrap_or_else(|| agent.scrape().server_counts("debian-prometheus"));
+    let counted = agent
+        .scrape_when_counted(total, |s| s.server_counts("debian-prometheus"))
+        .server_counts("debian-prometheus");
     // The agent's keys are "METHOD ROUTE STATUS"; Prometheus's have no method.
     let mut by_route = BTreeMap::new();
     for (key, n) in counted {
@@ -150,7 +128,7 @@ fn debian_prometheus_is_counted_as_it_counts_itself() {
 
     let samples = agent.scrape();
     let with = [("service_name", "debian-prometheus")];
-    let info: Vec<_> = samples.matching("obs_agent_target_info", &with).collect();
+    let info = samples.target_info("debian-prometheus");
     assert_eq!(info.len(), 1);
     assert!(info[0].labels["go_version"].starts_with("go1."));
     // Debian builds in GOPATH mode: a main package, no module.

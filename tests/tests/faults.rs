@@ -15,6 +15,7 @@ use obs_agent::symbols::go_http::analyze_path;
 use obs_integration_tests::{
     go_app,
     load::{drive, Call},
+    metrics::counts,
     read_process_memory,
     servers::ScriptServer,
     tempdir, wait_for, Agent, GoServer, GoVersion, Proc,
@@ -74,11 +75,7 @@ fn go_program_that_is_not_an_http_server() {
 
 #[test]
 fn bad_pids_are_reported_and_the_rest_watched() {
-    let server = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "mixed")],
-    );
+    let server = GoServer::named("goserver", GoVersion::Old, "mixed");
     let agent = Agent::start(&[
         "--pid".into(),
         NO_SUCH_PID.to_string(),
@@ -86,15 +83,14 @@ fn bad_pids_are_reported_and_the_rest_watched() {
         server.proc.pid().to_string(),
     ]);
     ureq::get(&server.url("/hello")).call().unwrap();
-    let s = wait_for(Duration::from_secs(5), || {
-        let s = agent.scrape();
-        (s.sum(
+    let s = agent
+        .wait_for_sum(
             "http_server_request_duration_seconds_count",
             &[("service_name", "mixed")],
-        ) == 1.0)
-            .then_some(s)
-    })
-    .expect("the valid pid is watched");
+            1.0,
+            Duration::from_secs(5),
+        )
+        .expect("the valid pid is watched");
     assert_eq!(s.sum("obs_agent_processes_watched", &[]), 1.0);
     assert_eq!(
         s.sum(
@@ -110,21 +106,21 @@ fn bad_pids_are_reported_and_the_rest_watched() {
 
 #[test]
 fn target_exit_mid_request_releases_its_state() {
-    let mut server = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "exiting")],
-    );
+    let mut server = GoServer::named("goserver", GoVersion::Old, "exiting");
     let pid = server.proc.pid();
     let agent = Agent::for_pids(&[pid]);
     ureq::get(&server.url("/hello")).call().unwrap();
     // A request in flight when the process dies.
     let slow = server.url("/slow?ms=5000");
     let inflight = std::thread::spawn(move || ureq::get(&slow).call().is_err());
-    wait_for(Duration::from_secs(2), || {
-        (agent.scrape().sum("http_server_active_requests", &[]) == 1.0).then_some(())
-    })
-    .expect("slow request in flight");
+    agent
+        .wait_for_sum(
+            "http_server_active_requests",
+            &[],
+            1.0,
+            Duration::from_secs(2),
+        )
+        .expect("slow request in flight");
     server.proc.kill(libc::SIGKILL);
     assert!(
         inflight.join().unwrap(),
@@ -149,11 +145,7 @@ fn target_exit_mid_request_releases_its_state() {
         ),
         1.0
     );
-    assert_eq!(
-        s.matching("obs_agent_target_info", &[("service_name", "exiting")])
-            .count(),
-        0
-    );
+    assert_eq!(s.target_info("exiting").len(), 0);
     // What it counted before stays; the agent keeps serving.
     assert_eq!(
         s.sum(
@@ -173,25 +165,21 @@ fn target_exit_mid_request_releases_its_state() {
 fn node_wide_mode_follows_new_and_restarted_processes() {
     let agent = Agent::start(&[]);
     for round in 0..2 {
-        let server = GoServer::start(
-            "goserver",
-            GoVersion::New,
-            &[("OTEL_SERVICE_NAME", "nodewide")],
-        );
+        let server = GoServer::named("goserver", GoVersion::New, "nodewide");
         agent.wait_watched(
             server.proc.pid(),
             &format!("round {round}: the new process"),
         );
         ureq::get(&server.url("/hello")).call().unwrap();
         let want = (round + 1) as f64;
-        wait_for(Duration::from_secs(5), || {
-            (agent.scrape().sum(
+        agent
+            .wait_for_sum(
                 "http_server_request_duration_seconds_count",
                 &[("service_name", "nodewide")],
-            ) == want)
-                .then_some(())
-        })
-        .unwrap_or_else(|| panic!("round {round}: request not counted"));
+                want,
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|| panic!("round {round}: request not counted"));
     }
 }
 
@@ -414,11 +402,7 @@ fn send_raw(port: u16, bytes: &[u8], then: Then) {
 
 #[test]
 fn garbage_and_truncated_input_make_no_series() {
-    let server = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "garbage")],
-    );
+    let server = GoServer::named("goserver", GoVersion::Old, "garbage");
     let agent = Agent::for_pids(&[server.proc.pid()]);
     let mut seed: u32 = 12345;
     let garbage: Vec<u8> = (0..600)
@@ -459,16 +443,12 @@ fn garbage_and_truncated_input_make_no_series() {
         (s.server_counts("garbage").values().sum::<u64>() >= 12).then_some(s)
     })
     .unwrap_or_else(|| panic!("agent log:\n{}", agent.log()));
-    let counts = s.server_counts("garbage");
-    let want: std::collections::BTreeMap<String, u64> = [
+    let want = counts(&[
         ("GET /hello 200", 10),
         ("GET /hello 400", 1),
         ("GET /* 404", 1),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    assert_eq!(counts, want);
+    ]);
+    assert_eq!(s.server_counts("garbage"), want);
     // The 400s the server wrote for the garbage answered no request: counted, not exported.
     assert!(
         s.sum(

@@ -4,15 +4,15 @@
 //! several goroutines, to two servers, including a request line longer than the bytes the
 //! kernel side copies of writes.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
-use obs_integration_tests::{wait_for, Agent, GoServer, GoVersion};
+use obs_integration_tests::{Agent, GoServer, GoVersion};
 
 fn client_counts_match(version: GoVersion) {
     let service = format!("client-{version:?}").to_lowercase();
     let a = GoServer::start("goserver", version, &[]);
     let b = GoServer::start("goserver", version, &[]);
-    let client = GoServer::start("goclient", version, &[("OTEL_SERVICE_NAME", &service)]);
+    let client = GoServer::named("goclient", version, &service);
     let agent = Agent::for_pids(&[client.proc.pid()]);
 
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
@@ -32,11 +32,9 @@ fn client_counts_match(version: GoVersion) {
     let total: u64 = expected.values().sum();
     assert_eq!(total, (40 + 12) * 5);
 
-    let counted = wait_for(Duration::from_secs(10), || {
-        let c = agent.scrape().client_counts(&service);
-        (c.values().sum::<u64>() >= total).then_some(c)
-    })
-    .unwrap_or_else(|| agent.scrape().client_counts(&service));
+    let counted = agent
+        .scrape_when_counted(total, |s| s.client_counts(&service))
+        .client_counts(&service);
     assert_eq!(
         counted,
         expected,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use obs_integration_tests::{
     load::{drive, Call},
-    wait_for, Agent, GoServer, GoVersion, Samples,
+    Agent, GoServer, GoVersion,
 };
 
 const SLOW_MS: u64 = 120;
@@ -76,16 +76,9 @@ fn mix(version: GoVersion) -> Vec<Call> {
     calls
 }
 
-/// The agent's counts, without the test's own /_stats calls.
-fn agent_counts(samples: &Samples, service: &str) -> std::collections::BTreeMap<String, u64> {
-    let mut c = samples.server_counts(service);
-    c.remove("GET /_stats 200");
-    c
-}
-
 fn exact_counts(version: GoVersion) {
     let service = format!("goserver-{version:?}").to_lowercase();
-    let server = GoServer::start("goserver", version, &[("OTEL_SERVICE_NAME", &service)]);
+    let server = GoServer::named("goserver", version, &service);
     let agent = Agent::for_pids(&[server.proc.pid()]);
 
     let calls = mix(version);
@@ -98,12 +91,9 @@ fn exact_counts(version: GoVersion) {
     assert_eq!(client.total(), calls.len() as u64);
 
     // Events reach the metrics within the reader's drain interval; wait for the total.
-    let samples = wait_for(Duration::from_secs(10), || {
-        let s = agent.scrape();
-        (agent_counts(&s, &service).values().sum::<u64>() >= client.total()).then_some(s)
-    })
-    .unwrap_or_else(|| agent.scrape());
-    let counted = agent_counts(&samples, &service);
+    let samples =
+        agent.scrape_when_counted(client.total(), |s| s.server_counts_without_stats(&service));
+    let counted = samples.server_counts_without_stats(&service);
     assert_eq!(
         counted,
         client.counts,
@@ -166,8 +156,7 @@ fn exact_counts(version: GoVersion) {
         samples.sum("http_server_active_requests", &[("service_name", &service)]),
         0.0
     );
-    let with = [("service_name", service.as_str())];
-    let info: Vec<_> = samples.matching("obs_agent_target_info", &with).collect();
+    let info = samples.target_info(&service);
     assert_eq!(info.len(), 1);
     let want_go = if version == GoVersion::Old {
         "go1.19"
@@ -193,11 +182,7 @@ fn exact_counts_newer_go_with_patterns() {
 
 #[test]
 fn active_requests_gauge_counts_in_flight_requests() {
-    let server = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "inflight")],
-    );
+    let server = GoServer::named("goserver", GoVersion::Old, "inflight");
     let agent = Agent::for_pids(&[server.proc.pid()]);
     let url = server.url("/slow?ms=1500");
     let handles: Vec<_> = (0..3)
@@ -206,30 +191,20 @@ fn active_requests_gauge_counts_in_flight_requests() {
             std::thread::spawn(move || ureq::get(&u).call().map(|_| ()).map_err(|e| e.to_string()))
         })
         .collect();
-    let seen = wait_for(Duration::from_secs(1), || {
-        let n = agent.scrape().sum(
-            "http_server_active_requests",
-            &[("service_name", "inflight")],
-        );
-        (n == 3.0).then_some(n)
-    });
+    let active = "http_server_active_requests";
+    let inflight = [("service_name", "inflight")];
+    let seen = agent.wait_for_sum(active, &inflight, 3.0, Duration::from_secs(1));
     for h in handles {
         h.join().unwrap().unwrap();
     }
-    assert_eq!(seen, Some(3.0), "three slow requests in flight");
-    let after = wait_for(Duration::from_secs(5), || {
-        let n = agent.scrape().sum(
-            "http_server_active_requests",
-            &[("service_name", "inflight")],
-        );
-        (n == 0.0).then_some(n)
-    });
-    assert_eq!(after, Some(0.0));
+    assert!(seen.is_some(), "three slow requests in flight");
+    let after = agent.wait_for_sum(active, &inflight, 0.0, Duration::from_secs(5));
+    assert!(after.is_some(), "no request in flight after");
 }
 
 #[test]
 fn ids_in_paths_never_become_label_values() {
-    let server = GoServer::start("goserver", GoVersion::Old, &[("OTEL_SERVICE_NAME", "ids")]);
+    let server = GoServer::named("goserver", GoVersion::Old, "ids");
     let agent = Agent::for_pids(&[server.proc.pid()]);
     let calls: Vec<Call> = (0..300)
         .map(|n| {
@@ -259,12 +234,9 @@ fn ids_in_paths_never_become_label_values() {
         .collect();
     let client = drive(&server.url(""), &calls, 4);
     assert!(client.failures.is_empty());
-    let s = wait_for(Duration::from_secs(10), || {
-        let s = agent.scrape();
-        (agent_counts(&s, "ids").values().sum::<u64>() >= 370).then_some(s)
-    })
-    .expect("agent counted the requests");
-    let counts = agent_counts(&s, "ids");
+    let counts = agent
+        .scrape_when_counted(370, |s| s.server_counts_without_stats("ids"))
+        .server_counts_without_stats("ids");
     assert_eq!(counts.len(), 1, "{counts:?}");
     assert_eq!(counts["GET /items/{id} 200"], 370);
 }

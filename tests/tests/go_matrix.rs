@@ -16,7 +16,7 @@ const SLOW_CALLS: usize = 3;
 use obs_integration_tests::{
     go_build,
     load::{drive, Call},
-    toolchains, wait_for, Agent, BuildMode, GoServer, Toolchain,
+    toolchains, Agent, BuildMode, GoServer, Toolchain,
 };
 
 fn mix(toolchain: &Toolchain) -> Vec<Call> {
@@ -67,10 +67,12 @@ fn exact_counts_in_mode(mode: BuildMode) {
     let pids: Vec<u32> = servers.iter().map(|(_, _, s)| s.proc.pid()).collect();
     let agent = Agent::for_pids(&pids);
     // Every server is watched (none refused) before load starts.
-    let watched = wait_for(Duration::from_secs(20), || {
-        let s = agent.scrape();
-        (s.sum("obs_agent_processes_watched", &[]) == servers.len() as f64).then_some(())
-    });
+    let watched = agent.wait_for_sum(
+        "obs_agent_processes_watched",
+        &[],
+        servers.len() as f64,
+        Duration::from_secs(20),
+    );
     assert!(
         watched.is_some(),
         "{} of {} servers watched; agent log:\n{}",
@@ -84,11 +86,9 @@ fn exact_counts_in_mode(mode: BuildMode) {
         let calls = mix(toolchain);
         let client = drive(&server.url(""), &calls, 8);
         assert!(client.failures.is_empty(), "{:?}", &client.failures[..1]);
-        let counted = wait_for(Duration::from_secs(10), || {
-            let c = agent.scrape().server_counts(service);
-            (c.values().sum::<u64>() >= client.total()).then_some(c)
-        })
-        .unwrap_or_else(|| agent.scrape().server_counts(service));
+        let counted = agent
+            .scrape_when_counted(client.total(), |s| s.server_counts(service))
+            .server_counts(service);
         // The server's own count (its /_stats request is not in it, nor in the agent's yet).
         let served: u64 = server.served().values().sum();
         if served != client.total() {
@@ -128,8 +128,7 @@ fn exact_counts_in_mode(mode: BuildMode) {
                 bucket("0.25")
             ));
         }
-        let with = [("service_name", service.as_str())];
-        let info: Vec<_> = samples.matching("obs_agent_target_info", &with).collect();
+        let info = samples.target_info(service);
         let go_version = info.first().map(|s| s.labels["go_version"].clone());
         let want = format!("go{}.", toolchain.minor);
         if !go_version.as_deref().is_some_and(|v| v.starts_with(&want)) {

@@ -4,7 +4,7 @@
 //! the same mux layout as its default build, and the agent reads live route patterns out of
 //! such servers with the table's offsets.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use obs_agent::symbols::{
     buildinfo,
@@ -13,7 +13,7 @@ use obs_agent::symbols::{
     offsets::{self, GoRelease, LayoutSource},
 };
 use obs_integration_tests::{
-    go_build, tempdir, toolchains, wait_for, Agent, BuildMode, GoServer, Toolchain,
+    go_build, objcopy, toolchains, wait_for, Agent, BuildMode, GoServer, Toolchain,
 };
 
 fn release(toolchain: &Toolchain) -> GoRelease {
@@ -24,15 +24,14 @@ fn release(toolchain: &Toolchain) -> GoRelease {
 /// stay, so functions are found without a `.gopclntab` reader.
 fn without_dwarf(toolchain: &Toolchain) -> PathBuf {
     let bin = go_build("goserver", toolchain, BuildMode::Default);
-    let out = tempdir().join(format!("goserver-go{}-nodwarf", toolchain.minor));
-    let status = Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(&bin)
-        .arg(&out)
-        .status()
-        .expect("objcopy (binutils)");
-    assert!(status.success(), "objcopy --strip-debug {}", bin.display());
-    out
+    let name = format!("goserver-go{}-nodwarf", toolchain.minor);
+    objcopy(&bin, "--strip-debug", &name)
+}
+
+/// goserver's default build (symbols and DWARF), analysed.
+fn analysed_default_build(toolchain: &Toolchain) -> go_http::GoHttpBinary {
+    go_http::analyze_path(&go_build("goserver", toolchain, BuildMode::Default))
+        .unwrap_or_else(|e| panic!("Go {}: {e}", release(toolchain)))
 }
 
 fn bin_client(toolchain: &obs_integration_tests::Toolchain) -> std::path::PathBuf {
@@ -73,8 +72,7 @@ fn table_agrees_with_the_dwarf_of_every_release() {
 fn server_without_dwarf_gets_the_same_mux_layout_from_the_table() {
     for toolchain in toolchains() {
         let release = release(&toolchain);
-        let default = go_http::analyze_path(&go_build("goserver", &toolchain, BuildMode::Default))
-            .unwrap_or_else(|e| panic!("Go {release}: {e}"));
+        let default = analysed_default_build(&toolchain);
         let no_dwarf = go_http::analyze_path(&without_dwarf(&toolchain))
             .unwrap_or_else(|e| panic!("Go {release} without DWARF: {e}"));
         assert_eq!(
@@ -118,11 +116,8 @@ fn routes_of_servers_without_dwarf_are_read_with_table_offsets() {
             (service, server)
         })
         .collect();
-    let mut args = vec!["--log-level".to_owned(), "debug".to_owned()];
-    for (_, server) in &servers {
-        args.extend(["--pid".to_owned(), server.proc.pid().to_string()]);
-    }
-    let agent = Agent::start(&args);
+    let pids: Vec<u32> = servers.iter().map(|(_, s)| s.proc.pid()).collect();
+    let agent = Agent::for_pids_with(&pids, &["--log-level", "debug"]);
     for (service, server) in &servers {
         // The first requests discover the mux; its patterns are read right after.
         let routed = wait_for(Duration::from_secs(10), || {
@@ -159,8 +154,7 @@ fn routes_of_servers_without_dwarf_are_read_with_table_offsets() {
 fn stripped_server_layouts_come_from_the_table() {
     for toolchain in toolchains().into_iter().filter(Toolchain::has_patterns) {
         let release = release(&toolchain);
-        let default = go_http::analyze_path(&go_build("goserver", &toolchain, BuildMode::Default))
-            .unwrap_or_else(|e| panic!("Go {release}: {e}"));
+        let default = analysed_default_build(&toolchain);
         let (_, dwarf_layout) = default.mux_discovery.expect("mux layout from DWARF");
 
         let stripped =
@@ -183,8 +177,7 @@ fn stripped_server_layouts_come_from_the_table() {
 fn stripped_server_is_analysed_like_the_default_build() {
     for toolchain in toolchains().into_iter().filter(Toolchain::has_patterns) {
         let release = release(&toolchain);
-        let default = go_http::analyze_path(&go_build("goserver", &toolchain, BuildMode::Default))
-            .unwrap_or_else(|e| panic!("Go {release}: {e}"));
+        let default = analysed_default_build(&toolchain);
         let stripped =
             go_http::analyze_path(&go_build("goserver", &toolchain, BuildMode::Stripped))
                 .unwrap_or_else(|e| panic!("Go {release} stripped: {e}"));

@@ -2,12 +2,10 @@
 //! the pattern Go itself matched (r.Pattern, counted by the server), request by request, on
 //! Go 1.23 (bucket maps in the routing tree) and the newest Go (swiss tables).
 
-use std::time::Duration;
-
 use obs_integration_tests::{
     go_build,
     load::{drive, Call},
-    toolchain, wait_for, Agent, BuildMode, GoServer, GoVersion, Toolchain,
+    toolchain, Agent, BuildMode, GoServer, GoVersion, Toolchain,
 };
 
 fn calls() -> Vec<Call> {
@@ -69,12 +67,9 @@ fn routes_match_go_build(toolchain: &Toolchain, mode: BuildMode) {
         served, client.counts,
         "the server's own r.Pattern counts vs the test's expectations"
     );
-    let counted = wait_for(Duration::from_secs(10), || {
-        let mut c = agent.scrape().server_counts(&service);
-        c.remove("GET /_stats 200");
-        (c.values().sum::<u64>() >= client.total()).then_some(c)
-    })
-    .unwrap_or_else(|| agent.scrape().server_counts(&service));
+    let counted = agent
+        .scrape_when_counted(client.total(), |s| s.server_counts_without_stats(&service))
+        .server_counts_without_stats(&service);
     assert_eq!(
         counted,
         served,

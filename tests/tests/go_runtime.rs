@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, thread::sleep, time::Duration};
 
 use obs_integration_tests::{
     go_build, metrics::Samples, toolchain, toolchains, wait_for, Agent, BuildMode, GoServer,
-    Toolchain,
+    GoVersion, Toolchain,
 };
 use serde_json::Value;
 
@@ -165,12 +165,6 @@ impl Checked<'_> {
     }
 }
 
-fn args_for(pid: u32, extra: &[&str]) -> Vec<String> {
-    let mut args = vec!["--pid".to_owned(), pid.to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
 fn panics(s: &Samples, service: &str, function: &str, recovered: &str) -> f64 {
     s.sum(
         "go_panics_total",
@@ -200,10 +194,7 @@ fn phases_with(tc: &Toolchain, mode: BuildMode, before_attach: u32, spawned: u32
     get(&app, "/gc?n=3");
     // No rate limit on the creation probe: bursts of thousands of goroutines are counted
     // by function (the limit has its own test).
-    let agent = Agent::start(&args_for(
-        app.proc.pid(),
-        &["--goroutine-probe-max-rate", "0"],
-    ));
+    let agent = Agent::for_pids_with(&[app.proc.pid()], &["--goroutine-probe-max-rate", "0"]);
     let c = Checked {
         agent: &agent,
         pid: app.proc.pid().to_string(),
@@ -269,8 +260,7 @@ fn runtime_figures_equal_the_runtimes_own_go_1_19() {
 
 #[test]
 fn runtime_figures_equal_the_runtimes_own_newest_go() {
-    let newest = toolchains().pop().expect("a Go toolchain");
-    phases(&newest.minor);
+    phases(&GoVersion::New.toolchain().minor);
 }
 
 /// Every supported release (their runtimes differ: free-goroutine counts, where the pause
@@ -287,8 +277,7 @@ fn runtime_figures_equal_the_runtimes_own_every_release() {
 /// figure is as exact as with symbols.
 #[test]
 fn runtime_figures_equal_the_runtimes_own_stripped() {
-    let newest = toolchains().pop().expect("a Go toolchain");
-    for tc in [toolchain("1.19"), newest] {
+    for tc in [GoVersion::Old.toolchain(), GoVersion::New.toolchain()] {
         for mode in [
             BuildMode::Stripped,
             BuildMode::Pie,
@@ -304,8 +293,7 @@ fn runtime_figures_equal_the_runtimes_own_stripped() {
 /// defaults (100; no limit, `math.MaxInt64`), on the oldest and the newest Go.
 #[test]
 fn gc_settings_are_the_processs_own() {
-    let newest = toolchains().pop().expect("a Go toolchain");
-    for tc in [toolchain("1.19"), newest] {
+    for tc in [GoVersion::Old.toolchain(), GoVersion::New.toolchain()] {
         for (env, gogc, limit) in [
             (
                 vec![("GOGC", "50"), ("GOMEMLIMIT", "1GiB")],
@@ -319,7 +307,7 @@ fn gc_settings_are_the_processs_own() {
             let mut env = env;
             env.push(("OTEL_SERVICE_NAME", service.as_str()));
             let app = GoServer::start_bin(&go_build("goruntime", &tc, BuildMode::Stripped), &env);
-            let agent = Agent::start(&args_for(app.proc.pid(), &[]));
+            let agent = Agent::for_pids(&[app.proc.pid()]);
             let s = agent.scrape();
             let pid = app.proc.pid().to_string();
             let labels = [("pid", pid.as_str()), ("service_name", service.as_str())];
@@ -344,12 +332,8 @@ fn gc_settings_are_the_processs_own() {
 /// holding up the agent's start), and goes in once the process calms down.
 #[test]
 fn creation_probe_not_attached_to_a_busy_process() {
-    let newest = toolchains().pop().expect("a Go toolchain");
     let service = "goruntime-busy";
-    let app = GoServer::start_bin(
-        &go_build("goruntime", &newest, BuildMode::Default),
-        &[("OTEL_SERVICE_NAME", service)],
-    );
+    let app = GoServer::named("goruntime", GoVersion::New, service);
     let url = app.url("/churn?n=2500");
     let churn = std::thread::spawn(move || {
         ureq::get(&url)
@@ -359,10 +343,7 @@ fn creation_probe_not_attached_to_a_busy_process() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let started = std::time::Instant::now();
-    let agent = Agent::start(&args_for(
-        app.proc.pid(),
-        &["--goroutine-probe-max-rate", "5000"],
-    ));
+    let agent = Agent::for_pids_with(&[app.proc.pid()], &["--goroutine-probe-max-rate", "5000"]);
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "the agent's start was held up"
@@ -384,7 +365,7 @@ fn creation_probe_not_attached_to_a_busy_process() {
         agent: &agent,
         pid: app.proc.pid().to_string(),
         service,
-        minor: newest.minor_number(),
+        minor: GoVersion::New.toolchain().minor_number(),
     };
     c.runtime_figures_match("after a busy start", &app);
     // Creations while the probe was out are counted, unattributed.
@@ -404,16 +385,9 @@ fn creation_probe_not_attached_to_a_busy_process() {
 /// (goroutine totals stay exact, from the runtime), and re-attached once it calms down.
 #[test]
 fn creation_probe_paused_above_its_rate_limit() {
-    let newest = toolchains().pop().expect("a Go toolchain");
     let service = "goruntime-churn";
-    let app = GoServer::start_bin(
-        &go_build("goruntime", &newest, BuildMode::Default),
-        &[("OTEL_SERVICE_NAME", service)],
-    );
-    let agent = Agent::start(&args_for(
-        app.proc.pid(),
-        &["--goroutine-probe-max-rate", "5000"],
-    ));
+    let app = GoServer::named("goruntime", GoVersion::New, service);
+    let agent = Agent::for_pids_with(&[app.proc.pid()], &["--goroutine-probe-max-rate", "5000"]);
     get(&app, "/churn?n=1500");
     assert!(
         agent.log().contains("creation probe detached"),
@@ -427,12 +401,11 @@ fn creation_probe_paused_above_its_rate_limit() {
             .then_some(())
     });
     assert!(back.is_some(), "not re-attached; log:\n{}", agent.log());
-    let minor = newest.minor_number();
     let c = Checked {
         agent: &agent,
         pid: app.proc.pid().to_string(),
         service,
-        minor,
+        minor: GoVersion::New.toolchain().minor_number(),
     };
     c.runtime_figures_match("after a burst above the limit", &app);
     let s = agent.scrape();
@@ -459,12 +432,8 @@ fn creation_probe_paused_above_its_rate_limit() {
 /// its per-process state and series are released.
 #[test]
 fn unrecovered_panic_is_counted_and_released() {
-    let newest = toolchains().pop().expect("a Go toolchain");
     let service = "goruntime-crash";
-    let mut app = GoServer::start_bin(
-        &go_build("goruntime", &newest, BuildMode::Default),
-        &[("OTEL_SERVICE_NAME", service)],
-    );
+    let mut app = GoServer::named("goruntime", GoVersion::New, service);
     let pid = app.proc.pid().to_string();
     let agent = Agent::for_pids(&[app.proc.pid()]);
     assert_eq!(
@@ -479,11 +448,14 @@ fn unrecovered_panic_is_counted_and_released() {
         (!app.proc.is_running()).then_some(())
     });
     assert!(died.is_some(), "the program did not die");
-    let s = wait_for(Duration::from_secs(10), || {
-        let s = agent.scrape();
-        (s.sum("obs_agent_processes_watched", &[]) == 0.0).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("exit not noticed; log:\n{}", agent.log()));
+    let s = agent
+        .wait_for_sum(
+            "obs_agent_processes_watched",
+            &[],
+            0.0,
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("exit not noticed; log:\n{}", agent.log()));
     assert_eq!(
         panics(&s, service, "main.crash", "false"),
         1.0,

@@ -1,23 +1,12 @@
 //! OTLP export. End to end: the real agent watching two Go services exports their spans to
-//! an in-test receiver, the same the built-in store shows. Then the export module as a
-//! library (no kernel, no span builder): spans go to an in-test receiver built on opentelemetry-proto (gRPC and HTTP/protobuf) that checks
-//! every field, through a real collector (rotel) over both protocols, and to a collector that
-//! stops mid-run and comes back, while memory stays bounded and drops are counted.
+//! an in-test receiver (`obs_integration_tests::otlp`), the same the built-in store shows. Then
+//! the export module as a library (no kernel, no span builder): spans go to that receiver over
+//! gRPC and HTTP/protobuf, which checks every field, through a real collector (rotel) over both
+//! protocols, and to a collector that stops mid-run and comes back, while memory stays bounded
+//! and drops are counted.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use axum::{
-    body::Bytes,
-    http::{header, HeaderMap},
-    routing::post,
-    Router,
-};
 use obs_agent::{
     export::{
         otlp::Protocol,
@@ -28,249 +17,17 @@ use obs_agent::{
     metrics::{self_metrics_labels::reason, SelfMetrics},
     spans::trace::{hex, HttpAttributes, Resource, Span, SpanKind, SpanSink, Value},
 };
-use obs_integration_tests::{free_port, rotel_bin, tempdir};
+use obs_integration_tests::{
+    free_port,
+    otlp::{attributes, span_count, spans, Receiver, Requests},
+    rotel::Rotel,
+    tempdir,
+};
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        trace_service_server::{TraceService, TraceServiceServer},
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-    },
-    common::v1::{any_value, AnyValue, KeyValue},
+    collector::trace::v1::ExportTraceServiceRequest,
     trace::v1::{span::SpanKind as ProtoKind, status::StatusCode},
 };
-use prost::Message;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::sleep};
-
-type Requests = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
-
-/// An OTLP receiver in this process, keeping every request it gets.
-struct Receiver {
-    requests: Requests,
-    /// Values of the `x-obs-test` header (HTTP receiver).
-    test_headers: Arc<Mutex<Vec<String>>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-/// Keeps requests, answering each after `delay` (a slow collector).
-#[derive(Clone)]
-struct Collect {
-    requests: Requests,
-    delay: Duration,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collect {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        sleep(self.delay).await;
-        self.requests.lock().unwrap().push(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-impl Receiver {
-    async fn grpc(port: u16) -> Self {
-        Self::grpc_into(port, Requests::default()).await
-    }
-
-    async fn grpc_into(port: u16, requests: Requests) -> Self {
-        Self::grpc_with(port, requests, Duration::ZERO).await
-    }
-
-    async fn grpc_with(port: u16, requests: Requests, delay: Duration) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        // Collectors forward gzip-compressed (rotel does).
-        let service = TraceServiceServer::new(Collect {
-            requests: requests.clone(),
-            delay,
-        })
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
-                .await
-                .unwrap();
-        });
-        Self {
-            requests,
-            test_headers: Arc::default(),
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn http(port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (app, requests, test_headers) = http_app();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self {
-            requests,
-            test_headers,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// A receiver serving over TLS with `cert` (PEM, for 127.0.0.1) and its `key`.
-    async fn tls(protocol: Protocol, port: u16, cert: &str, key: &str) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (requests, test_headers, task) = match protocol {
-            Protocol::Grpc => {
-                let requests = Requests::default();
-                let service = TraceServiceServer::new(Collect {
-                    requests: requests.clone(),
-                    delay: Duration::ZERO,
-                });
-                let tls = tonic::transport::ServerTlsConfig::new()
-                    .identity(tonic::transport::Identity::from_pem(cert, key));
-                let task = tokio::spawn(async move {
-                    tonic::transport::Server::builder()
-                        .tls_config(tls)
-                        .unwrap()
-                        .add_service(service)
-                        .serve_with_incoming_shutdown(
-                            tonic::transport::server::TcpIncoming::from(listener),
-                            async {
-                                let _ = stopped.await;
-                            },
-                        )
-                        .await
-                        .unwrap();
-                });
-                (requests, Arc::default(), task)
-            }
-            Protocol::HttpProtobuf => {
-                use tokio_rustls::rustls::{
-                    self,
-                    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-                };
-                let (app, requests, test_headers) = http_app();
-                let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-                )
-                .unwrap();
-                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-                let task = tokio::spawn(async move {
-                    let mut stopped = std::pin::pin!(stopped);
-                    loop {
-                        let (tcp, _) = tokio::select! {
-                            conn = listener.accept() => conn.unwrap(),
-                            _ = &mut stopped => return,
-                        };
-                        let (acceptor, app) = (acceptor.clone(), app.clone());
-                        tokio::spawn(async move {
-                            let Ok(tls) = acceptor.accept(tcp).await else {
-                                return;
-                            };
-                            let _ = hyper_util::server::conn::auto::Builder::new(
-                                hyper_util::rt::TokioExecutor::new(),
-                            )
-                            .serve_connection(
-                                hyper_util::rt::TokioIo::new(tls),
-                                hyper_util::service::TowerToHyperService::new(app),
-                            )
-                            .await;
-                        });
-                    }
-                });
-                (requests, test_headers, task)
-            }
-        };
-        Self {
-            requests,
-            test_headers,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn span_count(&self) -> usize {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| &r.resource_spans)
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum()
-    }
-
-    async fn wait_for_spans(&self, n: usize, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.span_count() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the receiver got {} spans of {n} in {timeout:?}",
-                self.span_count()
-            );
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(mut self) -> Requests {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // A connection the exporter keeps open would hold a graceful shutdown: end it.
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-        }
-        self.requests
-    }
-}
-
-/// The HTTP receiver's routes: `/v1/traces` keeps each request and its `x-obs-test` header.
-fn http_app() -> (Router, Requests, Arc<Mutex<Vec<String>>>) {
-    let requests = Requests::default();
-    let test_headers: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (kept, kept_headers) = (requests.clone(), test_headers.clone());
-    let app = Router::new().route(
-        "/v1/traces",
-        post(move |headers: HeaderMap, body: Bytes| async move {
-            let request = ExportTraceServiceRequest::decode(body).unwrap();
-            kept.lock().unwrap().push(request);
-            if let Some(v) = headers.get("x-obs-test") {
-                kept_headers
-                    .lock()
-                    .unwrap()
-                    .push(v.to_str().unwrap().to_owned());
-            }
-            (
-                [(header::CONTENT_TYPE, "application/x-protobuf")],
-                ExportTraceServiceResponse::default().encode_to_vec(),
-            )
-        }),
-    );
-    (app, requests, test_headers)
-}
+use tokio::time::sleep;
 
 fn process(pid: u32, service: &str) -> Arc<Resource> {
     Arc::new(Resource {
@@ -341,20 +98,6 @@ fn request_spans(n: u32) -> Vec<Span> {
         &back,
     );
     vec![a, b, c]
-}
-
-fn str_value(v: &Option<AnyValue>) -> Option<Value> {
-    match v.as_ref()?.value.as_ref()? {
-        any_value::Value::StringValue(s) => Some(Value::Str(s.clone())),
-        any_value::Value::IntValue(i) => Some(Value::Int(*i)),
-        other => panic!("unexpected attribute value {other:?}"),
-    }
-}
-
-fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, Value> {
-    kvs.iter()
-        .map(|kv| (kv.key.clone(), str_value(&kv.value).unwrap()))
-        .collect()
 }
 
 fn expected_resource(r: &Resource) -> BTreeMap<String, Value> {
@@ -516,9 +259,7 @@ async fn https_collector(protocol: Protocol) {
         .unwrap()
         .signed_by(&leaf_key, &ca)
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("obs-otlp-tls-{}-{protocol}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca_file = dir.join("ca.pem");
+    let ca_file = tempdir().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
 
     // Not trusted without the CA: export fails, spans are counted as dropped.
@@ -556,7 +297,6 @@ async fn https_collector(protocol: Protocol) {
     let requests = receiver.stop().await;
     check_received(&sent, &requests.lock().unwrap());
     assert_eq!(metrics.spans_exported.get(), sent.len() as u64);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,66 +339,10 @@ async fn standard_variables_configure_the_exporter() {
     receiver
         .wait_for_spans(sent.len(), Duration::from_secs(10))
         .await;
-    assert!(receiver
-        .test_headers
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|h| h == "from-env"));
-    assert!(!receiver.test_headers.lock().unwrap().is_empty());
+    assert!(receiver.test_headers().iter().all(|h| h == "from-env"));
+    assert!(!receiver.test_headers().is_empty());
     let requests = receiver.stop().await;
     check_received(&sent, &requests.lock().unwrap());
-}
-
-/// rotel listening on OTLP gRPC and HTTP, forwarding to an in-test gRPC receiver.
-struct Rotel {
-    child: Child,
-    grpc: u16,
-    http: u16,
-}
-
-impl Rotel {
-    async fn start(forward_to: u16) -> Self {
-        let (grpc, http) = (free_port(), free_port());
-        let dir = tempdir();
-        let child = Command::new(rotel_bin())
-            .args(["start", "--otlp-grpc-endpoint"])
-            .arg(format!("127.0.0.1:{grpc}"))
-            .arg("--otlp-http-endpoint")
-            .arg(format!("127.0.0.1:{http}"))
-            .args(["--exporter", "otlp", "--otlp-exporter-protocol", "grpc"])
-            .arg("--otlp-exporter-endpoint")
-            .arg(format!("http://127.0.0.1:{forward_to}"))
-            .args(["--batch-timeout", "50ms"])
-            .arg("--pid-file")
-            .arg(dir.join("rotel.pid"))
-            .arg("--log-file")
-            .arg(dir.join("rotel.log"))
-            .args(["--debug-log", "traces"])
-            .stdout(std::fs::File::create(dir.join("rotel.out")).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", rotel_bin().display()));
-        eprintln!("rotel output: {}", dir.join("rotel.out").display());
-        let rotel = Self { child, grpc, http };
-        for port in [grpc, http] {
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut tries = 0;
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
-                tries += 1;
-                assert!(tries < 200, "rotel does not listen on {addr}");
-                sleep(Duration::from_millis(50)).await;
-            }
-        }
-        rotel
-    }
-}
-
-impl Drop for Rotel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn through_rotel(protocol: Protocol) {
@@ -806,13 +490,7 @@ async fn collector_down_keeps_memory_bounded_and_counts_drops() {
     }
     let requests = receiver.stop().await;
     let got = requests.lock().unwrap();
-    let ids: Vec<Vec<u8>> = got
-        .iter()
-        .flat_map(|r| &r.resource_spans)
-        .flat_map(|r| &r.scope_spans)
-        .flat_map(|s| &s.spans)
-        .map(|s| s.span_id.clone())
-        .collect();
+    let ids: Vec<Vec<u8>> = spans(&got).map(|s| s.span_id.clone()).collect();
     assert!(ids.contains(&after[0].span_id.to_vec()));
 }
 
@@ -863,14 +541,7 @@ async fn slow_collector_keeps_the_queue_bounded() {
     let exported = metrics.spans_exported.get() as usize;
     assert!(exported > 0);
     let requests = receiver.stop().await;
-    let received: usize = requests
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|r| &r.resource_spans)
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum();
+    let received = span_count(&requests.lock().unwrap());
     assert_eq!(received, exported, "received what was counted as exported");
 }
 
@@ -884,27 +555,18 @@ async fn the_agent_exports_traces_of_real_services() {
     let port = free_port();
     let receiver = Receiver::grpc(port).await;
     let bin = go_app("gochain", GoVersion::New);
-    let back = GoServer::start_with_args(&bin, &[], &[("OTEL_SERVICE_NAME", "otlp-back")]);
-    let back_url = back.url("");
-    let front = GoServer::start_with_args(
-        &bin,
-        &["-downstream", &back_url, "-calls", "a=1,fail=1"],
-        &[("OTEL_SERVICE_NAME", "otlp-front")],
-    );
-    let args: Vec<String> = [
-        "--pid".to_owned(),
-        front.proc.pid().to_string(),
-        "--pid".to_owned(),
-        back.proc.pid().to_string(),
-        "--otlp-endpoint".to_owned(),
-        format!("http://127.0.0.1:{port}"),
-        "--otlp-protocol".to_owned(),
-        "grpc".to_owned(),
-    ]
-    .to_vec();
-    let agent = tokio::task::spawn_blocking(move || Agent::start(&args))
-        .await
-        .unwrap();
+    let back = GoServer::chain_link(&bin, "otlp-back", None, &[]);
+    let front = GoServer::chain_link(&bin, "otlp-front", Some(&back), &["-calls", "a=1,fail=1"]);
+    let pids = [front.proc.pid(), back.proc.pid()];
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let agent = tokio::task::spawn_blocking(move || {
+        Agent::for_pids_with(
+            &pids,
+            &["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc"],
+        )
+    })
+    .await
+    .unwrap();
     let trace_id = "5af7651916cd43dd8448eb211c80319c";
     let front_url = front.url("/work");
     tokio::task::spawn_blocking(move || {
@@ -935,15 +597,9 @@ async fn the_agent_exports_traces_of_real_services() {
             );
         }
     }
-    let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
-    let stored: serde_json::Value = tokio::task::spawn_blocking(move || {
-        serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap()
-    })
-    .await
-    .unwrap();
-    let stored: BTreeMap<String, (String, String, Value)> = stored["spans"]
-        .as_array()
-        .unwrap()
+    let stored = tokio::task::block_in_place(|| agent.trace_spans(trace_id))
+        .expect("the agent's stored trace");
+    let stored: BTreeMap<String, (String, String, Value)> = stored
         .iter()
         .map(|s| {
             (

@@ -7,7 +7,6 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::Command,
-    time::SystemTime,
 };
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
@@ -16,7 +15,7 @@ use obs_agent::symbols::{
     go_http,
     pclntab::{Location, Pclntab, PclntabError, TextStartSource},
 };
-use obs_integration_tests::{toolchains, workspace_root, xorshift, GoVersion};
+use obs_integration_tests::{go_build_pure, toolchains, xorshift, BuildMode, GoVersion, Toolchain};
 
 const APP: &str = "gohello";
 const WANTED: [&str; 4] = [
@@ -25,10 +24,6 @@ const WANTED: [&str; 4] = [
     "runtime.main",
     "main.main",
 ];
-/// Every supported Go release.
-fn versions() -> Vec<PathBuf> {
-    toolchains().into_iter().map(|t| t.go).collect()
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -43,24 +38,16 @@ enum Mode {
 }
 
 impl Mode {
-    fn name(self) -> &'static str {
+    /// The library's build mode of this mode's build, with its symbols or `stripped`
+    /// (`-s -w`).
+    fn build_mode(self, stripped: bool) -> BuildMode {
         match self {
-            Mode::Default => "default",
-            Mode::Pie => "pie",
-            Mode::CgoExternal => "cgo-external",
-            Mode::PieExternal => "pie-external",
+            Mode::Default if stripped => BuildMode::Stripped,
+            Mode::Default => BuildMode::Default,
+            Mode::Pie => BuildMode::Pie,
+            Mode::CgoExternal => BuildMode::CgoExternal,
+            Mode::PieExternal => BuildMode::PieExternal,
         }
-    }
-
-    fn cgo(self) -> &'static str {
-        match self {
-            Mode::Default | Mode::Pie => "0",
-            Mode::CgoExternal | Mode::PieExternal => "1",
-        }
-    }
-
-    fn pie(self) -> bool {
-        matches!(self, Mode::Pie | Mode::PieExternal)
     }
 
     fn external(self) -> bool {
@@ -68,90 +55,32 @@ impl Mode {
     }
 }
 
-/// A Go toolchain and the minor version it reports (`go1.25.5` -> 25).
-struct Toolchain {
-    go: PathBuf,
+/// A Go toolchain and the release it reports (`go1.25.5`, minor 25).
+struct Go {
+    toolchain: Toolchain,
     version: String,
     minor: u32,
 }
 
-fn toolchain(go: PathBuf) -> Toolchain {
-    let out = Command::new(&go)
+fn go(toolchain: Toolchain) -> Go {
+    let out = Command::new(&toolchain.go)
         .args(["env", "GOVERSION"])
         .env("GOTOOLCHAIN", "local")
         .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", go.display()));
-    let full = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let minor = full
-        .strip_prefix("go1.")
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("{}: unexpected version {full:?}", go.display()));
-    Toolchain {
-        go,
-        version: full,
+        .unwrap_or_else(|e| panic!("run {}: {e}", toolchain.go.display()));
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let minor = toolchain.minor_number();
+    Go {
+        toolchain,
+        version,
         minor,
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    path.metadata().and_then(|m| m.modified()).ok()
-}
-
-/// Builds tests/apps/gohello (GOPATH mode, no network) in `mode`, with `-s -w` if `stripped`.
-/// An earlier output newer than the go binary and the sources is reused.
-fn build(tc: &Toolchain, mode: Mode, stripped: bool) -> PathBuf {
-    let src = workspace_root().join("tests/apps").join(APP);
-    let dir = workspace_root().join("target/test-apps/pclntab");
-    std::fs::create_dir_all(&dir).unwrap();
-    let suffix = if stripped { "-s" } else { "" };
-    let out = dir.join(format!("{APP}-{}-{}{suffix}", tc.version, mode.name()));
-    let newest_input = std::fs::read_dir(&src)
-        .unwrap()
-        .filter_map(|e| modified(&e.ok()?.path()))
-        .chain(modified(&tc.go))
-        .max();
-    if let (Some(built), Some(input)) = (modified(&out), newest_input) {
-        if built > input {
-            return out;
-        }
-    }
-    let mut ldflags = Vec::new();
-    if mode.external() {
-        ldflags.push("-linkmode=external");
-    }
-    if stripped {
-        ldflags.extend(["-s", "-w"]);
-    }
-    // Not `with_extension`: the version's dots would make every build of one Go share a name,
-    // and the tests build in parallel.
-    let mut partial = out.clone().into_os_string();
-    partial.push(format!(".partial-{}", std::process::id()));
-    let partial = PathBuf::from(partial);
-    let mut cmd = Command::new(&tc.go);
-    cmd.current_dir(&src).arg("build");
-    if mode.pie() {
-        cmd.arg("-buildmode=pie");
-    }
-    let status = cmd
-        .arg(format!("-ldflags={}", ldflags.join(" ")))
-        .arg("-o")
-        .arg(&partial)
-        .arg(".")
-        .env("GO111MODULE", "off")
-        .env("GOFLAGS", "")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", mode.cgo())
-        .status()
-        .expect("run go build");
-    assert!(
-        status.success(),
-        "building {APP} with {} ({mode:?}, stripped: {stripped}) failed",
-        tc.version
-    );
-    std::fs::rename(&partial, &out).unwrap();
-    out
+/// Builds tests/apps/gohello in `mode`, with `-s -w` if `stripped`; pure Go but in the modes
+/// that link C with gcc.
+fn build(tc: &Go, mode: Mode, stripped: bool) -> PathBuf {
+    go_build_pure(APP, &tc.toolchain, mode.build_mode(stripped), !stripped)
 }
 
 /// Every function symbol: name -> addresses (a few names are defined more than once).
@@ -194,8 +123,8 @@ fn expected(mode: Mode, go_minor: u32) -> (&'static str, TextStartSource) {
 }
 
 fn check_mode(mode: Mode) {
-    for go in versions() {
-        let tc = toolchain(go);
+    for toolchain in toolchains() {
+        let tc = go(toolchain);
         let what = format!("{} {mode:?}", tc.version);
         let full = ElfFile::open(&build(&tc, mode, false)).unwrap();
         let stripped_path = build(&tc, mode, true);
@@ -366,7 +295,7 @@ fn pie_external_linking() {
 /// table, never a panic; and every error is one sentence.
 #[test]
 fn corrupt_tables_never_panic() {
-    let tc = toolchain(GoVersion::New.toolchain().go);
+    let tc = go(GoVersion::New.toolchain());
     let bytes = std::fs::read(build(&tc, Mode::PieExternal, true)).unwrap();
     let elf = ElfFile::from_bytes_for_test(&bytes).unwrap();
     let (start, len) = {

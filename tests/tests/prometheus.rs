@@ -8,44 +8,22 @@ use std::{
 };
 
 use obs_integration_tests::{
-    free_port,
     load::{drive, Call},
-    tempdir, wait_for, Agent, GoServer, GoVersion, Proc,
+    prometheus::Prometheus,
+    wait_for, Agent, GoServer, GoVersion,
 };
 
 #[test]
 fn prometheus_query_returns_exact_counts() {
-    let server = GoServer::start(
-        "goserver",
-        GoVersion::Old,
-        &[("OTEL_SERVICE_NAME", "promsvc")],
-    );
+    let server = GoServer::named("goserver", GoVersion::Old, "promsvc");
     let agent = Agent::for_pids(&[server.proc.pid()]);
-
-    let dir = tempdir();
-    let prom_port = free_port();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
+    let prometheus = Prometheus::start(
+        &format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: obs-agent\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
             agent.port
         ),
-    )
-    .unwrap();
-    let _prometheus = Proc {
-        child: Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus (installed by cargo xtask test)"),
-    };
+        &[],
+    );
 
     let mut calls = Vec::new();
     for n in 0..200 {
@@ -60,7 +38,7 @@ fn prometheus_query_returns_exact_counts() {
 
     let query = "sum by (http_request_method, http_route, http_response_status_code) \
                  (http_server_request_duration_seconds_count{service_name=\"promsvc\"})";
-    let api = format!("http://127.0.0.1:{prom_port}/api/v1/query");
+    let api = prometheus.url("/api/v1/query");
     let mut last = None;
     let got = wait_for(Duration::from_secs(60), || {
         let body = ureq::get(&api)

@@ -12,7 +12,7 @@ use obs_agent::symbols::{
     SymbolsError,
 };
 use obs_integration_tests::{
-    go_app, go_build_with_symbols, tempdir, toolchains, xorshift, BuildMode, GoVersion,
+    go_app, go_build_with_symbols, objcopy, toolchains, xorshift, BuildMode, GoVersion,
 };
 
 #[test]
@@ -66,15 +66,7 @@ fn go_program_without_http_is_refused() {
 }
 
 fn strip(bin: &std::path::Path) -> std::path::PathBuf {
-    let stripped = tempdir().join("stripped");
-    let status = std::process::Command::new("objcopy")
-        .args(["--strip-all"])
-        .arg(bin)
-        .arg(&stripped)
-        .status()
-        .expect("objcopy (binutils)");
-    assert!(status.success());
-    stripped
+    objcopy(bin, "--strip-all", "stripped")
 }
 
 #[test]
@@ -206,7 +198,7 @@ fn corrupt_binaries_never_panic() {
 /// what solves them) or a refusal.
 #[test]
 fn damaged_runtime_code_never_panics() {
-    let newest = toolchains().pop().expect("a Go toolchain");
+    let newest = GoVersion::New.toolchain();
     let bin = go_build_with_symbols("goruntime", &newest, BuildMode::Default);
     let truth = runtime_globals::from_symbols(&ElfFile::open(&bin).unwrap())
         .unwrap()

@@ -12,27 +12,6 @@ use serde_json::Value;
 
 const SLOW_MS: u64 = 40;
 
-fn trace(agent: &Agent, trace_id: &str, spans: usize) -> Vec<Value> {
-    let url = format!("http://127.0.0.1:{}/traces/{trace_id}", agent.port);
-    wait_for(Duration::from_secs(10), || {
-        let body: Value =
-            serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
-        let got = body["spans"].as_array()?.clone();
-        (got.len() >= spans).then_some(got)
-    })
-    .unwrap_or_else(|| {
-        let got = ureq::get(&url)
-            .call()
-            .ok()
-            .and_then(|r| r.into_string().ok())
-            .unwrap_or_default();
-        panic!(
-            "trace {trace_id}: fewer than {spans} spans: {got}\nagent log:\n{}",
-            agent.log()
-        )
-    })
-}
-
 fn by_id(spans: &[Value]) -> BTreeMap<String, Value> {
     spans
         .iter()
@@ -151,23 +130,23 @@ fn assert_chain_tree(spans: &[Value], trace_id: &str, caller: &str, middle_port:
     front_server.clone()
 }
 
+/// front -> middle -> back, built with `version`: the front calls the middle once per
+/// request, the middle calls the back three times (one failing, one slow), with
+/// `middle_args` too. Started back first, each before its caller.
+fn chain(version: GoVersion, middle_args: &[&str]) -> [GoServer; 3] {
+    let bin = go_app("gochain", version);
+    let back = GoServer::chain_link(&bin, "back", None, &[]);
+    let calls = format!("a=1,fail=1,sleep={SLOW_MS}");
+    let mut args = vec!["-calls", calls.as_str()];
+    args.extend(middle_args);
+    let middle = GoServer::chain_link(&bin, "middle", Some(&back), &args);
+    let front = GoServer::chain_link(&bin, "front", Some(&middle), &["-calls", "x=1"]);
+    [front, middle, back]
+}
+
 #[test]
 fn three_services_make_one_trace_per_request() {
-    let bin = go_app("gochain", GoVersion::New);
-    let back = GoServer::start_with_args(&bin, &[], &[("OTEL_SERVICE_NAME", "back")]);
-    let back_url = back.url("");
-    let calls = format!("a=1,fail=1,sleep={SLOW_MS}");
-    let middle = GoServer::start_with_args(
-        &bin,
-        &["-downstream", &back_url, "-calls", &calls],
-        &[("OTEL_SERVICE_NAME", "middle")],
-    );
-    let middle_url = middle.url("");
-    let front = GoServer::start_with_args(
-        &bin,
-        &["-downstream", &middle_url, "-calls", "x=1"],
-        &[("OTEL_SERVICE_NAME", "front")],
-    );
+    let [front, middle, back] = chain(GoVersion::New, &[]);
     let agent = Agent::for_pids(&[front.proc.pid(), middle.proc.pid(), back.proc.pid()]);
 
     for n in 0..4u32 {
@@ -184,7 +163,7 @@ fn three_services_make_one_trace_per_request() {
         let own_ms = server_timing_ms(&response);
         assert_eq!(response.into_string().unwrap().trim(), "200");
 
-        let spans = trace(&agent, &trace_id, 9);
+        let spans = agent.wait_trace(&trace_id, 9);
         let front_server = assert_chain_tree(&spans, &trace_id, &caller, middle.port);
         // The agent's server span (request read to response written) holds the front's own
         // handler time, and not much more.
@@ -197,18 +176,17 @@ fn three_services_make_one_trace_per_request() {
 
     // Without a traceparent: a new trace rooted at the front's server span.
     ureq::get(&front.url("/work")).call().expect("front");
-    let url = format!("http://127.0.0.1:{}/traces?limit=20", agent.port);
     let new_trace = wait_for(Duration::from_secs(10), || {
-        let list: Value =
-            serde_json::from_str(&ureq::get(&url).call().ok()?.into_string().ok()?).ok()?;
-        list.as_array()?
+        agent
+            .traces(20)?
+            .as_array()?
             .iter()
             .filter_map(|t| t["trace_id"].as_str())
             .find(|id| !id.starts_with("4bf92f3577b34da6a3ce929d0e0e"))
             .map(str::to_owned)
     })
     .expect("a trace without the test's trace id");
-    let spans = trace(&agent, &new_trace, 9);
+    let spans = agent.wait_trace(&new_trace, 9);
     let roots: Vec<_> = spans
         .iter()
         .filter(|s| s["parent_span_id"].is_null())
@@ -237,28 +215,7 @@ fn three_services_make_one_trace_per_request() {
 fn concurrent_requests(version: GoVersion) {
     const THREADS: usize = 8;
     const PER_THREAD: usize = 6;
-    let bin = go_app("gochain", version);
-    let back = GoServer::start_with_args(&bin, &[], &[("OTEL_SERVICE_NAME", "back")]);
-    let back_url = back.url("");
-    let calls = format!("a=1,fail=1,sleep={SLOW_MS}");
-    let middle = GoServer::start_with_args(
-        &bin,
-        &[
-            "-downstream",
-            &back_url,
-            "-calls",
-            &calls,
-            "-nested",
-            "-background",
-        ],
-        &[("OTEL_SERVICE_NAME", "middle")],
-    );
-    let middle_url = middle.url("");
-    let front = GoServer::start_with_args(
-        &bin,
-        &["-downstream", &middle_url, "-calls", "x=1"],
-        &[("OTEL_SERVICE_NAME", "front")],
-    );
+    let [front, middle, back] = chain(version, &["-nested", "-background"]);
     let agent = Agent::for_pids(&[front.proc.pid(), middle.proc.pid(), back.proc.pid()]);
     assert!(
         agent.log().contains("goroutines followed"),
@@ -297,7 +254,7 @@ fn concurrent_requests(version: GoVersion) {
 
     let mut fronts = Vec::new();
     for (trace_id, caller, own_ms) in &sent {
-        let spans = trace(&agent, trace_id, 9);
+        let spans = agent.wait_trace(trace_id, 9);
         let front_server = assert_chain_tree(&spans, trace_id, caller, middle.port);
         // Each request's span holds that request's own handler time (a response paired with
         // another request would not, in general).
@@ -326,9 +283,7 @@ fn concurrent_requests(version: GoVersion) {
 
     // The background calls: traces of their own, the middle's client span at the root and
     // the back's server span under it.
-    let url = format!("http://127.0.0.1:{}/traces?limit=100000", agent.port);
-    let list: Value =
-        serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap();
+    let list = agent.traces(100_000).expect("the agent's list of traces");
     let background = list
         .as_array()
         .unwrap()
