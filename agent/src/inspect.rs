@@ -14,7 +14,7 @@ use crate::{
         disasm::SiteKind,
         dwarf::Layouts,
         elf::ElfFile,
-        go_http::{self, GoroutineTrackingError},
+        go_binary::{self, GoroutineTrackingError},
         go_runtime::RuntimeStateError,
         offsets::{self, GoRelease, LayoutSource},
         runtime_globals::{GlobalsSource, RuntimeGlobals},
@@ -64,7 +64,7 @@ pub struct Report {
     pub runtime_state: Option<Result<(), RuntimeStateError>>,
     /// Where the runtime keeps them, when they can be read.
     pub runtime_globals: Option<GlobalsReport>,
-    /// Struct -> members the agent reads (`go_http::WANTED_FIELDS`), what `dwarf_layouts`
+    /// Struct -> members the agent reads (`go_binary::WANTED_FIELDS`), what `dwarf_layouts`
     /// and the offsets table cover.
     pub wanted_fields: BTreeMap<&'static str, &'static [&'static str]>,
 }
@@ -175,7 +175,7 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
         goroutine_tracking: None,
         runtime_state: None,
         runtime_globals: None,
-        wanted_fields: go_http::WANTED_FIELDS.iter().copied().collect(),
+        wanted_fields: go_binary::WANTED_FIELDS.iter().copied().collect(),
     };
     if let Some(info) = elf
         .section(".go.buildinfo")
@@ -189,7 +189,7 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
         report.build_settings = info.settings;
         report.dependencies = info.deps.into_iter().map(|m| (m.path, m.version)).collect();
     }
-    match go_http::analyze(&elf) {
+    match go_binary::analyze(&elf) {
         Ok(binary) => {
             report.http_server = Some(true);
             report.goroutine_tracking =

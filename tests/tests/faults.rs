@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use obs_agent::symbols::go_http::analyze_path;
+use obs_agent::symbols::go_binary::analyze_path;
 use obs_integration_tests::{
     go_app,
     load::{drive, Call},

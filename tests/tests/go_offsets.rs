@@ -9,7 +9,7 @@ use std::{path::PathBuf, time::Duration};
 use obs_agent::symbols::{
     buildinfo,
     elf::ElfFile,
-    go_http,
+    go_binary,
     offsets::{self, GoRelease, LayoutSource},
 };
 use obs_integration_tests::{
@@ -29,8 +29,8 @@ fn without_dwarf(toolchain: &Toolchain) -> PathBuf {
 }
 
 /// goserver's default build (symbols and DWARF), analysed.
-fn analysed_default_build(toolchain: &Toolchain) -> go_http::GoHttpBinary {
-    go_http::analyze_path(&go_build("goserver", toolchain, BuildMode::Default))
+fn analysed_default_build(toolchain: &Toolchain) -> go_binary::GoBinary {
+    go_binary::analyze_path(&go_build("goserver", toolchain, BuildMode::Default))
         .unwrap_or_else(|e| panic!("Go {}: {e}", release(toolchain)))
 }
 
@@ -73,7 +73,7 @@ fn server_without_dwarf_gets_the_same_mux_layout_from_the_table() {
     for toolchain in toolchains() {
         let release = release(&toolchain);
         let default = analysed_default_build(&toolchain);
-        let no_dwarf = go_http::analyze_path(&without_dwarf(&toolchain))
+        let no_dwarf = go_binary::analyze_path(&without_dwarf(&toolchain))
             .unwrap_or_else(|e| panic!("Go {release} without DWARF: {e}"));
         assert_eq!(
             no_dwarf.mux_discovery, default.mux_discovery,
@@ -166,7 +166,7 @@ fn stripped_server_layouts_come_from_the_table() {
             matches!(source, LayoutSource::Table { release: used, .. } if used == release),
             "Go {release} stripped: layouts from {source}"
         );
-        let table_layout = go_http::mux_layout(&layouts).unwrap();
+        let table_layout = go_binary::mux_layout(&layouts).unwrap();
         assert_eq!(table_layout, dwarf_layout, "Go {release}");
     }
 }
@@ -179,7 +179,7 @@ fn stripped_server_is_analysed_like_the_default_build() {
         let release = release(&toolchain);
         let default = analysed_default_build(&toolchain);
         let stripped =
-            go_http::analyze_path(&go_build("goserver", &toolchain, BuildMode::Stripped))
+            go_binary::analyze_path(&go_build("goserver", &toolchain, BuildMode::Stripped))
                 .unwrap_or_else(|e| panic!("Go {release} stripped: {e}"));
         assert_eq!(
             stripped.mux_discovery.map(|(_, layout)| layout),

@@ -61,6 +61,8 @@ fn gc_figures(stats: &BTreeMap<String, Value>) -> Vec<Option<&Value>> {
 fn quiescent(app: &GoServer, agent: &Agent) -> (BTreeMap<String, Value>, Samples) {
     for _ in 0..5 {
         take_sample(app);
+        // The agent reads the runtime's state on its own timer; a scrape shows the last read.
+        std::thread::sleep(3 * obs_agent::agent::PACE_INTERVAL);
         let samples = agent.scrape();
         let stats = fetch_sample(app);
         take_sample(app);

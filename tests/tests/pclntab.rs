@@ -12,7 +12,7 @@ use std::{
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use obs_agent::symbols::{
     elf::{ElfFile, FunctionSymbol},
-    go_http,
+    go_binary,
     pclntab::{Location, Pclntab, PclntabError, TextStartSource},
 };
 use obs_integration_tests::{go_build_pure, toolchains, xorshift, BuildMode, GoVersion, Toolchain};
@@ -217,12 +217,12 @@ fn check_mode(mode: Mode) {
 
         // The whole analysis accepts the stripped binary; Go 1.22+ gets pattern discovery
         // (functions from the pclntab, layouts from the offsets table).
-        match go_http::analyze(&stripped) {
+        match go_binary::analyze(&stripped) {
             Ok(b) => assert_eq!(b.mux_discovery.is_some(), tc.minor >= 22, "{what}"),
             Err(e) => panic!("{what}: {e}"),
         }
         if tc.minor < 22 {
-            let b = go_http::analyze(&stripped).unwrap();
+            let b = go_binary::analyze(&stripped).unwrap();
             assert!(b.mux_discovery.is_none(), "{what}");
         }
     }

@@ -5,7 +5,7 @@
 use obs_agent::symbols::disasm::SiteKind;
 use obs_agent::symbols::{
     elf::ElfFile,
-    go_http, go_runtime,
+    go_binary, go_runtime,
     offsets::{self, GoRelease},
     pclntab::Pclntab,
     runtime_globals::{self, GlobalsSource},
@@ -19,7 +19,7 @@ use obs_integration_tests::{
 fn real_binaries_are_analysed_for_both_go_versions() {
     for version in [GoVersion::Old, GoVersion::New] {
         let bin = go_app("goserver", version);
-        let b = go_http::analyze_path(&bin).unwrap_or_else(|e| panic!("{version:?}: {e}"));
+        let b = go_binary::analyze_path(&bin).unwrap_or_else(|e| panic!("{version:?}: {e}"));
         assert!(b.build.go_version.starts_with("go1."), "{:?}", b.build);
         // Only Go 1.22+ muxes have patterns to discover.
         assert_eq!(
@@ -32,14 +32,14 @@ fn real_binaries_are_analysed_for_both_go_versions() {
         for p in b.probe_points() {
             let expected = match p.function {
                 go_runtime::FATALPANIC => SiteKind::Entry,
-                go_http::NEWPROC_CLOSURE => SiteKind::Call,
+                go_binary::NEWPROC_CLOSURE => SiteKind::Call,
                 _ => SiteKind::StackCheckJump,
             };
             assert_eq!(p.site.kind, expected, "{version:?} {}", p.function);
         }
         let functions: Vec<&str> = b.probe_points().iter().map(|p| p.function).collect();
         for f in [
-            go_http::NEWPROC_CLOSURE,
+            go_binary::NEWPROC_CLOSURE,
             go_runtime::GOPANIC,
             go_runtime::RECOVERY,
         ] {
@@ -59,7 +59,7 @@ fn real_binaries_are_analysed_for_both_go_versions() {
 #[test]
 fn go_program_without_http_is_refused() {
     let bin = go_app("gonohttp", GoVersion::Old);
-    match go_http::analyze_path(&bin) {
+    match go_binary::analyze_path(&bin) {
         Err(SymbolsError::NotHttpServer(_)) => {}
         other => panic!("expected NotHttpServer, got {other:?}"),
     }
@@ -74,12 +74,12 @@ fn stripped_go_1_19_binary_is_analysed_from_its_function_table() {
     let bin = go_app("goserver", GoVersion::Old);
     let stripped = strip(&bin);
     assert!(!ElfFile::open(&stripped).unwrap().has_symbols());
-    let b = go_http::analyze_path(&stripped).unwrap_or_else(|e| panic!("{e}"));
+    let b = go_binary::analyze_path(&stripped).unwrap_or_else(|e| panic!("{e}"));
     assert!(b.build.go_version.starts_with("go1.19"), "{:?}", b.build);
     // Go 1.19's ServeMux has no patterns to discover: no layout needed.
     assert!(b.mux_discovery.is_none());
     // The runtime's globals, found from code, are where the symbol table had them.
-    let with_symbols = go_http::analyze_path(&bin).unwrap();
+    let with_symbols = go_binary::analyze_path(&bin).unwrap();
     assert_eq!(
         b.runtime_state.map(|s| s.globals),
         with_symbols.runtime_state.map(|s| s.globals)
@@ -88,9 +88,9 @@ fn stripped_go_1_19_binary_is_analysed_from_its_function_table() {
 
 #[test]
 fn stripped_newer_binary_gets_its_layouts_from_the_offsets_table() {
-    let default = go_http::analyze_path(&go_app("goserver", GoVersion::New)).unwrap();
+    let default = go_binary::analyze_path(&go_app("goserver", GoVersion::New)).unwrap();
     let stripped = strip(&go_app("goserver", GoVersion::New));
-    let b = go_http::analyze_path(&stripped).unwrap_or_else(|e| panic!("{e}"));
+    let b = go_binary::analyze_path(&stripped).unwrap_or_else(|e| panic!("{e}"));
     let (point, layout) = b.mux_discovery.expect("mux discovery from pclntab + table");
     let (want_point, want_layout) = default.mux_discovery.unwrap();
     assert_eq!(point, want_point);
@@ -135,7 +135,7 @@ fn runtime_globals_from_code_equal_the_symbol_tables() {
             // records the flags, moves the data).
             let stripped = strip(&bin);
             assert!(!ElfFile::open(&stripped).unwrap().has_symbols());
-            let state = go_http::analyze_path(&stripped)
+            let state = go_binary::analyze_path(&stripped)
                 .unwrap_or_else(|e| panic!("{what}: {e}"))
                 .runtime_state
                 .unwrap_or_else(|e| panic!("{what} stripped: {e}"));
@@ -166,7 +166,7 @@ fn corrupt_binaries_never_panic() {
         bytes.len() / 2,
         bytes.len() - 1,
     ] {
-        match ElfFile::from_bytes_for_test(&bytes[..len]).and_then(|e| go_http::analyze(&e)) {
+        match ElfFile::from_bytes_for_test(&bytes[..len]).and_then(|e| go_binary::analyze(&e)) {
             Ok(_) => outcomes.0 += 1,
             Err(_) => outcomes.1 += 1,
         }
@@ -179,7 +179,7 @@ fn corrupt_binaries_never_panic() {
             let i = (next() as usize) % limit;
             b[i] = next() as u8;
         }
-        match ElfFile::from_bytes_for_test(&b).and_then(|e| go_http::analyze(&e)) {
+        match ElfFile::from_bytes_for_test(&b).and_then(|e| go_binary::analyze(&e)) {
             Ok(_) => outcomes.0 += 1,
             Err(e) => {
                 assert!(!e.to_string().is_empty());
@@ -228,7 +228,7 @@ fn damaged_runtime_code_never_panics() {
             b[start + next() as usize % len] = next() as u8;
         }
         let elf = ElfFile::from_bytes_for_test(&b).unwrap();
-        match go_http::analyze(&elf).map(|a| a.runtime_state) {
+        match go_binary::analyze(&elf).map(|a| a.runtime_state) {
             Ok(Ok(state)) => {
                 assert_eq!(state.globals, truth);
                 right += 1;

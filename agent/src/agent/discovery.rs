@@ -16,7 +16,7 @@ use crate::{
     spans::{goroutines::Goroutines, trace::Resource},
     symbols::{
         elf::ElfFile,
-        go_http::{self, GoHttpBinary},
+        go_binary::{self, GoBinary},
         go_runtime::FunctionNames,
         offsets::LayoutSource,
         SymbolsError,
@@ -72,7 +72,7 @@ impl WatchError {
 
 /// A binary's analysis, shared by every process that runs it (errors too, so a binary that
 /// cannot be watched is not analysed again).
-type Analysis = Result<Arc<GoHttpBinary>, Arc<SymbolsError>>;
+type Analysis = Result<Arc<GoBinary>, Arc<SymbolsError>>;
 
 /// What discovery remembers between scans.
 pub struct Discovery {
@@ -228,8 +228,8 @@ impl<K: Kernel> Agent<K> {
         let started = Instant::now();
         let result = ElfFile::open(&process.exe_link)
             .and_then(|elf| {
-                if go_http::is_go(&elf) {
-                    let mut binary = go_http::analyze(&elf)?;
+                if go_binary::is_go(&elf) {
+                    let mut binary = go_binary::analyze(&elf)?;
                     binary.function_names = Some(Arc::new(FunctionNames::new(elf)));
                     Ok(binary)
                 } else {
@@ -378,7 +378,7 @@ impl<K: Kernel> Agent<K> {
 /// What a user wants to read when a process starts being watched.
 fn log_watching(
     process: &Process,
-    binary: Option<&GoHttpBinary>,
+    binary: Option<&GoBinary>,
     routes: &Routes,
     goroutines_followed: bool,
 ) {

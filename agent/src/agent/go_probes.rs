@@ -16,7 +16,7 @@ use obs_common::{
 use crate::{
     metrics::go_runtime::GoRuntimeMetrics,
     probes::{error_chain, table::Probe, ProbeError},
-    symbols::{go_http::GoroutineTracking, go_runtime::PanicProbes},
+    symbols::{go_binary::GoroutineTracking, go_runtime::PanicProbes},
     target::Process,
 };
 

@@ -13,7 +13,7 @@ use obs_common::go_runtime::{GoPanic, PANIC_FATAL, PANIC_RECOVERED, PANIC_STARTE
 use crate::{
     metrics::go_runtime::{panicking_function, GoRuntimeMetrics, ProcessRuntime},
     symbols::{
-        go_http::{GoHttpBinary, ProbePoint},
+        go_binary::{GoBinary, ProbePoint},
         go_runtime::{FunctionNames, RuntimeState},
     },
     target::{go_runtime, memory::ProcessMemory, Process},
@@ -48,7 +48,7 @@ pub struct GoProcess {
 const RATE_MIN_INTERVAL: Duration = Duration::from_millis(90);
 
 impl GoProcess {
-    pub fn new(process: &Process, binary: &GoHttpBinary) -> Self {
+    pub fn new(process: &Process, binary: &GoBinary) -> Self {
         let pid = process.pid;
         let bias = binary
             .image_base

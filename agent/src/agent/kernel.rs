@@ -8,7 +8,7 @@ use obs_common::{go_runtime::GoStartKey, go_trace::GoOffsets, stats::STAT_COUNT}
 
 use crate::{
     probes::{table::Probe, Detaching, ProbeError, Probes},
-    symbols::go_http::ProbePoint,
+    symbols::go_binary::ProbePoint,
     target::Process,
 };
 

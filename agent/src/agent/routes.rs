@@ -10,7 +10,7 @@ use crate::{
         go_mux::{Pattern, PatternSet},
         Exchange,
     },
-    symbols::go_http::{MuxLayout, ProbePoint},
+    symbols::go_binary::{MuxLayout, ProbePoint},
     target::{self, memory::ProcessMemory},
 };
 

@@ -21,7 +21,7 @@ use super::*;
 use crate::{
     events::decode,
     probes::{table::Probe, Detaching, ProbeError},
-    symbols::go_http::ProbePoint,
+    symbols::go_binary::ProbePoint,
     target::Process,
 };
 

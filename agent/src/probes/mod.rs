@@ -33,7 +33,7 @@ use self::{
     detacher::Detacher,
     table::{Attach, Need, Probe, ProbeSpec, PROBES},
 };
-use crate::{symbols::go_http::ProbePoint, target::Process};
+use crate::{symbols::go_binary::ProbePoint, target::Process};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/obs-ebpf.o"));
 

@@ -6,7 +6,7 @@
 use obs_common::names;
 
 use crate::symbols::{
-    go_http::{MUX_SERVE_HTTP, NEWPROC_CLOSURE, ROUND_TRIP},
+    go_binary::{MUX_SERVE_HTTP, NEWPROC_CLOSURE, ROUND_TRIP},
     go_runtime::{FATALPANIC, GOPANIC, RECOVERY},
 };
 

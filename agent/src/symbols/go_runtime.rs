@@ -28,7 +28,7 @@ use super::{
     disasm::{self, ProbeSite, SiteKind},
     dwarf::{offset_of, Layouts},
     elf::{ElfFile, FunctionSymbol},
-    go_http::ProbePoint,
+    go_binary::ProbePoint,
     pclntab::Pclntab,
     runtime_globals::{self, GlobalsError, GlobalsSource, RuntimeGlobals},
     SymbolsError,

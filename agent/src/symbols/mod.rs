@@ -9,7 +9,7 @@ pub mod buildinfo;
 pub mod disasm;
 pub mod dwarf;
 pub mod elf;
-pub mod go_http;
+pub mod go_binary;
 pub mod go_runtime;
 pub mod offsets;
 pub mod pclntab;

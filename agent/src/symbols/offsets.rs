@@ -16,7 +16,7 @@ use super::{
     buildinfo::BuildInfo,
     dwarf::{self, Layouts},
     elf::ElfFile,
-    go_http::WANTED_FIELDS,
+    go_binary::WANTED_FIELDS,
     SymbolsError,
 };
 
@@ -507,7 +507,7 @@ mod tests {
             );
             // Every release with a routing tree has everything the agent reads.
             if release.has_routing_tree() {
-                super::super::go_http::mux_layout(&entry.layouts)
+                super::super::go_binary::mux_layout(&entry.layouts)
                     .unwrap_or_else(|e| panic!("Go {release}: {e}"));
             }
         }

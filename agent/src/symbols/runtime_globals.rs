@@ -68,7 +68,7 @@ pub const CODE_FUNCTIONS: [&str; 6] = [
 ];
 
 /// The structs and members whose offsets solve for the globals (their names as DWARF has
-/// them; `go_http::WANTED_FIELDS` lists them for the offsets table).
+/// them; `go_binary::WANTED_FIELDS` lists them for the offsets table).
 pub const SCHEDT: &str = "runtime.schedt";
 pub const MSTATS: &str = "runtime.mstats";
 pub const GC_CONTROLLER_STATE: &str = "runtime.gcControllerState";

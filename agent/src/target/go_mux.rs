@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::memory::ProcessMemory;
-use crate::symbols::go_http::{GoMapLayout, MuxLayout};
+use crate::symbols::go_binary::{GoMapLayout, MuxLayout};
 
 /// Most tree nodes visited per mux (a mux with thousands of routes is still covered).
 const MAX_NODES: usize = 20_000;

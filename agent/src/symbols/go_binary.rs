@@ -1,8 +1,9 @@
-//! What obs-agent needs from a Go net/http binary: that it is an HTTP server, where to probe
-//! `(*ServeMux).ServeHTTP` to discover its muxes (an emulated instruction, found by
-//! disassembly), and where a mux keeps its registered patterns (Go 1.22+, from DWARF or the
-//! offsets table, see `offsets`). No offset is hard-coded for any Go version. Functions are
-//! found in stripped binaries too (Go's function table, see `pclntab`).
+//! What obs-agent needs from a Go binary: its build info; whether it is a net/http server;
+//! where to probe `(*ServeMux).ServeHTTP` to discover its muxes (an emulated instruction,
+//! found by disassembly), and where a mux keeps its registered patterns (Go 1.22+, from DWARF
+//! or the offsets table, see `offsets`); the goroutine, transport and panic probe sites; where
+//! the runtime keeps its own counts. No offset is hard-coded for any Go version. Functions
+//! are found in stripped binaries too (Go's function table, see `pclntab`).
 
 use std::{path::Path, sync::Arc};
 
@@ -209,7 +210,7 @@ impl From<SymbolsError> for GoroutineTrackingError {
 }
 
 #[derive(Clone, Debug)]
-pub struct GoHttpBinary {
+pub struct GoBinary {
     pub build: BuildInfo,
     /// Goroutine tracking, or why it is not possible for this binary (spans then fall back
     /// to linking a call to the process's sole request in flight).
@@ -228,7 +229,7 @@ pub struct GoHttpBinary {
     pub function_names: Option<std::sync::Arc<go_runtime::FunctionNames>>,
 }
 
-impl GoHttpBinary {
+impl GoBinary {
     pub fn probe_points(&self) -> Vec<ProbePoint> {
         let goroutines = self
             .goroutines
@@ -290,11 +291,11 @@ pub fn mux_layout(l: &dwarf::Layouts) -> Result<MuxLayout, SymbolsError> {
     })
 }
 
-pub fn analyze_path(path: &Path) -> Result<GoHttpBinary, SymbolsError> {
+pub fn analyze_path(path: &Path) -> Result<GoBinary, SymbolsError> {
     analyze(&ElfFile::open(path)?)
 }
 
-pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
+pub fn analyze(elf: &ElfFile) -> Result<GoBinary, SymbolsError> {
     let build = elf
         .section(".go.buildinfo")
         .ok_or(SymbolsError::NotGo)
@@ -356,7 +357,7 @@ pub fn analyze(elf: &ElfFile) -> Result<GoHttpBinary, SymbolsError> {
     let runtime_state = offsets::layouts_for(elf, &build)
         .map_err(go_runtime::RuntimeStateError::from)
         .and_then(|(l, _)| go_runtime::runtime_state(elf, &functions, &l));
-    Ok(GoHttpBinary {
+    Ok(GoBinary {
         build,
         goroutines,
         mux_discovery,
