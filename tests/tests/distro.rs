@@ -144,6 +144,9 @@ fn debian_prometheus_is_counted_as_it_counts_itself() {
     let (own, samples): ((f64, f64), Samples) = (0..5)
         .find_map(|_| {
             let first = own_runtime(&base);
+            // The agent reads the runtime's state on its own timer; a scrape shows the last
+            // read.
+            std::thread::sleep(3 * obs_agent::agent::PACE_INTERVAL);
             let samples = agent.scrape();
             (own_runtime(&base) == first).then_some((first, samples))
         })
