@@ -4,6 +4,7 @@
 
 pub mod go_mux;
 pub mod go_runtime;
+pub mod kubernetes;
 pub mod memory;
 pub mod process;
 pub mod sockets;
