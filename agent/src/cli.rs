@@ -86,6 +86,50 @@ pub struct Args {
     /// caller's sampled flag), from 0.0 to 1.0. Example: --trace-sample-ratio 0.1
     #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = sample_ratio)]
     pub trace_sample_ratio: f64,
+
+    /// This node's name: the `k8s_node_name` label of processes in Kubernetes pods, and which
+    /// pods to ask the API server for (the Helm chart sets NODE_NAME from the downward API).
+    /// Example: --node-name node-1
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// The Kubernetes API server, to name pods' services and owners from their labels,
+    /// annotations and controllers (list and watch of this node's pods): `auto` (in a pod
+    /// with a service account token, the cluster's), `off`, or a URL (e.g. kubectl proxy's).
+    /// Without it, pods are named from kubelet's directories and their names alone.
+    /// Example: --kubernetes-api http://127.0.0.1:8001
+    #[arg(long, value_name = "auto|off|URL", default_value = "auto", value_parser = kubernetes_api)]
+    pub kubernetes_api: KubernetesApi,
+
+    /// kubelet's pod log directories (`<namespace>_<pod>_<uid>/<container>/`), whose names
+    /// name the pods of watched processes (no log is read). Example: --pod-logs /host/var/log/pods
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pub pod_logs: PathBuf,
+
+    /// kubelet's container log links (`<pod>_<namespace>_<container>-<id>.log`), whose names
+    /// name the containers of watched processes. Example: --container-logs /host/var/log/containers
+    #[arg(long, value_name = "DIR", default_value = "/var/log/containers")]
+    pub container_logs: PathBuf,
+}
+
+/// Where `--kubernetes-api` points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubernetesApi {
+    /// The cluster's, when the agent runs in a pod with a service account token.
+    Auto,
+    Off,
+    Url(String),
+}
+
+fn kubernetes_api(s: &str) -> Result<KubernetesApi, String> {
+    match s {
+        "auto" => Ok(KubernetesApi::Auto),
+        "off" => Ok(KubernetesApi::Off),
+        url if url.starts_with("http://") || url.starts_with("https://") => {
+            Ok(KubernetesApi::Url(url.to_owned()))
+        }
+        other => Err(format!("{other:?} is not auto, off or an http(s):// URL")),
+    }
 }
 
 fn sample_ratio(s: &str) -> Result<f64, String> {

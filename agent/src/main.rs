@@ -8,13 +8,19 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use obs_agent::{
     agent::{Agent, PACE_INTERVAL},
-    cli::{Args, Command, InspectArgs},
+    cli::{Args, Command, InspectArgs, KubernetesApi},
     events,
     export::{self, traces::TraceConfig},
     inspect,
     metrics::Metrics,
     probes::{error_chain, Probes},
-    target::Selection,
+    target::{
+        kubernetes::{
+            api::{self, ApiConfig, ApiPods},
+            Kubernetes, KubernetesConfig,
+        },
+        Selection,
+    },
 };
 
 fn main() {
@@ -75,11 +81,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     trace_config.store_max_spans = args.max_stored_spans;
     let traces = export::traces::start(&trace_config, &metrics.agent)?;
+    let kubernetes = Kubernetes::new(
+        KubernetesConfig {
+            node: args.node_name.clone(),
+            pod_logs: args.pod_logs.clone(),
+            container_logs: args.container_logs.clone(),
+        },
+        watch_pods(&args, &metrics).await,
+    );
     let agent = Arc::new(Agent::new(
         probes,
         metrics.clone(),
         selection.clone(),
         args.goroutine_probe_max_rate,
+        kubernetes,
     ));
     agent.enable_tracing(traces.sink(), args.trace_sample_ratio);
 
@@ -153,6 +168,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || detaching.wait()).await;
     outcome
 }
+
+/// Starts listing and watching this node's pods on the Kubernetes API server, when there is
+/// one to ask (see `--kubernetes-api`), and waits a little for the first list, so that the
+/// processes watched at start get their pods' names from it.
+async fn watch_pods(args: &Args, metrics: &Arc<Metrics>) -> Option<Arc<ApiPods>> {
+    let config = match &args.kubernetes_api {
+        KubernetesApi::Off => return None,
+        KubernetesApi::Auto => ApiConfig::in_cluster()?,
+        KubernetesApi::Url(url) => ApiConfig::at(url),
+    };
+    let Some(node) = args.node_name.clone() else {
+        log::warn!(
+            "the Kubernetes API server is not asked: no node name (--node-name or NODE_NAME) to \
+             ask for this node's pods"
+        );
+        return None;
+    };
+    log::info!(
+        "asking the Kubernetes API server at {} for node {node}'s pods",
+        config.base
+    );
+    let pods = Arc::new(ApiPods::default());
+    let errors = metrics.agent.k8s_api_errors.clone();
+    tokio::spawn(api::watch_pods(config, node, pods.clone(), move |e| {
+        errors.inc();
+        log::warn!("Kubernetes API: {}", error_chain(e));
+    }));
+    let listed = tokio::time::timeout(FIRST_LIST_WAIT, async {
+        while !pods.synced() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    if listed.await.is_err() {
+        log::warn!(
+            "no pod list from the Kubernetes API server within {FIRST_LIST_WAIT:?}: pods are \
+             named from kubelet's directories until it answers"
+        );
+    }
+    Some(pods)
+}
+
+/// How long the agent waits for the API server's first pod list before it starts watching.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(3);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -23,6 +23,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         pid: 1,
         executable_name: "fuzz".into(),
         host_name: "fuzz".into(),
+        k8s: None,
     });
     conns.add_socket(3, Some(Role::Server), None);
     conns.add_socket(4, Some(Role::Client), None);

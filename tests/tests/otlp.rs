@@ -36,6 +36,7 @@ fn process(pid: u32, service: &str) -> Arc<Resource> {
         pid,
         executable_name: format!("{service}-bin"),
         host_name: "testhost".into(),
+        k8s: None,
     })
 }
 

@@ -11,7 +11,7 @@ use std::{
 use crate::{
     connections::Connections,
     metrics::self_metrics_labels::{module_labels, target_labels},
-    metrics::{reasons::AttachFailure, ProcessSeries, ServiceLabels},
+    metrics::{reasons::AttachFailure, ProcessSeries},
     probes::{error_chain, table::Probe, ProbeError},
     spans::{goroutines::Goroutines, trace::Resource},
     symbols::{
@@ -30,7 +30,7 @@ use super::{
     kernel::Kernel,
     lock,
     routes::{pace_discovery, Routes},
-    watched::Watched,
+    watched::{service_of, Watched},
     Agent,
 };
 
@@ -96,7 +96,15 @@ impl<K: Kernel> Agent<K> {
     /// Starts watching `pid`: its socket syscalls, whatever its language; for a Go net/http
     /// server also its ServeMux routes, goroutines and runtime figures.
     pub fn watch(&self, pid: u32) -> Result<(), WatchError> {
-        let process = Process::inspect(pid)?;
+        let mut process = Process::inspect(pid)?;
+        match self.kubernetes.identify(pid) {
+            Ok(Some(identity)) => process.set_pod(identity),
+            Ok(None) => {}
+            Err(e) => {
+                log::info!("pid {pid}: no Kubernetes labels: {e}");
+                self.metrics.agent.k8s_identity_failure((&e).into());
+            }
+        }
         let binary = match self.analyse(&process) {
             Ok(binary) => Some(binary),
             // Any other language: HTTP/1.x from its socket syscalls alone.
@@ -186,9 +194,10 @@ impl<K: Kernel> Agent<K> {
             let starts = lock(&self.kernel).kernel.goroutine_starts();
             go.record_creations(&self.metrics.go, &go_probes::starts_of(&starts, pid));
         }
-        let service_name = process.service_name.clone();
+        let service = service_of(&process);
         let resource = Arc::new(Resource {
-            service_name: service_name.clone(),
+            service_name: service.name.clone(),
+            k8s: process.k8s.clone(),
             instance_id: format!("{}:{}:{}", self.host_name, pid, process.start_time),
             pid,
             executable_name: process.exe_name(),
@@ -198,7 +207,7 @@ impl<K: Kernel> Agent<K> {
             pid,
             Watched {
                 resource,
-                series: ProcessSeries::new(&process.service_name),
+                series: ProcessSeries::new(service.clone()),
                 process,
                 target,
                 modules,
@@ -210,9 +219,7 @@ impl<K: Kernel> Agent<K> {
                 active: self
                     .metrics
                     .server_active
-                    .get_or_create(&ServiceLabels {
-                        service_name: service_name.clone(),
-                    })
+                    .get_or_create(&service.labels())
                     .clone(),
                 active_added: 0,
             },

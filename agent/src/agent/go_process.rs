@@ -19,6 +19,8 @@ use crate::{
     target::{go_runtime, memory::ProcessMemory, Process},
 };
 
+use super::watched::service_of;
+
 /// Most start addresses named per process (the kernel's table bounds them too).
 const MAX_NAMES: usize = 4096;
 
@@ -80,7 +82,7 @@ impl GoProcess {
             bias: bias.unwrap_or(0),
             names: binary.function_names.clone(),
             start_names: HashMap::new(),
-            runtime: ProcessRuntime::new(&process.service_name, pid),
+            runtime: ProcessRuntime::new(&service_of(process), pid),
             read_failed: false,
             newproc: binary.goroutines.as_ref().ok().map(|t| t.newproc),
             probe_paused_at: None,

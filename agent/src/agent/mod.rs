@@ -43,7 +43,7 @@ use crate::{
     metrics::Metrics,
     probes::{Detaching, Probes},
     spans::{trace::SpanSink, tracer::Tracer},
-    target::Selection,
+    target::{kubernetes::Kubernetes, Selection},
 };
 
 /// How often the Go runtime figures are refreshed, the creation probes paced and the gauges
@@ -75,6 +75,8 @@ pub struct Agent<K: Kernel = Probes> {
     goroutine_probe_max_rate: u64,
     /// Set at shutdown: no process is looked for or paced any more.
     stopping: AtomicBool,
+    /// Names the pods of processes in Kubernetes.
+    kubernetes: Kubernetes,
 }
 
 impl<K: Kernel> Agent<K> {
@@ -83,6 +85,7 @@ impl<K: Kernel> Agent<K> {
         metrics: Arc<Metrics>,
         selection: Selection,
         goroutine_probe_max_rate: u64,
+        kubernetes: Kubernetes,
     ) -> Self {
         Self {
             pipeline: Mutex::new(Pipeline {
@@ -101,6 +104,7 @@ impl<K: Kernel> Agent<K> {
                 .unwrap_or_default(),
             goroutine_probe_max_rate,
             stopping: AtomicBool::new(false),
+            kubernetes,
         }
     }
 

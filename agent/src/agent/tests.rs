@@ -22,7 +22,7 @@ use crate::{
     events::decode,
     probes::{table::Probe, Detaching, ProbeError},
     symbols::go_binary::ProbePoint,
-    target::Process,
+    target::{kubernetes::KubernetesConfig, Process},
 };
 
 /// The kernel side as a record of what the agent asked of it.
@@ -81,6 +81,14 @@ fn agent(selection: Selection) -> Agent<FakeKernel> {
         Arc::new(Metrics::new(200)),
         selection,
         10_000,
+        Kubernetes::new(
+            KubernetesConfig {
+                node: None,
+                pod_logs: "/nonexistent/pods".into(),
+                container_logs: "/nonexistent/containers".into(),
+            },
+            None,
+        ),
     )
 }
 

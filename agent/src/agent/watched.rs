@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::{
     connections::Connections,
-    metrics::{ModuleLabels, ProcessSeries, TargetLabels},
+    metrics::{K8sLabels, ModuleLabels, ProcessSeries, Service, TargetLabels},
     protocols::trace_context::SpanContext,
     spans::{goroutines::Goroutines, trace::Resource, tracer::Orphan},
     target::Process,
@@ -56,6 +56,11 @@ impl Watched {
             self.active_added = now;
         }
     }
+}
+
+/// The service a process's series are labelled with: its name, and its pod.
+pub fn service_of(process: &Process) -> Service {
+    Service::new(&process.service_name, K8sLabels(process.k8s.clone()))
 }
 
 /// Server requests that started before the client request of the same connection was seen

@@ -241,7 +241,13 @@ pub fn endpoint_url(base: &str, protocol: Protocol) -> String {
 
 /// The resource attributes of one watched process.
 pub fn sdk_resource(r: &Resource) -> opentelemetry_sdk::Resource {
+    let k8s = r
+        .k8s
+        .iter()
+        .flat_map(|id| id.fields())
+        .filter_map(|(attribute, _, value)| Some(KeyValue::new(attribute?, value.to_owned())));
     opentelemetry_sdk::Resource::builder_empty()
+        .with_attributes(k8s)
         .with_attributes([
             KeyValue::new("service.name", r.service_name.clone()),
             KeyValue::new("service.instance.id", r.instance_id.clone()),
@@ -371,6 +377,7 @@ mod tests {
                 pid: 1,
                 executable_name: "users".into(),
                 host_name: "h".into(),
+                k8s: None,
             }),
         };
         let d = span_data(&s);

@@ -21,7 +21,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::route_guard::{RouteGuard, OVERFLOW_ROUTE};
+use super::{
+    route_guard::{RouteGuard, OVERFLOW_ROUTE},
+    K8sLabels, Service,
+};
 use crate::{symbols::go_runtime::PauseScheme, target::go_runtime::Snapshot};
 
 /// The `function` of created goroutines whose start the probe did not see (created before
@@ -38,6 +41,8 @@ const PAUSE_BOUNDS_LOG2_NS: [u32; 11] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
 pub struct GoProcessLabels {
     pub service_name: String,
     pub pid: u32,
+    #[prometheus(flatten)]
+    pub k8s: K8sLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,6 +50,8 @@ pub struct GoStartLabels {
     pub service_name: String,
     pub pid: u32,
     pub function: String,
+    #[prometheus(flatten)]
+    pub k8s: K8sLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +59,8 @@ pub struct GoPanicLabels {
     pub service_name: String,
     pub function: String,
     pub recovered: &'static str,
+    #[prometheus(flatten)]
+    pub k8s: K8sLabels,
 }
 
 /// A histogram whose buckets are set from a cumulative source (the runtime's own).
@@ -240,11 +249,12 @@ pub struct ProcessRuntime {
 }
 
 impl ProcessRuntime {
-    pub fn new(service_name: &str, pid: u32) -> Self {
+    pub fn new(service: &Service, pid: u32) -> Self {
         Self {
             labels: Some(GoProcessLabels {
-                service_name: service_name.to_owned(),
+                service_name: service.name.clone(),
                 pid,
+                k8s: service.k8s.clone(),
             }),
             ..Self::default()
         }
@@ -339,6 +349,7 @@ impl ProcessRuntime {
                 service_name: labels.service_name,
                 pid: labels.pid,
                 function: function.to_owned(),
+                k8s: labels.k8s,
             })
             .inc_by(n);
     }
@@ -384,13 +395,14 @@ impl ProcessRuntime {
     }
 
     fn count_panic(&self, m: &GoRuntimeMetrics, function: &str, recovered: bool) {
-        let service = &self.labels().service_name;
-        let function = m.panic_function(service, function);
+        let labels = self.labels();
+        let function = m.panic_function(&labels.service_name, function);
         m.panics
             .get_or_create(&GoPanicLabels {
-                service_name: service.clone(),
+                service_name: labels.service_name,
                 function,
                 recovered: if recovered { "true" } else { "false" },
+                k8s: labels.k8s,
             })
             .inc();
     }
@@ -411,6 +423,7 @@ impl ProcessRuntime {
                 service_name: labels.service_name.clone(),
                 pid: labels.pid,
                 function: function.to_owned(),
+                k8s: labels.k8s.clone(),
             });
         }
     }
@@ -476,7 +489,7 @@ mod tests {
     #[test]
     fn panics_are_counted_when_resolved() {
         let m = GoRuntimeMetrics::register(&mut Registry::default());
-        let mut p = ProcessRuntime::new("svc", 7);
+        let mut p = ProcessRuntime::new(&Service::new("svc", K8sLabels::default()), 7);
         p.panic_started(3, "main.a".into());
         p.panic_started(4, "main.b".into());
         p.panics_resolved(&m, 3, true);
@@ -487,6 +500,7 @@ mod tests {
                     service_name: "svc".into(),
                     function: f.into(),
                     recovered: r,
+                    k8s: K8sLabels::default(),
                 })
                 .get()
         };

@@ -2,6 +2,7 @@
 //! Prometheus translation), the cardinality guard on routes, and the agent's own metrics.
 
 pub mod go_runtime;
+pub mod k8s;
 pub mod reasons;
 mod route_guard;
 mod self_metrics;
@@ -15,6 +16,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+pub use k8s::K8sLabels;
 pub use route_guard::{RouteGuard, OVERFLOW_ROUTE};
 pub use self_metrics::{labels as self_metrics_labels, ModuleLabels, SelfMetrics, TargetLabels};
 pub use series::ProcessSeries;
@@ -30,6 +32,8 @@ pub struct HttpServerLabels {
     pub http_request_method: &'static str,
     pub http_response_status_code: u16,
     pub http_route: String,
+    #[prometheus(flatten)]
+    pub k8s: K8sLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,11 +44,39 @@ pub struct HttpClientLabels {
     /// The server's IP address ("" when unknown, `_OTHER` past the per-service cap).
     pub server_address: String,
     pub server_port: u16,
+    #[prometheus(flatten)]
+    pub k8s: K8sLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     pub service_name: String,
+    #[prometheus(flatten)]
+    pub k8s: K8sLabels,
+}
+
+/// Whose series: a service, and the pod of the process when it runs in Kubernetes.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub k8s: K8sLabels,
+}
+
+impl Service {
+    pub fn new(name: &str, k8s: K8sLabels) -> Self {
+        Self {
+            name: name.to_owned(),
+            k8s,
+        }
+    }
+
+    /// `http_server_active_requests`' labels.
+    pub fn labels(&self) -> ServiceLabels {
+        ServiceLabels {
+            service_name: self.name.clone(),
+            k8s: self.k8s.clone(),
+        }
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -104,20 +136,21 @@ impl Metrics {
     /// falls back to past its cache's bounds).
     fn record_client_uncached(
         &self,
-        service_name: &str,
+        service: &Service,
         server: Option<SocketAddr>,
         method: &'static str,
         status: u16,
         duration: Duration,
     ) {
-        let (server_address, server_port) = self.admit_peer(service_name, server);
+        let (server_address, server_port) = self.admit_peer(&service.name, server);
         self.observe_client(
             HttpClientLabels {
-                service_name: service_name.to_owned(),
+                service_name: service.name.clone(),
                 http_request_method: method,
                 http_response_status_code: status,
                 server_address,
                 server_port,
+                k8s: service.k8s.clone(),
             },
             duration,
         );
@@ -127,17 +160,17 @@ impl Metrics {
     /// [`Metrics::record_server`] falls back to past its cache's bounds).
     fn record_server_uncached(
         &self,
-        service_name: &str,
+        service: &Service,
         route: &str,
         method: &'static str,
         status: u16,
         duration: Duration,
     ) {
-        let admitted = self.admit_route(service_name, route);
+        let admitted = self.admit_route(&service.name, route);
         if admitted == OVERFLOW_ROUTE && route != OVERFLOW_ROUTE {
             self.agent.routes_overflowed.inc();
         }
-        self.observe_server(service_name, admitted, method, status, duration);
+        self.observe_server(service, admitted, method, status, duration);
     }
 
     /// The route to label a request of `service_name` with: itself, or `_OTHER` past the cap.
@@ -165,17 +198,18 @@ impl Metrics {
 
     fn observe_server(
         &self,
-        service_name: &str,
+        service: &Service,
         route: &str,
         method: &'static str,
         status: u16,
         duration: Duration,
     ) {
         let labels = HttpServerLabels {
-            service_name: service_name.to_owned(),
+            service_name: service.name.clone(),
             http_request_method: method,
             http_response_status_code: status,
             http_route: route.to_owned(),
+            k8s: service.k8s.clone(),
         };
         self.server_duration
             .get_or_create(&labels)
@@ -205,8 +239,9 @@ mod tests {
     fn records_and_encodes() {
         let m = Metrics::new(2);
         let d = Duration::from_millis(30);
+        let svc = Service::new("svc", K8sLabels::default());
         for route in ["/a", "/a", "/b", "/c"] {
-            m.record_server_uncached("svc", route, "GET", 200, d);
+            m.record_server_uncached(&svc, route, "GET", 200, d);
         }
         let text = m.encode().unwrap();
         assert!(text.contains(
@@ -224,7 +259,8 @@ mod tests {
     fn cached_series_are_the_uncached_ones() {
         let cached = Metrics::new(2);
         let plain = Metrics::new(2);
-        let mut p = ProcessSeries::new("svc");
+        let svc = Service::new("svc", K8sLabels::default());
+        let mut p = ProcessSeries::new(svc.clone());
         let d = Duration::from_millis(30);
         let served = [
             ("/a", "GET", 200),
@@ -238,7 +274,7 @@ mod tests {
         for (route, method, status) in served {
             let shared = cached.record_server(&mut p, route, method, status, d);
             assert_eq!(&**shared, route);
-            plain.record_server_uncached("svc", route, method, status, d);
+            plain.record_server_uncached(&svc, route, method, status, d);
         }
         let peer = |s: &str| Some(s.parse().unwrap());
         let called = [
@@ -251,7 +287,7 @@ mod tests {
         ];
         for (server, status) in called {
             cached.record_client(&mut p, server, "GET", status, d);
-            plain.record_client_uncached("svc", server, "GET", status, d);
+            plain.record_client_uncached(&svc, server, "GET", status, d);
         }
         let text = cached.encode().unwrap();
         assert!(text.contains("http_route=\"_OTHER\"} 2"), "{text}");

@@ -95,6 +95,27 @@ reasons! {
     }
 }
 
+reasons! {
+    /// `obs_agent_k8s_identity_failures_total{reason}`: processes in a pod that got no
+    /// Kubernetes labels.
+    K8sIdentityFailure {
+        /// Its cgroup path is under `kubepods` but not in a layout the agent knows.
+        UnrecognisedCgroup => "unrecognised_cgroup",
+        /// Its pod is in neither kubelet's log directories nor the API server's list.
+        UnknownPod => "unknown_pod",
+    }
+}
+
+impl From<&crate::target::kubernetes::IdentityError> for K8sIdentityFailure {
+    fn from(e: &crate::target::kubernetes::IdentityError) -> Self {
+        use crate::target::kubernetes::IdentityError;
+        match e {
+            IdentityError::UnrecognisedCgroup => Self::UnrecognisedCgroup,
+            IdentityError::UnknownPod => Self::UnknownPod,
+        }
+    }
+}
+
 impl From<&crate::events::DecodeError> for DecodeFailure {
     fn from(e: &crate::events::DecodeError) -> Self {
         use crate::events::DecodeError;
@@ -123,5 +144,6 @@ mod tests {
         distinct(KernelError::ALL.iter().map(|r| r.as_str()).collect());
         distinct(AttachFailure::ALL.iter().map(|r| r.as_str()).collect());
         distinct(SpanDrop::ALL.iter().map(|r| r.as_str()).collect());
+        distinct(K8sIdentityFailure::ALL.iter().map(|r| r.as_str()).collect());
     }
 }

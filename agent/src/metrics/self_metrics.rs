@@ -12,7 +12,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::reasons::{AttachFailure, DecodeFailure, KernelError, Lost, SpanDrop};
+use super::{
+    reasons::{AttachFailure, DecodeFailure, K8sIdentityFailure, KernelError, Lost, SpanDrop},
+    K8sLabels,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -40,6 +43,8 @@ pub struct TargetLabels {
     pub module_version: String,
     /// The main package's import path (`github.com/x/y/cmd/server`), in any build mode.
     pub package: String,
+    #[prometheus(flatten)]
+    pub k8s: K8sLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,6 +91,10 @@ pub struct SelfMetrics {
     /// bytes), by service, end (`server`, `client`) and what they look like: `tls`, `http2`,
     /// `other`.
     pub non_http_connections: Family<NonHttpLabels, Counter>,
+    /// Processes in a pod that got no Kubernetes labels, by reason.
+    pub k8s_identity_failures: Family<ReasonLabels, Counter>,
+    /// Failed requests to the Kubernetes API server (the pod list and watch).
+    pub k8s_api_errors: Counter,
 }
 
 impl Default for SelfMetrics {
@@ -109,6 +118,8 @@ impl Default for SelfMetrics {
             spans_dropped: Family::default(),
             spans_queued: Gauge::default(),
             non_http_connections: Family::default(),
+            k8s_identity_failures: Family::default(),
+            k8s_api_errors: Counter::default(),
         }
     }
 }
@@ -205,7 +216,24 @@ impl SelfMetrics {
              other); they make no request series",
             m.non_http_connections.clone(),
         );
+        r.register(
+            "k8s_identity_failures",
+            "Processes in a Kubernetes pod that got no Kubernetes labels, by reason \
+             (unrecognised_cgroup, unknown_pod)",
+            m.k8s_identity_failures.clone(),
+        );
+        r.register(
+            "k8s_api_errors",
+            "Failed requests to the Kubernetes API server (this node's pod list and watch)",
+            m.k8s_api_errors.clone(),
+        );
         m
+    }
+
+    pub fn k8s_identity_failure(&self, reason: K8sIdentityFailure) {
+        self.k8s_identity_failures
+            .get_or_create(&labels::reason(reason.as_str()))
+            .inc();
     }
 
     pub fn non_http_connection(&self, service_name: &str, role: &str, reason: &str) {
@@ -252,6 +280,7 @@ impl SelfMetrics {
 /// Label sets built from agent types.
 pub mod labels {
     use super::{ModuleLabels, ReasonLabels, TargetLabels, MAX_MODULE_SERIES};
+    use crate::metrics::K8sLabels;
     use crate::{symbols::buildinfo::BuildInfo, target::Process};
 
     pub fn target_labels(p: &Process, build: &BuildInfo) -> TargetLabels {
@@ -263,6 +292,7 @@ pub mod labels {
             module: build.main_module.clone().unwrap_or_default(),
             module_version: build.main_version.clone().unwrap_or_default(),
             package: build.main_package.clone().unwrap_or_default(),
+            k8s: K8sLabels(p.k8s.clone()),
         }
     }
 

@@ -12,7 +12,7 @@ use std::{borrow::Cow, collections::HashMap, net::SocketAddr, sync::Arc, time::D
 
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::{HttpClientLabels, HttpServerLabels, Metrics, OVERFLOW_ROUTE};
+use super::{HttpClientLabels, HttpServerLabels, Metrics, Service, OVERFLOW_ROUTE};
 
 /// Routes and servers cached per process, at most.
 const MAX_CACHED_KEYS: usize = 1024;
@@ -67,15 +67,15 @@ struct PeerSeries {
 /// `http_client_request_duration_seconds` by server), for [`Metrics::record_server`] and
 /// [`Metrics::record_client`].
 pub struct ProcessSeries {
-    service_name: String,
+    service: Service,
     routes: FastMap<Arc<str>, RouteSeries>,
     peers: FastMap<Option<SocketAddr>, PeerSeries>,
 }
 
 impl ProcessSeries {
-    pub fn new(service_name: &str) -> Self {
+    pub fn new(service: Service) -> Self {
         Self {
-            service_name: service_name.to_owned(),
+            service,
             routes: FastMap::default(),
             peers: FastMap::default(),
         }
@@ -94,7 +94,7 @@ impl Metrics {
         duration: Duration,
     ) -> Cow<'p, Arc<str>> {
         if !p.routes.contains_key(route) && p.routes.len() < MAX_CACHED_KEYS {
-            let admitted = self.admit_route(&p.service_name, route);
+            let admitted = self.admit_route(&p.service.name, route);
             let route: Arc<str> = Arc::from(route);
             p.routes.insert(
                 route.clone(),
@@ -105,9 +105,9 @@ impl Metrics {
                 },
             );
         }
-        let service_name = &p.service_name;
+        let service = &p.service;
         let Some(r) = p.routes.get_mut(route) else {
-            self.record_server_uncached(service_name, route, method, status, duration);
+            self.record_server_uncached(service, route, method, status, duration);
             return Cow::Owned(Arc::from(route));
         };
         if r.overflowed && route != OVERFLOW_ROUTE {
@@ -128,15 +128,16 @@ impl Metrics {
         match series.get_or_insert(method, status, || {
             self.server_duration
                 .get_or_create(&HttpServerLabels {
-                    service_name: service_name.clone(),
+                    service_name: service.name.clone(),
                     http_request_method: method,
                     http_response_status_code: status,
                     http_route: label().to_owned(),
+                    k8s: service.k8s.clone(),
                 })
                 .clone()
         }) {
             Some(h) => h.observe(duration.as_secs_f64()),
-            None => self.observe_server(service_name, label(), method, status, duration),
+            None => self.observe_server(service, label(), method, status, duration),
         }
         Cow::Borrowed(shared)
     }
@@ -151,7 +152,7 @@ impl Metrics {
         duration: Duration,
     ) {
         if !p.peers.contains_key(&server) && p.peers.len() < MAX_CACHED_KEYS {
-            let (address, port) = self.admit_peer(&p.service_name, server);
+            let (address, port) = self.admit_peer(&p.service.name, server);
             p.peers.insert(
                 server,
                 PeerSeries {
@@ -161,9 +162,9 @@ impl Metrics {
                 },
             );
         }
-        let service_name = &p.service_name;
+        let service = &p.service;
         let Some(peer) = p.peers.get_mut(&server) else {
-            return self.record_client_uncached(service_name, server, method, status, duration);
+            return self.record_client_uncached(service, server, method, status, duration);
         };
         let PeerSeries {
             address,
@@ -171,11 +172,12 @@ impl Metrics {
             series,
         } = peer;
         let labels = || HttpClientLabels {
-            service_name: service_name.clone(),
+            service_name: service.name.clone(),
             http_request_method: method,
             http_response_status_code: status,
             server_address: address.clone(),
             server_port: *port,
+            k8s: service.k8s.clone(),
         };
         match series.get_or_insert(method, status, || {
             self.client_duration.get_or_create(&labels()).clone()

@@ -15,6 +15,8 @@ use std::{
     sync::Arc,
 };
 
+use crate::target::kubernetes::PodIdentity;
+
 pub use crate::protocols::trace_context::{SpanId, TraceId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +45,8 @@ pub struct Resource {
     pub executable_name: String,
     /// `host.name`
     pub host_name: String,
+    /// `k8s.namespace.name`, `k8s.pod.name`, ... when the process runs in Kubernetes.
+    pub k8s: Option<Arc<PodIdentity>>,
 }
 
 /// The HTTP/1.1 request of a span, as OpenTelemetry's HTTP semantic conventions describe it.
@@ -222,6 +226,7 @@ mod tests {
                 pid: 1,
                 executable_name: "svc".into(),
                 host_name: "h".into(),
+                k8s: None,
             }),
         }
     }
@@ -286,6 +291,7 @@ pub mod fixtures {
             pid: 7,
             executable_name: name.into(),
             host_name: "h".into(),
+            k8s: None,
         })
     }
 

@@ -330,6 +330,7 @@ mod tests {
             pid: 1,
             executable_name: "svc".into(),
             host_name: "h".into(),
+            k8s: None,
         })
     }
 

@@ -4,7 +4,10 @@ use std::{
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
+
+use super::kubernetes::PodIdentity;
 
 /// A binary's identity: the (device, inode) of the file the process runs, which is what
 /// uprobes attach to and what analysis is cached by.
@@ -26,6 +29,11 @@ pub struct Process {
     /// The executable's path as the kernel reports it (may end in " (deleted)").
     pub exe_path: PathBuf,
     pub service_name: String,
+    /// Whether the service name is the process's own `OTEL_SERVICE_NAME` (which wins over
+    /// what Kubernetes says).
+    pub service_name_from_env: bool,
+    /// Its pod, container and owner, when it runs in Kubernetes.
+    pub k8s: Option<Arc<PodIdentity>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,15 +90,26 @@ impl Process {
             dev: meta.dev(),
             ino: meta.ino(),
         };
-        let service_name = service_name(pid, &exe_path);
+        let from_env = otel_service_name(pid);
         Ok(Self {
             pid,
             start_time,
             binary,
             exe_link,
+            service_name: from_env.clone().unwrap_or_else(|| exe_name(&exe_path)),
+            service_name_from_env: from_env.is_some(),
             exe_path,
-            service_name,
+            k8s: None,
         })
+    }
+
+    /// Places the process in its pod: its identity, and the service name OpenTelemetry's
+    /// precedence gives it (its own `OTEL_SERVICE_NAME`, else what the pod says).
+    pub fn set_pod(&mut self, identity: PodIdentity) {
+        if !self.service_name_from_env {
+            self.service_name = identity.service_name().to_owned();
+        }
+        self.k8s = Some(Arc::new(identity));
     }
 
     /// Whether this very process (not a later one with the same pid) still runs.
@@ -111,8 +130,8 @@ fn exe_name(exe_path: &Path) -> String {
     name.strip_suffix(" (deleted)").unwrap_or(&name).to_owned()
 }
 
-/// OTEL_SERVICE_NAME from the process's environment, else its executable's name.
-fn service_name(pid: u32, exe_path: &Path) -> String {
+/// OTEL_SERVICE_NAME from the process's environment.
+fn otel_service_name(pid: u32) -> Option<String> {
     fs::read(format!("/proc/{pid}/environ"))
         .ok()
         .and_then(|env| {
@@ -122,7 +141,6 @@ fn service_name(pid: u32, exe_path: &Path) -> String {
                 (!value.is_empty()).then_some(value)
             })
         })
-        .unwrap_or_else(|| exe_name(exe_path))
 }
 
 fn stat_fields(pid: u32) -> std::io::Result<Vec<String>> {

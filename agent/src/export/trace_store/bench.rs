@@ -16,6 +16,7 @@ fn store_insert_cost() {
         pid: 1,
         executable_name: "s".into(),
         host_name: "h".into(),
+        k8s: None,
     });
     let route: Arc<str> = Arc::from("/");
     let store = TraceStore::new(10_000);

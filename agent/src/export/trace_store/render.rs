@@ -154,7 +154,15 @@ impl From<&Span> for SpanJson {
                 ("process.pid", r.pid.into()),
                 ("process.executable.name", r.executable_name.as_str().into()),
                 ("host.name", r.host_name.as_str().into()),
-            ]),
+            ])
+            .into_iter()
+            .chain(
+                r.k8s
+                    .iter()
+                    .flat_map(|id| id.fields())
+                    .filter_map(|(attribute, _, value)| Some((attribute?, value.into()))),
+            )
+            .collect(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub(crate) fn resource(pid: u32) -> Arc<Resource> {
         pid,
         executable_name: "svc".into(),
         host_name: "host".into(),
+        k8s: None,
     })
 }
 

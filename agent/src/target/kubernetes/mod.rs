@@ -49,6 +49,63 @@ pub struct PodIdentity {
 }
 
 impl PodIdentity {
+    /// What it says of itself, those known: OpenTelemetry's resource attribute name
+    /// (`k8s.pod.name`; `None` where OpenTelemetry has none), the Prometheus label name
+    /// (`k8s_pod_name`), the value.
+    pub fn fields(&self) -> impl Iterator<Item = (Option<&'static str>, &'static str, &str)> {
+        let o = &self.owners;
+        [
+            (
+                Some("k8s.namespace.name"),
+                "k8s_namespace_name",
+                Some(self.namespace.as_str()),
+            ),
+            (
+                Some("k8s.pod.name"),
+                "k8s_pod_name",
+                Some(self.pod.as_str()),
+            ),
+            (Some("k8s.pod.uid"), "k8s_pod_uid", Some(self.uid.as_str())),
+            (
+                Some("k8s.container.name"),
+                "k8s_container_name",
+                self.container.as_deref(),
+            ),
+            (Some("k8s.node.name"), "k8s_node_name", self.node.as_deref()),
+            (
+                Some("k8s.deployment.name"),
+                "k8s_deployment_name",
+                o.deployment.as_deref(),
+            ),
+            (
+                Some("k8s.replicaset.name"),
+                "k8s_replicaset_name",
+                o.replicaset.as_deref(),
+            ),
+            (
+                Some("k8s.daemonset.name"),
+                "k8s_daemonset_name",
+                o.daemonset.as_deref(),
+            ),
+            (
+                Some("k8s.statefulset.name"),
+                "k8s_statefulset_name",
+                o.statefulset.as_deref(),
+            ),
+            (Some("k8s.job.name"), "k8s_job_name", o.job.as_deref()),
+            (
+                Some("k8s.cronjob.name"),
+                "k8s_cronjob_name",
+                o.cronjob.as_deref(),
+            ),
+            (None, "k8s_owner_name", o.top()),
+        ]
+        .into_iter()
+        .filter_map(|(attribute, label, value)| {
+            Some((attribute, label, value.filter(|v| !v.is_empty())?))
+        })
+    }
+
     /// The service name OpenTelemetry's precedence gives a pod's process that did not set
     /// `OTEL_SERVICE_NAME`: the annotation, the `app.kubernetes.io/name` label, the owner
     /// (Deployment, StatefulSet, ...), the pod.
