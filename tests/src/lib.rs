@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod go;
 pub mod load;
+pub mod manifests;
 pub mod metrics;
 pub mod nginx;
 pub mod otlp;

@@ -1,9 +1,10 @@
 //! deploy/: the Kubernetes manifests pass yamllint and kubernetes-validate (strict, offline
 //! schemas), the DaemonSet holds what the agent needs (host pids, a reachable --listen that the
 //! port, the scrape annotations and the probes agree with, flags the agent knows), the agent
-//! really runs with nothing more than the manifest's capabilities and read-only tracefs, and
-//! the Dockerfile packages the binary `cargo xtask build` makes. No container engine or
-//! cluster exists on the test machines: the image is checked statically.
+//! really runs with nothing more than the capabilities and read-only host folders of the
+//! DaemonSet the Helm chart renders (deploy/kubernetes/daemonset.yaml is that rendering:
+//! tests/tests/helm.rs), and the Dockerfile packages the binary `cargo xtask build` makes. No
+//! container engine or cluster exists on the test machines: the image is checked statically.
 
 use std::{
     collections::BTreeSet,
@@ -15,8 +16,14 @@ use std::{
 };
 
 use obs_integration_tests::{
-    agent_bin, free_port, go_app, scrape, servers::reported_port, tempdir, wait_for,
-    workspace_root, GoVersion, Proc,
+    agent_bin, free_port, go_app,
+    manifests::{
+        agent_args, agent_help, chart_dir, check, container, daemonset, deploy_dir, find,
+        helm_template, manifest_tool, strings, yaml_documents, NAMESPACE, RELEASE,
+    },
+    scrape,
+    servers::reported_port,
+    tempdir, wait_for, workspace_root, GoVersion, Proc,
 };
 use serde_json::Value;
 
@@ -24,10 +31,6 @@ use serde_json::Value;
 /// and the newest the pinned kubernetes-validate knows.
 const KUBERNETES_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
 const IMAGE_BINARY: &str = "obs-agent";
-
-fn deploy_dir() -> PathBuf {
-    workspace_root().join("deploy")
-}
 
 /// Every Kubernetes manifest under deploy/kubernetes.
 fn manifests() -> Vec<PathBuf> {
@@ -41,81 +44,8 @@ fn manifests() -> Vec<PathBuf> {
     files
 }
 
-/// The folder of the PyPI tools `cargo xtask test` installs (`pip install --target`).
-fn manifest_tools() -> PathBuf {
-    PathBuf::from(std::env::var_os("OBS_MANIFEST_TOOLS").unwrap_or_else(|| {
-        panic!(
-            "OBS_MANIFEST_TOOLS is not set: run the integration tests through `cargo xtask test`"
-        )
-    }))
-}
-
-/// One of those tools' programs.
-fn manifest_tool(program: &str) -> Command {
-    let mut cmd = Command::new(manifest_tools().join("bin").join(program));
-    cmd.env("PYTHONPATH", manifest_tools());
-    cmd
-}
-
-/// Runs a command; panics with its output unless it succeeds.
-fn check(mut cmd: Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
-
-/// The YAML documents of a file, as JSON, parsed by PyYAML (kubernetes-validate's parser).
-fn yaml_documents(path: &Path) -> Vec<Value> {
-    let mut python = Command::new("python3");
-    python
-        .env("PYTHONPATH", manifest_tools())
-        .args([
-            "-c",
-            "import json, sys, yaml\n\
-             json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None], \
-             sys.stdout)",
-        ])
-        .arg(path);
-    serde_json::from_str(&check(python)).expect("PyYAML's JSON")
-}
-
 fn all_documents() -> Vec<Value> {
     manifests().iter().flat_map(|m| yaml_documents(m)).collect()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|d| d["kind"] == kind).collect()
-}
-
-fn daemonset(docs: &[Value]) -> &Value {
-    let sets = find(docs, "DaemonSet");
-    assert_eq!(sets.len(), 1, "expected one DaemonSet in deploy/kubernetes");
-    sets[0]
-}
-
-fn container(ds: &Value) -> &Value {
-    let containers = ds["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .expect("containers");
-    assert_eq!(containers.len(), 1, "expected one container (the agent)");
-    &containers[0]
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| s.as_str().expect("a string").to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The value given to `flag` in `args` (`--flag VALUE` or `--flag=VALUE`).
@@ -314,11 +244,7 @@ fn daemonset_has_what_the_agent_needs() {
 fn every_flag_in_the_manifest_exists_in_the_agent() {
     let docs = all_documents();
     let args = strings(&container(daemonset(&docs))["args"]);
-    let help = check({
-        let mut c = Command::new(agent_bin());
-        c.arg("--help");
-        c
-    });
+    let help = agent_help();
     for flag in args.iter().filter(|a| a.starts_with("--")) {
         let name = flag.split('=').next().unwrap();
         assert!(
@@ -475,14 +401,16 @@ fn bounding_set(container: &Value) -> String {
     set
 }
 
-/// Runs the agent as the pod would: root with only the manifest's capabilities, no new
-/// privileges, the manifest's args (listening on a free loopback port instead), tracefs as the
-/// manifest provides it (the node's, read-only, or none). A Go service of another user, whose
-/// binary only that user may read, must be watched and its requests counted.
+/// Runs the agent as the pod would: root with only the capabilities of the DaemonSet the Helm
+/// chart renders (the plain manifest is the same, tests/tests/helm.rs), no new privileges, its
+/// args (listening on a free loopback port instead), tracefs as it provides it (the node's,
+/// read-only, or none) and its other host folders read-only where it mounts them so. A Go
+/// service of another user, whose binary only that user may read, must be watched and its
+/// requests counted.
 #[test]
 fn the_agent_runs_with_only_the_manifests_capabilities() {
-    let docs = all_documents();
-    let ds = daemonset(&docs);
+    let rendered = helm_template(&chart_dir(), RELEASE, NAMESPACE, &serde_json::json!({}));
+    let ds = rendered.one("DaemonSet");
     let c = container(ds);
     let spec = &ds["spec"]["template"]["spec"];
 
@@ -523,8 +451,32 @@ fn the_agent_runs_with_only_the_manifests_capabilities() {
              true"
         }
     };
+    // The other host folders it mounts read-only at their own paths (the kubelet's pod and
+    // container logs) are read-only for the agent too, where this machine has them.
+    let mut read_only = String::new();
+    for mount in c["volumeMounts"].as_array().into_iter().flatten() {
+        let path = mount["mountPath"].as_str().unwrap();
+        let volume = spec["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == mount["name"]))
+            .expect("the mount's volume");
+        if path == "/sys/kernel/tracing" || volume.get("hostPath").is_none() {
+            continue;
+        }
+        assert_eq!(
+            volume["hostPath"]["path"], path,
+            "the test mounts host folders at their own paths"
+        );
+        if mount["readOnly"] == true {
+            read_only.push_str(&format!(
+                " && {{ ! [ -d {path} ] || {{ mount --bind {path} {path} && \
+                 mount -o remount,bind,ro {path}; }}; }}"
+            ));
+        }
+    }
     let metrics_port = free_port();
-    let mut args = strings(&c["args"]);
+    // Flags the agent does not have yet left out (manifests::agent_args says which).
+    let mut args = agent_args(c);
     let listen_at = args.iter().position(|a| a == "--listen").expect("--listen");
     args[listen_at + 1] = format!("127.0.0.1:{metrics_port}");
     let log_path = dir.join("agent.log");
@@ -543,7 +495,7 @@ fn the_agent_runs_with_only_the_manifests_capabilities() {
     let agent = Proc {
         child: Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(format!("{tracefs} && exec \"$@\""))
+            .arg(format!("{tracefs}{read_only} && exec \"$@\""))
             .arg("sh")
             .args(&setpriv)
             .arg(agent_bin())

@@ -6,6 +6,8 @@
 //!   cargo xtask test             install test dependencies, build, run every test
 //!   cargo xtask bench            throughput/latency/CPU of a Go server with and without the agent
 //!   cargo xtask go-offsets       regenerate the Go struct offsets table (--check: compare)
+//!   cargo xtask manifest         render deploy/kubernetes/daemonset.yaml from the Helm chart
+//!                                (--check: compare)
 
 mod bench;
 mod build;
@@ -43,6 +45,9 @@ enum Command {
     /// Regenerate agent/data/go-offsets.json (struct offsets for binaries without DWARF) from
     /// probe programs built with every supported Go release; --check only compares.
     GoOffsets(go_offsets::GoOffsetsArgs),
+    /// Render deploy/kubernetes/daemonset.yaml from the Helm chart deploy/helm/obs-agent
+    /// (--check: compare instead of writing).
+    Manifest(manifest_tools::ManifestArgs),
 }
 
 fn main() {
@@ -54,6 +59,7 @@ fn main() {
         Command::Test(args) => test::test(args),
         Command::Bench(args) => bench::bench(args),
         Command::GoOffsets(args) => go_offsets::go_offsets(args),
+        Command::Manifest(args) => manifest_tools::manifest(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -29,7 +29,8 @@ pub struct TestArgs {
 pub struct TestTools {
     /// Every supported Go release, oldest first.
     pub toolchains: Vec<Toolchain>,
-    /// yamllint and kubernetes-validate (`bin/`), with this folder as their PYTHONPATH.
+    /// yamllint and kubernetes-validate (`bin/`) and helm-python-sdk (`helm_python`), with this
+    /// folder as their PYTHONPATH.
     pub manifest_tools: PathBuf,
     /// rotel's `rotel-agent` executable.
     pub rotel: PathBuf,
@@ -53,8 +54,8 @@ impl TestTools {
 /// Installs every supported Go release, Prometheus + promtool, wrk, curl, nginx (Debian's
 /// nginx-light), node and a JDK (servers in other languages; python3 is the system's), objcopy (to
 /// strip test binaries), gcc (cgo builds), setpriv and unshare (to run the agent without root or with
-/// only the deployment's capabilities), bpftool, the manifest checkers (yamllint,
-/// kubernetes-validate) and the rotel OTLP collector.
+/// only the deployment's capabilities), bpftool, the manifest and chart checkers (yamllint,
+/// kubernetes-validate, helm-python-sdk) and the rotel OTLP collector.
 pub fn install_test_tools() -> Result<TestTools> {
     apt_install(
         &[
