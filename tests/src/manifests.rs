@@ -190,35 +190,7 @@ pub fn agent_help() -> String {
     })
 }
 
-/// Flags the chart may pass that the agent is being taught now (issue 16: naming pods from
-/// the node and the API server). Until this agent lists them in `--help`, `agent_args` leaves
-/// them out. This shim goes once the agent has them.
-const FLAGS_ON_THEIR_WAY: &[&str] = &[
-    "--node-name",
-    "--kubernetes-api",
-    "--pod-logs",
-    "--container-logs",
-];
-
-/// The container's args as this agent can run them: those of `FLAGS_ON_THEIR_WAY` it does not
-/// list in `--help` left out (with their values).
+/// The container's args, as the agent is run with them.
 pub fn agent_args(container: &Value) -> Vec<String> {
-    let help = agent_help();
-    let unknown: Vec<&str> = FLAGS_ON_THEIR_WAY
-        .iter()
-        .copied()
-        .filter(|f| !help.contains(&format!(" {f} ")))
-        .collect();
-    let mut args = Vec::new();
-    let mut given = strings(&container["args"]).into_iter();
-    while let Some(arg) = given.next() {
-        match unknown.iter().find(|f| arg.split('=').next() == Some(**f)) {
-            Some(_) if !arg.contains('=') => {
-                given.next();
-            }
-            Some(_) => {}
-            None => args.push(arg),
-        }
-    }
-    args
+    strings(&container["args"])
 }

@@ -475,7 +475,6 @@ fn the_agent_runs_with_only_the_manifests_capabilities() {
         }
     }
     let metrics_port = free_port();
-    // Flags the agent does not have yet left out (manifests::agent_args says which).
     let mut args = agent_args(c);
     let listen_at = args.iter().position(|a| a == "--listen").expect("--listen");
     args[listen_at + 1] = format!("127.0.0.1:{metrics_port}");

@@ -398,14 +398,15 @@ fn the_defaults_give_the_agent_what_it_needs() {
             .find(|v| v["name"] == mount["name"])
             .unwrap();
         assert_eq!(volume["hostPath"]["path"], path);
-        // Once the agent has the flag, its default is where the chart mounts the folder.
-        if let Some(at) = help.find(&format!(" {flag} ")) {
-            let line = help[at..].split("\n      --").next().unwrap();
-            assert!(
-                line.contains(&format!("[default: {path}]")),
-                "{flag}'s default is not {path}: {line}"
-            );
-        }
+        // The agent's default is where the chart mounts the folder.
+        let at = help
+            .find(&format!(" {flag} "))
+            .unwrap_or_else(|| panic!("no {flag} in the agent's --help"));
+        let line = help[at..].split("\n      --").next().unwrap();
+        assert!(
+            line.contains(&format!("[default: {path}]")),
+            "{flag}'s default is not {path}: {line}"
+        );
     }
 
     // The API path: a token, and exactly what the agent reads.
