@@ -34,12 +34,24 @@ impl GoServer {
 
     /// Starts a built test app with extra arguments.
     pub fn start_with_args(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_configured(bin, args, env, |_| {})
+    }
+
+    /// Starts a built test app with extra arguments, its command as `configure` leaves it
+    /// (e.g. to start it in a cgroup of its own).
+    pub fn start_configured(
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let (proc, port) = start_reporting_port(&bin.display().to_string(), |port_file| {
             let mut cmd = Command::new(bin);
             cmd.args(["-addr", "127.0.0.1:0", "-port-file"])
                 .arg(port_file)
                 .args(args)
                 .envs(env.iter().copied());
+            configure(&mut cmd);
             cmd
         });
         Self { proc, port }

@@ -35,6 +35,8 @@ const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const MAX_LINE: usize = 16 << 20;
 /// Seconds a watch lasts before the server ends it (then it is resumed).
 const WATCH_SECONDS: u32 = 300;
+/// A watch that ends sooner than this is an error (listed again after a back-off).
+const MIN_WATCH: Duration = Duration::from_secs(1);
 
 /// What the agent keeps of one pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -141,6 +143,8 @@ pub enum ApiError {
     LineTooLong,
     #[error("the watch's resource version is gone (410)")]
     Gone,
+    #[error("the API server ended the watch at once")]
+    WatchEnded,
 }
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -195,6 +199,7 @@ async fn list_and_watch(
              &timeoutSeconds={WATCH_SECONDS}&resourceVersion={}",
             encode(&version)
         );
+        let started = std::time::Instant::now();
         let mut body = get(client, config, &path).await?;
         let mut line = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -214,6 +219,11 @@ async fn list_and_watch(
                     line.clear();
                 }
             }
+        }
+        // A server ends a watch after `timeoutSeconds`; one that ends it at once would have
+        // the agent ask again and again: list again, after the back-off.
+        if started.elapsed() < MIN_WATCH {
+            return Err(ApiError::WatchEnded);
         }
     }
 }
