@@ -178,6 +178,7 @@ impl<K: Kernel> Agent<K> {
         let target = target_labels(&process, &build);
         let modules = module_labels(&process, &build);
         self.metrics.agent.target_info.get_or_create(&target).set(1);
+        self.metrics.agent.service_watched(&process.service_name);
         for m in &modules {
             self.metrics
                 .agent

@@ -15,6 +15,7 @@ pub type CountersSeen = [u64; STAT_COUNT as usize];
 
 impl<K: Kernel> Agent<K> {
     pub(super) fn refresh_gauges(&self) {
+        self.refresh_own_process();
         let live = self.watched_count() as i64;
         let m = &self.metrics.agent;
         m.processes_watched.set(live);
@@ -37,4 +38,17 @@ impl<K: Kernel> Agent<K> {
         }
         side.counters_seen = now;
     }
+
+    /// The agent's own `process_*` figures, at most once a second.
+    fn refresh_own_process(&self) {
+        let mut last = lock(&self.own_process_read_at);
+        if last.is_some_and(|t| t.elapsed() < OWN_PROCESS_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        self.metrics.process.refresh();
+    }
 }
+
+/// How often the agent's own `process_*` figures are read.
+const OWN_PROCESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

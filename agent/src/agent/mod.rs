@@ -77,6 +77,8 @@ pub struct Agent<K: Kernel = Probes> {
     stopping: AtomicBool,
     /// Names the pods of processes in Kubernetes.
     kubernetes: Kubernetes,
+    /// When the agent's own `process_*` figures were last read (by the pacing timer only).
+    own_process_read_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl<K: Kernel> Agent<K> {
@@ -105,6 +107,7 @@ impl<K: Kernel> Agent<K> {
             goroutine_probe_max_rate,
             stopping: AtomicBool::new(false),
             kubernetes,
+            own_process_read_at: Mutex::new(None),
         }
     }
 

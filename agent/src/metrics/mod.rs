@@ -3,6 +3,7 @@
 
 pub mod go_runtime;
 pub mod k8s;
+pub mod process;
 pub mod reasons;
 mod route_guard;
 mod self_metrics;
@@ -90,6 +91,8 @@ pub struct Metrics {
     pub client_duration: Family<HttpClientLabels, Histogram, fn() -> Histogram>,
     pub agent: SelfMetrics,
     pub go: go_runtime::GoRuntimeMetrics,
+    /// The agent's own process (`process_*`).
+    pub process: process::ProcessMetrics,
     routes: Mutex<RouteGuard>,
     /// The same cap on distinct servers a service calls.
     peers: Mutex<RouteGuard>,
@@ -120,8 +123,10 @@ impl Metrics {
         );
         let agent = SelfMetrics::register(registry.sub_registry_with_prefix("obs_agent"));
         let go = go_runtime::GoRuntimeMetrics::register(&mut registry);
+        let process = process::ProcessMetrics::register(&mut registry);
         Self {
             go,
+            process,
             registry,
             server_duration,
             server_active,

@@ -13,6 +13,7 @@ use prometheus_client::{
 };
 
 use super::{
+    super::protocols::{recognise::Unrecognised, Role},
     reasons::{AttachFailure, DecodeFailure, K8sIdentityFailure, KernelError, Lost, SpanDrop},
     K8sLabels,
 };
@@ -227,6 +228,40 @@ impl SelfMetrics {
             "Failed requests to the Kubernetes API server (this node's pod list and watch)",
             m.k8s_api_errors.clone(),
         );
+        // Every reason known up front has its series from the start, at 0: a rate or an
+        // alert on it has data before the first loss.
+        for r in Lost::ALL {
+            m.lost(*r);
+        }
+        for (family, reasons) in [
+            (
+                &m.decode_errors,
+                DecodeFailure::ALL
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                &m.kernel_errors,
+                KernelError::ALL.iter().map(|r| r.as_str()).collect(),
+            ),
+            (
+                &m.attach_failures,
+                AttachFailure::ALL.iter().map(|r| r.as_str()).collect(),
+            ),
+            (
+                &m.spans_dropped,
+                SpanDrop::ALL.iter().map(|r| r.as_str()).collect(),
+            ),
+            (
+                &m.k8s_identity_failures,
+                K8sIdentityFailure::ALL.iter().map(|r| r.as_str()).collect(),
+            ),
+        ] {
+            for reason in reasons {
+                let _ = family.get_or_create(&labels::reason(reason));
+            }
+        }
         m
     }
 
@@ -234,6 +269,19 @@ impl SelfMetrics {
         self.k8s_identity_failures
             .get_or_create(&labels::reason(reason.as_str()))
             .inc();
+    }
+
+    /// A watched service's `non_http_connections` series, every role and reason at 0.
+    pub fn service_watched(&self, service_name: &str) {
+        for role in [Role::Server, Role::Client] {
+            for reason in Unrecognised::ALL {
+                let _ = self.non_http_connections.get_or_create(&NonHttpLabels {
+                    service_name: service_name.to_owned(),
+                    role: role.as_str().to_owned(),
+                    reason: reason.as_str().to_owned(),
+                });
+            }
+        }
     }
 
     pub fn non_http_connection(&self, service_name: &str, role: &str, reason: &str) {
