@@ -68,6 +68,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 goroutines.served(d.goid, span);
             }
             let _ = route_of(&e.exchange, None);
+            let _ = tracer.edge(&e);
             let _ = tracer.finish(e, None, &resource);
         }
         while let Some(started) = conns.take_started() {
@@ -76,12 +77,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 Caller::NoRequest => None,
                 Caller::Unknown => conns.sole_server_span(),
             };
-            let ctx = tracer.start(&started, parent);
+            let ctx = tracer.start(&started, parent, &resource);
             conns.set_span(started.fd, started.id, ctx);
             if started.role == Role::Server {
                 goroutines.serving(d.goid, ctx);
-                tracer.orphan(1, &started, &ctx);
-            } else if let Some((orphan, span)) = tracer.adopt(&started, &ctx) {
+                tracer.orphan(1, &started, &ctx, &resource);
+            } else if let Some((orphan, span)) = tracer.adopt(&started, &ctx, &resource) {
                 if conns.relink(orphan.fd, orphan.span_id, span) {
                     goroutines.relink(span);
                 }

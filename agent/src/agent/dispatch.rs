@@ -160,13 +160,11 @@ impl<K: Kernel> Agent<K> {
             let route = match f.role {
                 Role::Server => {
                     let route = route_of(e, w.routes.pattern(e));
-                    Some(self.metrics.record_server(
-                        &mut w.series,
-                        &route,
-                        e.method,
-                        e.status,
-                        duration,
-                    ))
+                    Some(
+                        self.metrics
+                            .record_server(&mut w.series, &route, e.method, e.status, duration)
+                            .into_owned(),
+                    )
                 }
                 Role::Client => {
                     self.metrics
@@ -175,11 +173,14 @@ impl<K: Kernel> Agent<K> {
                 }
             };
             if let Some(sink) = sink {
+                if let Some(edge) = tracer.edge(&f) {
+                    self.metrics
+                        .record_edge(&mut w.series, &edge, e.status, duration);
+                }
                 if let (Role::Server, Some(span)) = (f.role, &f.span) {
                     w.goroutines.served(goid, span);
                 }
-                let route = route.as_deref();
-                if let Some(span) = tracer.finish(f, route, &w.resource) {
+                if let Some(span) = tracer.finish(f, route.as_ref(), &w.resource) {
                     self.metrics.agent.spans.inc();
                     sink.submit(span);
                 }
@@ -209,14 +210,14 @@ impl<K: Kernel> Agent<K> {
                 },
                 Role::Server => None,
             };
-            let ctx = tracer.start(&started, parent);
+            let ctx = tracer.start(&started, parent, &w.resource);
             w.connections.set_span(started.fd, started.id, ctx);
             match started.role {
                 Role::Server => {
                     w.goroutines.serving(goid, ctx);
-                    tracer.orphan(pid, &started, &ctx);
+                    tracer.orphan(pid, &started, &ctx, &w.resource);
                 }
-                Role::Client => adopted.extend(tracer.adopt(&started, &ctx)),
+                Role::Client => adopted.extend(tracer.adopt(&started, &ctx, &w.resource)),
             }
         }
         adopted

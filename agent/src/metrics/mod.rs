@@ -8,6 +8,7 @@ pub mod reasons;
 mod route_guard;
 mod self_metrics;
 mod series;
+pub mod service_graph;
 
 use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
@@ -93,6 +94,9 @@ pub struct Metrics {
     pub go: go_runtime::GoRuntimeMetrics,
     /// The agent's own process (`process_*`).
     pub process: process::ProcessMetrics,
+    pub service_graph: service_graph::ServiceGraphMetrics,
+    /// The same cap on distinct addresses a service's graph edges name.
+    edge_peers: Mutex<RouteGuard>,
     routes: Mutex<RouteGuard>,
     /// The same cap on distinct servers a service calls.
     peers: Mutex<RouteGuard>,
@@ -124,9 +128,12 @@ impl Metrics {
         let agent = SelfMetrics::register(registry.sub_registry_with_prefix("obs_agent"));
         let go = go_runtime::GoRuntimeMetrics::register(&mut registry);
         let process = process::ProcessMetrics::register(&mut registry);
+        let service_graph = service_graph::ServiceGraphMetrics::register(&mut registry);
         Self {
             go,
             process,
+            service_graph,
+            edge_peers: Mutex::new(RouteGuard::new(max_routes_per_service)),
             registry,
             server_duration,
             server_active,

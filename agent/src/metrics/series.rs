@@ -12,7 +12,10 @@ use std::{borrow::Cow, collections::HashMap, net::SocketAddr, sync::Arc, time::D
 
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::{HttpClientLabels, HttpServerLabels, Metrics, Service, OVERFLOW_ROUTE};
+use super::{
+    service_graph::{EdgeKey, EdgeSeries},
+    HttpClientLabels, HttpServerLabels, Metrics, Service, OVERFLOW_ROUTE,
+};
 
 /// Routes and servers cached per process, at most.
 const MAX_CACHED_KEYS: usize = 1024;
@@ -67,7 +70,9 @@ struct PeerSeries {
 /// `http_client_request_duration_seconds` by server), for [`Metrics::record_server`] and
 /// [`Metrics::record_client`].
 pub struct ProcessSeries {
-    service: Service,
+    pub(super) service: Service,
+    /// Its service-graph edges' series.
+    edges: FastMap<EdgeKey, EdgeSeries>,
     routes: FastMap<Arc<str>, RouteSeries>,
     peers: FastMap<Option<SocketAddr>, PeerSeries>,
 }
@@ -76,9 +81,25 @@ impl ProcessSeries {
     pub fn new(service: Service) -> Self {
         Self {
             service,
+            edges: FastMap::default(),
             routes: FastMap::default(),
             peers: FastMap::default(),
         }
+    }
+}
+
+impl ProcessSeries {
+    /// The cached series of an edge.
+    pub(super) fn edge(&self, key: &EdgeKey) -> Option<&EdgeSeries> {
+        self.edges.get(key)
+    }
+
+    /// Caches an edge's series (while the cache has room) and returns them.
+    pub(super) fn cache_edge(&mut self, key: EdgeKey, series: EdgeSeries) -> &EdgeSeries {
+        if self.edges.len() >= MAX_CACHED_KEYS {
+            self.edges.clear();
+        }
+        self.edges.entry(key).or_insert(series)
     }
 }
 

@@ -4,6 +4,7 @@
 //! labelled with.
 
 pub mod goroutines;
+pub mod service_graph;
 pub mod trace;
 pub mod tracer;
 

@@ -15,7 +15,10 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use super::trace::{HttpAttributes, Resource, Span, SpanKind};
+use super::{
+    service_graph::{Edge, Pairs},
+    trace::{HttpAttributes, Resource, Span, SpanKind},
+};
 use crate::{
     connections::{Finished, Started},
     protocols::{
@@ -34,11 +37,13 @@ pub const MAX_ORPHANS: usize = 65_536;
 /// this machine: the client's write event may still be on its way. The kernel records a
 /// write's event when the syscall returns, and on loopback the reader on another CPU can
 /// return from its read first. When the client's event comes, the server span is adopted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Orphan {
     pub pid: u32,
     pub fd: u32,
     pub span_id: SpanId,
+    /// Its process (the service graph's server end, once adopted).
+    pub resource: Arc<Resource>,
     /// The trace it started in, and whether an incoming `traceparent` chose it (then only a
     /// client span of the same trace adopts it).
     pub trace_id: TraceId,
@@ -51,11 +56,13 @@ pub struct Tracer {
     /// Wall clock minus the kernel's monotonic clock (event timestamps), in nanoseconds.
     clock_offset_ns: i128,
     /// Client requests in flight by client address (unique on this machine while the
-    /// connection lasts), with the server address they went to.
-    client_links: AddrMap<(SocketAddr, SpanContext)>,
+    /// connection lasts), with the server address they went to and their process.
+    client_links: AddrMap<(SocketAddr, SpanContext, Arc<Resource>)>,
     /// Server requests waiting for their client, by client address, with the server's own
     /// address when known (processes that never ask for it: not known).
     orphans: AddrMap<(Option<SocketAddr>, Orphan)>,
+    /// Requests seen from both ends, for the service graph.
+    pairs: Pairs,
 }
 
 /// Maps looked up on every request: a fast hash seeded per process (peers choose their
@@ -70,16 +77,27 @@ impl Tracer {
             clock_offset_ns: clock_offset_ns(),
             client_links: AddrMap::default(),
             orphans: AddrMap::default(),
+            pairs: Pairs::default(),
         }
     }
 
-    /// The identity of a request that just started. `parent` is the process's sole server
-    /// request in flight, for client requests.
-    pub fn start(&mut self, started: &Started, parent: Option<SpanContext>) -> SpanContext {
+    /// The identity of a request that just started in the process of `resource`. `parent`
+    /// is, for client requests, the server request they are made for, when known.
+    pub fn start(
+        &mut self,
+        started: &Started,
+        parent: Option<SpanContext>,
+        resource: &Arc<Resource>,
+    ) -> SpanContext {
         let span_id = self.span_id();
         let ctx = match started.role {
             Role::Server => {
                 let client = self.take_client(started.peer, started.local);
+                if let Some((client, client_resource)) = &client {
+                    self.pairs
+                        .link(client.span_id, client_resource, span_id, resource);
+                }
+                let client = client.map(|(ctx, _)| ctx);
                 // A proxy passes its caller's traceparent on unchanged: when the agent saw the
                 // call itself (same trace), that call is the nearer parent.
                 let tp = started
@@ -118,7 +136,8 @@ impl Tracer {
                 if self.client_links.len() >= MAX_CLIENT_LINKS {
                     self.client_links.clear();
                 }
-                self.client_links.insert(local, (peer, ctx));
+                self.client_links
+                    .insert(local, (peer, ctx, resource.clone()));
             }
         }
         ctx
@@ -127,7 +146,13 @@ impl Tracer {
     /// A server request of process `pid` got a trace of its own (`ctx`, no parent) although
     /// its client is on this machine: remember it, so that the client's span, if its event
     /// comes late, adopts it (`adopt`).
-    pub fn orphan(&mut self, pid: u32, started: &Started, ctx: &SpanContext) {
+    pub fn orphan(
+        &mut self,
+        pid: u32,
+        started: &Started,
+        ctx: &SpanContext,
+        resource: &Arc<Resource>,
+    ) {
         let (Role::Server, Some(peer)) = (started.role, started.peer) else {
             return;
         };
@@ -154,6 +179,7 @@ impl Tracer {
                     pid,
                     fd: started.fd,
                     span_id: ctx.span_id,
+                    resource: resource.clone(),
                     trace_id: ctx.trace_id,
                     continued,
                 },
@@ -168,6 +194,7 @@ impl Tracer {
         &mut self,
         started: &Started,
         client: &SpanContext,
+        resource: &Arc<Resource>,
     ) -> Option<(Orphan, SpanContext)> {
         let (local, peer) = (started.local?, started.peer?);
         let (server, _) = self.orphans.get(&local)?;
@@ -175,18 +202,19 @@ impl Tracer {
             return None;
         }
         let (_, orphan) = self.orphans.remove(&local)?;
+        // The same request from both ends, whichever trace the server span stays in.
+        self.pairs
+            .link(client.span_id, resource, orphan.span_id, &orphan.resource);
         if orphan.continued && orphan.trace_id != client.trace_id {
             return None;
         }
-        Some((
-            orphan,
-            SpanContext {
-                trace_id: client.trace_id,
-                span_id: orphan.span_id,
-                parent_id: Some(client.span_id),
-                sampled: client.sampled,
-            },
-        ))
+        let adopted = SpanContext {
+            trace_id: client.trace_id,
+            span_id: orphan.span_id,
+            parent_id: Some(client.span_id),
+            sampled: client.sampled,
+        };
+        Some((orphan, adopted))
     }
 
     /// The finished span of an exchange, if it was sampled. `route` is the server route
@@ -203,7 +231,7 @@ impl Tracer {
                 if self
                     .client_links
                     .get(&local)
-                    .is_some_and(|(s, _)| *s == peer) =>
+                    .is_some_and(|(s, _, _)| *s == peer) =>
             {
                 self.client_links.remove(&local);
             }
@@ -267,13 +295,21 @@ impl Tracer {
         &mut self,
         peer: Option<SocketAddr>,
         local: Option<SocketAddr>,
-    ) -> Option<SpanContext> {
+    ) -> Option<(SpanContext, Arc<Resource>)> {
         let peer = peer?;
-        let (server, ctx) = self.client_links.get(&peer)?;
+        let (server, _, _) = self.client_links.get(&peer)?;
         // The server's own address, when it knows it, must be where the client went.
-        let ctx = local.is_none_or(|l| l == *server).then_some(*ctx)?;
-        self.client_links.remove(&peer);
-        Some(ctx)
+        if local.is_some_and(|l| l != *server) {
+            return None;
+        }
+        let (_, ctx, resource) = self.client_links.remove(&peer)?;
+        Some((ctx, resource))
+    }
+
+    /// What a finished exchange adds to the service graph (see `service_graph`); call it
+    /// before [`Tracer::finish`], for every exchange, sampled or not.
+    pub fn edge(&mut self, f: &Finished) -> Option<Edge> {
+        self.pairs.edge(f)
     }
 
     fn root(&mut self, span_id: [u8; 8]) -> SpanContext {
@@ -368,35 +404,38 @@ mod tests {
         let mut t = Tracer::new(1.0);
         // The server's read came first: a trace of its own, remembered as an orphan.
         let server = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50000");
-        let orphan_ctx = t.start(&server, None);
+        let orphan_ctx = t.start(&server, None, &resource());
         assert_eq!(orphan_ctx.parent_id, None);
-        t.orphan(7, &server, &orphan_ctx);
+        t.orphan(7, &server, &orphan_ctx, &resource());
         // Then the client's write of the same connection.
         let client = started(Role::Client, "127.0.0.1:50000", "127.0.0.1:8080");
-        let client_ctx = t.start(&client, None);
-        let (orphan, adopted) = t.adopt(&client, &client_ctx).expect("adopted");
+        let client_ctx = t.start(&client, None, &resource());
+        let (orphan, adopted) = t.adopt(&client, &client_ctx, &resource()).expect("adopted");
         assert_eq!((orphan.pid, orphan.fd), (7, 3));
         assert_eq!(adopted.trace_id, client_ctx.trace_id);
         assert_eq!(adopted.span_id, orphan_ctx.span_id);
         assert_eq!(adopted.parent_id, Some(client_ctx.span_id));
         // Once only.
-        assert_eq!(t.adopt(&client, &client_ctx), None);
+        assert_eq!(t.adopt(&client, &client_ctx, &resource()), None);
     }
 
     #[test]
     fn a_client_span_parents_one_server_span() {
         let mut t = Tracer::new(1.0);
         let client = started(Role::Client, "127.0.0.1:50000", "127.0.0.1:8080");
-        let first = t.start(&client, None);
+        let first = t.start(&client, None, &resource());
         let server = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50000");
-        assert_eq!(t.start(&server, None).parent_id, Some(first.span_id));
+        assert_eq!(
+            t.start(&server, None, &resource()).parent_id,
+            Some(first.span_id)
+        );
         // The next request on the keep-alive connection, its server end seen before its
         // client end: not the first call's child, but adopted when the call shows up.
-        let next = t.start(&server, None);
+        let next = t.start(&server, None, &resource());
         assert_eq!(next.parent_id, None);
-        t.orphan(7, &server, &next);
-        let second = t.start(&client, None);
-        let (_, adopted) = t.adopt(&client, &second).expect("adopted");
+        t.orphan(7, &server, &next, &resource());
+        let second = t.start(&client, None, &resource());
+        let (_, adopted) = t.adopt(&client, &second, &resource()).expect("adopted");
         assert_eq!(adopted.parent_id, Some(second.span_id));
     }
 
@@ -405,24 +444,24 @@ mod tests {
         let mut t = Tracer::new(1.0);
         // A client on another machine: nothing to wait for.
         let remote = started(Role::Server, "10.0.0.1:8080", "10.0.0.2:50000");
-        let ctx = t.start(&remote, None);
-        t.orphan(7, &remote, &ctx);
+        let ctx = t.start(&remote, None, &resource());
+        t.orphan(7, &remote, &ctx, &resource());
         assert!(t.orphans.is_empty());
         // A request that finished before any client event: forgotten.
         let local = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50001");
-        let ctx = t.start(&local, None);
-        t.orphan(7, &local, &ctx);
+        let ctx = t.start(&local, None, &resource());
+        t.orphan(7, &local, &ctx, &resource());
         assert_eq!(t.orphans.len(), 1);
         let e = exchange(Role::Server, ctx, "127.0.0.1:8080", "127.0.0.1:50001", 200);
         t.finish(e, None, &resource());
         assert!(t.orphans.is_empty());
         // Linked already (a client span in flight): no orphan.
         let client = started(Role::Client, "127.0.0.1:50002", "127.0.0.1:8080");
-        t.start(&client, None);
+        t.start(&client, None, &resource());
         let linked = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50002");
-        let ctx = t.start(&linked, None);
+        let ctx = t.start(&linked, None, &resource());
         assert!(ctx.parent_id.is_some());
-        t.orphan(7, &linked, &ctx);
+        t.orphan(7, &linked, &ctx, &resource());
         assert!(t.orphans.is_empty());
     }
 
@@ -435,7 +474,7 @@ mod tests {
             parent_id: [9; 8],
             sampled: false,
         });
-        let ctx = t.start(&s, None);
+        let ctx = t.start(&s, None, &resource());
         assert_eq!(
             (ctx.trace_id, ctx.parent_id, ctx.sampled),
             ([7; 16], Some([9; 8]), false)
@@ -451,12 +490,14 @@ mod tests {
         let root = t.start(
             &started(Role::Server, "127.0.0.1:80", "127.0.0.1:5000"),
             None,
+            &resource(),
         );
         assert_eq!(root.parent_id, None);
         // The handler calls another service from 127.0.0.1:6000 to 127.0.0.1:81.
         let call = t.start(
             &started(Role::Client, "127.0.0.1:6000", "127.0.0.1:81"),
             Some(root),
+            &resource(),
         );
         assert_eq!(
             (call.trace_id, call.parent_id),
@@ -466,6 +507,7 @@ mod tests {
         let served = t.start(
             &started(Role::Server, "127.0.0.1:81", "127.0.0.1:6000"),
             None,
+            &resource(),
         );
         assert_eq!(
             (served.trace_id, served.parent_id),
@@ -504,6 +546,7 @@ mod tests {
         let again = t.start(
             &started(Role::Server, "127.0.0.1:81", "127.0.0.1:6000"),
             None,
+            &resource(),
         );
         assert_eq!(again.parent_id, None);
     }
@@ -511,17 +554,26 @@ mod tests {
     #[test]
     fn sampling_ratio_applies_to_roots() {
         let mut never = Tracer::new(0.0);
-        let ctx = never.start(&started(Role::Server, "127.0.0.1:80", "127.0.0.1:1"), None);
+        let ctx = never.start(
+            &started(Role::Server, "127.0.0.1:80", "127.0.0.1:1"),
+            None,
+            &resource(),
+        );
         assert!(!ctx.sampled);
         let child = never.start(
             &started(Role::Client, "127.0.0.1:2", "127.0.0.1:3"),
             Some(ctx),
+            &resource(),
         );
         assert!(!child.sampled);
         let mut always = Tracer::new(1.0);
         assert!(
             always
-                .start(&started(Role::Server, "127.0.0.1:80", "127.0.0.1:1"), None)
+                .start(
+                    &started(Role::Server, "127.0.0.1:80", "127.0.0.1:1"),
+                    None,
+                    &resource()
+                )
                 .sampled
         );
     }
