@@ -31,8 +31,9 @@ const DASHBOARDS: [&str; 4] = [
 /// Metrics the dashboards read that the agent may not export yet, their code being written
 /// apart from the dashboards: the agent's own process metrics, the service graph, and the
 /// self-metrics that will exist at 0 for every reason from the start (until then a reason
-/// appears only once it happens). A query over one the agent does not export is listed, not
-/// failed; once the agent exports it, its panels must have data like every other.
+/// appears only once it happens; Kubernetes identity failures cannot happen outside a pod). A
+/// query over one the agent does not export is listed, not failed; once the agent exports it,
+/// its panels must have data like every other.
 const PENDING_METRICS: &[&str] = &[
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
@@ -49,6 +50,7 @@ const PENDING_METRICS: &[&str] = &[
     "obs_agent_kernel_errors_total",
     "obs_agent_attach_failures_total",
     "obs_agent_spans_dropped_total",
+    "obs_agent_k8s_identity_failures_total",
 ];
 
 /// Windows a query may use: Grafana's, never a fixed one that ignores the scrape interval.
