@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod go;
+pub mod grafana;
 pub mod kubernetes;
 pub mod load;
 pub mod manifests;

@@ -11,6 +11,7 @@
 
 mod bench;
 mod build;
+mod dashboard_tools;
 mod go;
 mod go_offsets;
 mod manifest_tools;

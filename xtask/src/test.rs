@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     build::{build, ebpf_object_env},
+    dashboard_tools,
     go::{self, toolchains_env, Toolchain},
     go_offsets, manifest_tools,
     tools::{apt_install, pip_install_cached, run, workspace_root},
@@ -34,6 +35,8 @@ pub struct TestTools {
     pub manifest_tools: PathBuf,
     /// rotel's `rotel-agent` executable.
     pub rotel: PathBuf,
+    /// grafana-foundation-sdk, for PYTHONPATH.
+    pub dashboard_tools: PathBuf,
 }
 
 impl TestTools {
@@ -55,7 +58,8 @@ impl TestTools {
 /// nginx-light), node and a JDK (servers in other languages; python3 is the system's), objcopy (to
 /// strip test binaries), gcc (cgo builds), setpriv and unshare (to run the agent without root or with
 /// only the deployment's capabilities), bpftool, the manifest and chart checkers (yamllint,
-/// kubernetes-validate, helm-python-sdk) and the rotel OTLP collector.
+/// kubernetes-validate, helm-python-sdk), the rotel OTLP collector and grafana-foundation-sdk
+/// (dashboards).
 pub fn install_test_tools() -> Result<TestTools> {
     apt_install(
         &[
@@ -93,6 +97,7 @@ pub fn install_test_tools() -> Result<TestTools> {
         toolchains: go::install_all()?,
         manifest_tools: manifest_tools::install()?,
         rotel: install_rotel()?,
+        dashboard_tools: dashboard_tools::install()?,
     })
 }
 
@@ -137,6 +142,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         .env("OBS_GO_123", tools.go("1.23")?)
         .env("OBS_MANIFEST_TOOLS", &tools.manifest_tools)
         .env("OBS_ROTEL", &tools.rotel)
+        .env("OBS_DASHBOARD_TOOLS", &tools.dashboard_tools)
         .env(
             "OBS_GO_NEW",
             &tools.toolchains.last().context("no Go toolchain")?.go,
