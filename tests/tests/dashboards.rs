@@ -28,31 +28,6 @@ const DASHBOARDS: [&str; 4] = [
     "obs-agent-service-red",
 ];
 
-/// Metrics the dashboards read that the agent may not export yet, their code being written
-/// apart from the dashboards: the agent's own process metrics, the service graph, and the
-/// self-metrics that will exist at 0 for every reason from the start (until then a reason
-/// appears only once it happens; Kubernetes identity failures cannot happen outside a pod). A
-/// query over one the agent does not export is listed, not failed; once the agent exports it,
-/// its panels must have data like every other.
-const PENDING_METRICS: &[&str] = &[
-    "process_cpu_seconds_total",
-    "process_resident_memory_bytes",
-    "process_virtual_memory_bytes",
-    "process_start_time_seconds",
-    "process_open_fds",
-    "process_max_fds",
-    "traces_service_graph_request_total",
-    "traces_service_graph_request_failed_total",
-    "traces_service_graph_request_server_seconds_bucket",
-    "traces_service_graph_request_client_seconds_bucket",
-    "obs_agent_events_lost_total",
-    "obs_agent_decode_errors_total",
-    "obs_agent_kernel_errors_total",
-    "obs_agent_attach_failures_total",
-    "obs_agent_spans_dropped_total",
-    "obs_agent_k8s_identity_failures_total",
-];
-
 /// Windows a query may use: Grafana's, never a fixed one that ignores the scrape interval.
 const WINDOWS: [&str; 2] = ["[$__rate_interval]", "[$__range]"];
 
@@ -319,19 +294,12 @@ fn context_for(
 /// One query's outcome.
 enum Outcome {
     Data,
-    /// No data, and it reads these metrics the agent does not export yet.
-    Awaiting(Vec<String>),
     NoData,
     Error(String),
 }
 
 /// Runs every query of every panel of `d` as Grafana would; one line per query.
-fn run_panels(
-    d: &Dashboard,
-    ctx: &Context,
-    prometheus: &Prometheus,
-    exported: &BTreeSet<String>,
-) -> Vec<(String, Outcome)> {
+fn run_panels(d: &Dashboard, ctx: &Context, prometheus: &Prometheus) -> Vec<(String, Outcome)> {
     let mut out = Vec::new();
     for p in d.panels.iter().filter(|p| p.kind != "row") {
         for t in p.targets.iter().filter(|t| !t.hide) {
@@ -344,17 +312,7 @@ fn run_panels(
             let outcome = match result {
                 Err(e) => Outcome::Error(format!("{e}\n      {expr}")),
                 Ok(result) if has_data(&result) => Outcome::Data,
-                Ok(_) => {
-                    let pending: Vec<String> = metric_names(&t.expr)
-                        .into_iter()
-                        .filter(|m| !exported.contains(m) && PENDING_METRICS.contains(&m.as_str()))
-                        .collect();
-                    if pending.is_empty() {
-                        Outcome::NoData
-                    } else {
-                        Outcome::Awaiting(pending)
-                    }
-                }
+                Ok(_) => Outcome::NoData,
             };
             out.push((format!("{} / {} / {}", d.title, p.title, t.ref_id), outcome));
         }
@@ -457,13 +415,12 @@ fn every_panel_returns_data_from_prometheus_scraping_the_agent() {
     let mut failures = Vec::new();
     let mut report = Vec::new();
     for d in read_dashboards() {
-        // Every metric a panel reads is one the agent exports or will: no misspelled name
-        // hides behind "no data yet".
+        // Every metric a panel reads is one the agent exports: a misspelled name fails here
+        // with its name, not only as a panel without data.
         for p in &d.panels {
             for t in &p.targets {
                 for m in metric_names(&t.expr) {
-                    if m != "up" && !exported.contains(&m) && !PENDING_METRICS.contains(&m.as_str())
-                    {
+                    if m != "up" && !exported.contains(&m) {
                         failures.push(format!(
                             "{} / {}: {m} is not a metric of the agent",
                             d.title, p.title
@@ -497,13 +454,9 @@ fn every_panel_returns_data_from_prometheus_scraping_the_agent() {
             ctx.rate_interval(),
             (end - start).round()
         ));
-        for (query, outcome) in run_panels(&d, &ctx, &prometheus, &exported) {
+        for (query, outcome) in run_panels(&d, &ctx, &prometheus) {
             let line = match outcome {
                 Outcome::Data => format!("  data      {query}"),
-                Outcome::Awaiting(metrics) => format!(
-                    "  awaiting  {query}: the agent does not export {} yet",
-                    metrics.join(", ")
-                ),
                 Outcome::NoData => {
                     failures.push(format!("no data: {query}"));
                     format!("  NO DATA   {query}")
@@ -519,7 +472,7 @@ fn every_panel_returns_data_from_prometheus_scraping_the_agent() {
         // One service chosen rather than All: the queries stay valid (a service has no data
         // in every panel, so only refusals count here).
         let (ctx, _) = context_for(&d, &prometheus, start, end, &[("service", "front")]);
-        for (query, outcome) in run_panels(&d, &ctx, &prometheus, &exported) {
+        for (query, outcome) in run_panels(&d, &ctx, &prometheus) {
             if let Outcome::Error(e) = outcome {
                 failures.push(format!("query refused with $service=front: {query}: {e}"));
             }
