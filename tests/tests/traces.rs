@@ -302,3 +302,71 @@ fn concurrent_requests_never_share_calls_go_1_19() {
 fn concurrent_requests_never_share_calls_newest_go() {
     concurrent_requests(GoVersion::New);
 }
+
+/// The service graph of the chain, as Tempo's processor would count it from the spans: each
+/// request once per edge, its failures (a client sees 4xx and 5xx, a server 5xx), both ends'
+/// durations; the test's own calls (a client the agent does not watch) by their address.
+#[test]
+fn the_service_graph_counts_each_edge_of_the_chain_once() {
+    const REQUESTS: u32 = 6;
+    let [front, middle, back] = chain(GoVersion::New, &[]);
+    let agent = Agent::for_pids(&[front.proc.pid(), middle.proc.pid(), back.proc.pid()]);
+    for _ in 0..REQUESTS {
+        ureq::get(&front.url("/work")).call().expect("GET /work");
+    }
+    let n = f64::from(REQUESTS);
+    let edge = |client: &'static str, server: &'static str, kind: &'static str| {
+        [
+            ("client", client),
+            ("server", server),
+            ("connection_type", kind),
+        ]
+    };
+    let total = "traces_service_graph_request_total";
+    let failed = "traces_service_graph_request_failed_total";
+    let server = "traces_service_graph_request_server_seconds_count";
+    let client = "traces_service_graph_request_client_seconds_count";
+    // Every request reaches back three times (a=1, fail=1, sleep=...). A response is
+    // complete once quiet for a while: wait for the last ones of each end.
+    let complete = |s: &obs_integration_tests::Samples| {
+        s.sum(server, &edge("middle", "back", "")) == 3.0 * n
+            && s.sum(client, &edge("middle", "back", "")) == 3.0 * n
+            && s.sum(server, &edge("front", "middle", "")) == n
+            && s.sum(client, &edge("front", "middle", "")) == n
+            && s.sum(server, &edge("127.0.0.1", "front", "virtual_node")) == n
+    };
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = agent.scrape();
+        complete(&s).then_some(s)
+    })
+    .unwrap_or_else(|| agent.scrape());
+    let sum = |name: &str, e: &[(&str, &str); 3]| s.sum(name, e);
+    assert_eq!(
+        sum(total, &edge("front", "middle", "")),
+        n,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(sum(failed, &edge("front", "middle", "")), 0.0);
+    assert_eq!(sum(server, &edge("front", "middle", "")), n);
+    assert_eq!(sum(client, &edge("front", "middle", "")), n);
+    assert_eq!(sum(total, &edge("middle", "back", "")), 3.0 * n);
+    assert_eq!(sum(failed, &edge("middle", "back", "")), n);
+    assert_eq!(
+        sum(server, &edge("middle", "back", "")),
+        3.0 * n,
+        "{:#?}",
+        s.matching(server, &[]).collect::<Vec<_>>()
+    );
+    assert_eq!(sum(client, &edge("middle", "back", "")), 3.0 * n);
+    // The test's calls: a client by its address, counted at front.
+    assert_eq!(
+        sum(total, &edge("127.0.0.1", "front", "virtual_node")),
+        n,
+        "{:?}",
+        s.matching(total, &[]).collect::<Vec<_>>()
+    );
+    // Nothing else: no request is counted twice under an address.
+    assert_eq!(s.sum(total, &[]), 5.0 * n);
+    drop((front, middle, back));
+}
