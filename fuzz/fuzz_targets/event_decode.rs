@@ -81,8 +81,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             conns.set_span(started.fd, started.id, ctx);
             if started.role == Role::Server {
                 goroutines.serving(d.goid, ctx);
-                tracer.orphan(1, &started, &ctx, &resource);
-            } else if let Some((orphan, span)) = tracer.adopt(&started, &ctx, &resource) {
+                tracer.orphan(1, &started, &ctx);
+            } else if let Some((orphan, Some(span))) = tracer.adopt(&started, &ctx) {
                 if conns.relink(orphan.fd, orphan.span_id, span) {
                     goroutines.relink(span);
                 }

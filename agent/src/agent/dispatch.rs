@@ -12,11 +12,11 @@ use crate::{
     events::{local_address, peer_address, DecodeError, Event},
     metrics::reasons::{DecodeFailure, Lost},
     probes::table::Probe,
-    protocols::{trace_context::SpanContext, Role},
+    protocols::Role,
     spans::{
         goroutines::{Caller, Chain},
         route_of,
-        tracer::{Orphan, Tracer},
+        tracer::Tracer,
     },
     target,
 };
@@ -24,7 +24,7 @@ use crate::{
 use super::{
     kernel::Kernel,
     lock,
-    watched::{adopt, Watched},
+    watched::{adopt, Adoption, Watched},
     Agent,
 };
 
@@ -127,7 +127,7 @@ impl<K: Kernel> Agent<K> {
             self.finish_dead(&mut pipeline.tracer, tgid, w);
         }
         w.sync_active();
-        adopt(&mut pipeline.watched, adopted);
+        adopt(&mut pipeline.watched, &mut pipeline.tracer, adopted);
     }
 
     /// A process that died: the responses it was writing are complete, the requests it had
@@ -152,7 +152,7 @@ impl<K: Kernel> Agent<K> {
         pid: u32,
         w: &mut Watched,
         goid: u64,
-    ) -> Vec<(Orphan, SpanContext)> {
+    ) -> Vec<Adoption> {
         let sink = self.span_sink.get();
         for f in w.connections.drain_finished() {
             let e = &f.exchange;
@@ -215,9 +215,18 @@ impl<K: Kernel> Agent<K> {
             match started.role {
                 Role::Server => {
                     w.goroutines.serving(goid, ctx);
-                    tracer.orphan(pid, &started, &ctx, &w.resource);
+                    tracer.orphan(pid, &started, &ctx);
                 }
-                Role::Client => adopted.extend(tracer.adopt(&started, &ctx, &w.resource)),
+                Role::Client => {
+                    if let Some((orphan, span)) = tracer.adopt(&started, &ctx) {
+                        adopted.push(Adoption {
+                            orphan,
+                            span,
+                            client_span: ctx.span_id,
+                            client: w.resource.clone(),
+                        });
+                    }
+                }
             }
         }
         adopted
@@ -242,7 +251,7 @@ impl<K: Kernel> Agent<K> {
             adopted.extend(self.record_finished(&mut pipeline.tracer, *pid, w, 0));
             w.sync_active();
         }
-        adopt(&mut pipeline.watched, adopted);
+        adopt(&mut pipeline.watched, &mut pipeline.tracer, adopted);
     }
 
     fn count_dropped(&self, d: Dropped, service_name: &str) {

@@ -8,8 +8,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::{
     connections::Connections,
     metrics::{K8sLabels, ModuleLabels, ProcessSeries, Service, TargetLabels},
-    protocols::trace_context::SpanContext,
-    spans::{goroutines::Goroutines, trace::Resource, tracer::Orphan},
+    protocols::trace_context::{SpanContext, SpanId},
+    spans::{
+        goroutines::Goroutines,
+        trace::Resource,
+        tracer::{Orphan, Tracer},
+    },
     target::Process,
 };
 
@@ -63,12 +67,30 @@ pub fn service_of(process: &Process) -> Service {
     Service::new(&process.service_name, K8sLabels(process.k8s.clone()))
 }
 
-/// Server requests that started before the client request of the same connection was seen
-/// (usually in another watched process): now that client's children.
-pub fn adopt(watched: &mut WatchedMap, adopted: Vec<(Orphan, SpanContext)>) {
-    for (orphan, span) in adopted {
-        if let Some(server) = watched.get_mut(&orphan.pid) {
-            if server.connections.relink(orphan.fd, orphan.span_id, span) {
+/// A server request that started before the client request of the same connection was
+/// seen (usually in another watched process), found when the client's started.
+pub struct Adoption {
+    pub orphan: Orphan,
+    /// Its new identity, as the client's child (none: a `traceparent` keeps its own trace).
+    pub span: Option<SpanContext>,
+    pub client_span: SpanId,
+    /// The client's process.
+    pub client: Arc<Resource>,
+}
+
+/// Adopted server requests: now their clients' children, and each the server end of its
+/// client's request in the service graph.
+pub fn adopt(watched: &mut WatchedMap, tracer: &mut Tracer, adopted: Vec<Adoption>) {
+    for a in adopted {
+        let Some(server) = watched.get_mut(&a.orphan.pid) else {
+            continue;
+        };
+        tracer.pair(a.client_span, &a.client, a.orphan.span_id, &server.resource);
+        if let Some(span) = a.span {
+            if server
+                .connections
+                .relink(a.orphan.fd, a.orphan.span_id, span)
+            {
                 server.goroutines.relink(span);
             }
         }

@@ -173,6 +173,9 @@ struct Queues {
 impl Queues {
     /// Moves what the decoder emitted into the queues, with what `socket` knows.
     fn collect(&mut self, fd: u32, socket: &mut Socket) {
+        if self.records.started.is_empty() && self.records.completed.is_empty() {
+            return;
+        }
         let role = socket.role.unwrap_or(Role::Server);
         for new in self.records.started.drain(..) {
             if self.started.len() >= MAX_PENDING {

@@ -37,13 +37,11 @@ pub const MAX_ORPHANS: usize = 65_536;
 /// this machine: the client's write event may still be on its way. The kernel records a
 /// write's event when the syscall returns, and on loopback the reader on another CPU can
 /// return from its read first. When the client's event comes, the server span is adopted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Orphan {
     pub pid: u32,
     pub fd: u32,
     pub span_id: SpanId,
-    /// Its process (the service graph's server end, once adopted).
-    pub resource: Arc<Resource>,
     /// The trace it started in, and whether an incoming `traceparent` chose it (then only a
     /// client span of the same trace adopts it).
     pub trace_id: TraceId,
@@ -146,13 +144,7 @@ impl Tracer {
     /// A server request of process `pid` got a trace of its own (`ctx`, no parent) although
     /// its client is on this machine: remember it, so that the client's span, if its event
     /// comes late, adopts it (`adopt`).
-    pub fn orphan(
-        &mut self,
-        pid: u32,
-        started: &Started,
-        ctx: &SpanContext,
-        resource: &Arc<Resource>,
-    ) {
+    pub fn orphan(&mut self, pid: u32, started: &Started, ctx: &SpanContext) {
         let (Role::Server, Some(peer)) = (started.role, started.peer) else {
             return;
         };
@@ -179,7 +171,6 @@ impl Tracer {
                     pid,
                     fd: started.fd,
                     span_id: ctx.span_id,
-                    resource: resource.clone(),
                     trace_id: ctx.trace_id,
                     continued,
                 },
@@ -188,33 +179,40 @@ impl Tracer {
     }
 
     /// A client request just started with identity `client`: the server request of the same
-    /// connection that started before it, if any, and that request's new identity (the
-    /// client's child).
+    /// connection that started before it, if any (the same request seen from its other end,
+    /// for [`Tracer::pair`]), and that request's new identity as the client's child (none
+    /// when an incoming `traceparent` keeps it in another trace).
     pub fn adopt(
         &mut self,
         started: &Started,
         client: &SpanContext,
-        resource: &Arc<Resource>,
-    ) -> Option<(Orphan, SpanContext)> {
+    ) -> Option<(Orphan, Option<SpanContext>)> {
         let (local, peer) = (started.local?, started.peer?);
         let (server, _) = self.orphans.get(&local)?;
         if server.is_some_and(|s| s != peer) {
             return None;
         }
         let (_, orphan) = self.orphans.remove(&local)?;
-        // The same request from both ends, whichever trace the server span stays in.
-        self.pairs
-            .link(client.span_id, resource, orphan.span_id, &orphan.resource);
-        if orphan.continued && orphan.trace_id != client.trace_id {
-            return None;
-        }
-        let adopted = SpanContext {
-            trace_id: client.trace_id,
-            span_id: orphan.span_id,
-            parent_id: Some(client.span_id),
-            sampled: client.sampled,
-        };
+        let adopted =
+            (!orphan.continued || orphan.trace_id == client.trace_id).then_some(SpanContext {
+                trace_id: client.trace_id,
+                span_id: orphan.span_id,
+                parent_id: Some(client.span_id),
+                sampled: client.sampled,
+            });
         Some((orphan, adopted))
+    }
+
+    /// The client span `client_span` of `client` and the server span `server_span` of
+    /// `server` are one request (found by adoption), for the service graph.
+    pub fn pair(
+        &mut self,
+        client_span: SpanId,
+        client: &Arc<Resource>,
+        server_span: SpanId,
+        server: &Arc<Resource>,
+    ) {
+        self.pairs.link(client_span, client, server_span, server);
     }
 
     /// The finished span of an exchange, if it was sampled. `route` is the server route
@@ -406,17 +404,18 @@ mod tests {
         let server = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50000");
         let orphan_ctx = t.start(&server, None, &resource());
         assert_eq!(orphan_ctx.parent_id, None);
-        t.orphan(7, &server, &orphan_ctx, &resource());
+        t.orphan(7, &server, &orphan_ctx);
         // Then the client's write of the same connection.
         let client = started(Role::Client, "127.0.0.1:50000", "127.0.0.1:8080");
         let client_ctx = t.start(&client, None, &resource());
-        let (orphan, adopted) = t.adopt(&client, &client_ctx, &resource()).expect("adopted");
+        let (orphan, adopted) = t.adopt(&client, &client_ctx).expect("adopted");
+        let adopted = adopted.expect("in the client's trace");
         assert_eq!((orphan.pid, orphan.fd), (7, 3));
         assert_eq!(adopted.trace_id, client_ctx.trace_id);
         assert_eq!(adopted.span_id, orphan_ctx.span_id);
         assert_eq!(adopted.parent_id, Some(client_ctx.span_id));
         // Once only.
-        assert_eq!(t.adopt(&client, &client_ctx, &resource()), None);
+        assert_eq!(t.adopt(&client, &client_ctx), None);
     }
 
     #[test]
@@ -433,9 +432,10 @@ mod tests {
         // client end: not the first call's child, but adopted when the call shows up.
         let next = t.start(&server, None, &resource());
         assert_eq!(next.parent_id, None);
-        t.orphan(7, &server, &next, &resource());
+        t.orphan(7, &server, &next);
         let second = t.start(&client, None, &resource());
-        let (_, adopted) = t.adopt(&client, &second, &resource()).expect("adopted");
+        let (_, adopted) = t.adopt(&client, &second).expect("adopted");
+        let adopted = adopted.expect("in the client's trace");
         assert_eq!(adopted.parent_id, Some(second.span_id));
     }
 
@@ -445,12 +445,12 @@ mod tests {
         // A client on another machine: nothing to wait for.
         let remote = started(Role::Server, "10.0.0.1:8080", "10.0.0.2:50000");
         let ctx = t.start(&remote, None, &resource());
-        t.orphan(7, &remote, &ctx, &resource());
+        t.orphan(7, &remote, &ctx);
         assert!(t.orphans.is_empty());
         // A request that finished before any client event: forgotten.
         let local = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50001");
         let ctx = t.start(&local, None, &resource());
-        t.orphan(7, &local, &ctx, &resource());
+        t.orphan(7, &local, &ctx);
         assert_eq!(t.orphans.len(), 1);
         let e = exchange(Role::Server, ctx, "127.0.0.1:8080", "127.0.0.1:50001", 200);
         t.finish(e, None, &resource());
@@ -461,7 +461,7 @@ mod tests {
         let linked = started(Role::Server, "127.0.0.1:8080", "127.0.0.1:50002");
         let ctx = t.start(&linked, None, &resource());
         assert!(ctx.parent_id.is_some());
-        t.orphan(7, &linked, &ctx, &resource());
+        t.orphan(7, &linked, &ctx);
         assert!(t.orphans.is_empty());
     }
 
