@@ -127,7 +127,9 @@ impl<K: Kernel> Agent<K> {
             self.finish_dead(&mut pipeline.tracer, tgid, w);
         }
         w.sync_active();
-        adopt(&mut pipeline.watched, &mut pipeline.tracer, adopted);
+        if !adopted.is_empty() {
+            adopt(&mut pipeline.watched, &mut pipeline.tracer, adopted);
+        }
     }
 
     /// A process that died: the responses it was writing are complete, the requests it had
@@ -157,14 +159,23 @@ impl<K: Kernel> Agent<K> {
         for f in w.connections.drain_finished() {
             let e = &f.exchange;
             let duration = Duration::from_nanos(e.end_ns.saturating_sub(e.start_ns));
+            // The service graph first: the route below borrows the process's series.
+            if sink.is_some() {
+                if let Some(edge) = tracer.edge(&f) {
+                    self.metrics
+                        .record_edge(&mut w.series, &edge, e.status, duration);
+                }
+            }
             let route = match f.role {
                 Role::Server => {
                     let route = route_of(e, w.routes.pattern(e));
-                    Some(
-                        self.metrics
-                            .record_server(&mut w.series, &route, e.method, e.status, duration)
-                            .into_owned(),
-                    )
+                    Some(self.metrics.record_server(
+                        &mut w.series,
+                        &route,
+                        e.method,
+                        e.status,
+                        duration,
+                    ))
                 }
                 Role::Client => {
                     self.metrics
@@ -173,14 +184,10 @@ impl<K: Kernel> Agent<K> {
                 }
             };
             if let Some(sink) = sink {
-                if let Some(edge) = tracer.edge(&f) {
-                    self.metrics
-                        .record_edge(&mut w.series, &edge, e.status, duration);
-                }
                 if let (Role::Server, Some(span)) = (f.role, &f.span) {
                     w.goroutines.served(goid, span);
                 }
-                if let Some(span) = tracer.finish(f, route.as_ref(), &w.resource) {
+                if let Some(span) = tracer.finish(f, route.as_deref(), &w.resource) {
                     self.metrics.agent.spans.inc();
                     sink.submit(span);
                 }

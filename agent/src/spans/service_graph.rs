@@ -67,12 +67,18 @@ impl Pairs {
     /// when its other end was not seen).
     pub fn edge(&mut self, f: &Finished) -> Option<Edge> {
         let span = f.span?.span_id;
-        let (paired, unpaired) = match f.role {
-            Role::Client => (self.server_of.remove(&span), f.peer),
+        let (waiting, unpaired) = match f.role {
+            Role::Client => (&mut self.server_of, f.peer),
             Role::Server => (
-                self.client_of.remove(&span),
+                &mut self.client_of,
                 f.peer.map(|p| SocketAddr::new(p.ip(), 0)),
             ),
+        };
+        // Most requests have one end watched only: no pair to look for.
+        let paired = if waiting.is_empty() {
+            None
+        } else {
+            waiting.remove(&span)
         };
         let (peer, counts_request) = match (paired, unpaired) {
             (Some(resource), _) => (Peer::Watched(resource), f.role == Role::Client),
