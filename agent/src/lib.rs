@@ -12,6 +12,7 @@ pub mod cli;
 pub mod connections;
 pub mod events;
 pub mod export;
+pub mod https;
 pub mod inspect;
 pub mod metrics;
 pub mod probes;

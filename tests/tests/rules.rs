@@ -17,7 +17,8 @@ use std::{
 };
 
 use obs_integration_tests::{
-    prometheus::Prometheus, tempdir, wait_for, workspace_root, Agent, GoServer, GoVersion,
+    manifests::check, prometheus::Prometheus, tempdir, wait_for, workspace_root, Agent, GoServer,
+    GoVersion,
 };
 
 /// Each window of the rule files and what the live run uses instead (in the same order, so
@@ -48,27 +49,11 @@ fn rule_files() -> Vec<PathBuf> {
     files
 }
 
-/// Runs a command; panics with its output unless it succeeds.
-fn check(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
-
 #[test]
 fn promtool_accepts_the_rule_files() {
-    let out = check(
-        Command::new("promtool")
-            .args(["check", "rules"])
-            .args(rule_files()),
-    );
+    let mut promtool = Command::new("promtool");
+    promtool.args(["check", "rules"]).args(rule_files());
+    let out = check(promtool);
     assert_eq!(out.matches("SUCCESS").count(), rule_files().len(), "{out}");
 }
 
@@ -80,11 +65,9 @@ fn the_rules_pass_their_promtool_unit_tests() {
             .map(|e| e.unwrap().path())
             .collect();
     tests.sort();
-    let out = check(
-        Command::new("promtool")
-            .args(["test", "rules"])
-            .args(&tests),
-    );
+    let mut promtool = Command::new("promtool");
+    promtool.args(["test", "rules"]).args(&tests);
+    let out = check(promtool);
     assert_eq!(out.matches("SUCCESS").count(), tests.len(), "{out}");
 }
 
@@ -93,14 +76,14 @@ fn the_rule_files_pass_yamllint() {
     let tools = PathBuf::from(std::env::var_os("OBS_MANIFEST_TOOLS").expect(
         "OBS_MANIFEST_TOOLS is not set: run the integration tests through `cargo xtask test`",
     ));
-    check(
-        Command::new(tools.join("bin/yamllint"))
-            .env("PYTHONPATH", &tools)
-            .arg("--strict")
-            .arg("--config-file")
-            .arg(workspace_root().join("deploy/.yamllint.yaml"))
-            .args(rule_files()),
-    );
+    let mut yamllint = Command::new(tools.join("bin/yamllint"));
+    yamllint
+        .env("PYTHONPATH", &tools)
+        .arg("--strict")
+        .arg("--config-file")
+        .arg(workspace_root().join("deploy/.yamllint.yaml"))
+        .args(rule_files());
+    check(yamllint);
 }
 
 /// The rule files with `TEST_WINDOWS`' windows, written into `dir`. Every window of the files

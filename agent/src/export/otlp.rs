@@ -7,18 +7,14 @@
 use std::{
     borrow::Cow,
     fmt,
-    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
-use rustls::pki_types::{
-    pem::{self, PemObject},
-    CertificateDer,
-};
+use rustls::pki_types::pem;
 
 use opentelemetry::{
     trace::{SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState},
@@ -31,7 +27,10 @@ use opentelemetry_sdk::{
 };
 
 use super::traces::{BatchExporter, OtlpConfig};
-use crate::spans::trace::{AttributeValue, Resource, Span, SpanKind};
+use crate::{
+    https::{self, CaError},
+    spans::trace::{AttributeValue, Resource, Span, SpanKind},
+};
 
 /// `telemetry.sdk.name` of everything the agent exports.
 pub const SDK_NAME: &str = "obs-agent";
@@ -185,36 +184,16 @@ fn collector_ca() -> Result<Option<(String, Vec<u8>)>, OtlpBuildError> {
 /// collector CA. Its timeout is the standard variables' (10 s by default), as the crate's
 /// own client would have.
 fn http_client() -> Result<HyperClient<HttpsConnector<HttpConnector>>, OtlpBuildError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some((path, pem)) = collector_ca()? {
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = match cert {
-                Ok(cert) => cert,
-                Err(error) => return Err(OtlpBuildError::CaCertificateNotPem { path, error }),
-            };
-            if let Err(error) = roots.add(cert) {
-                return Err(OtlpBuildError::CaCertificateRejected { path, error });
-            }
-            added += 1;
+    let ca = collector_ca()?;
+    let connector = https::connector(ca.as_ref().map(|(_, pem)| pem.as_slice())).map_err(|e| {
+        let path = ca.map(|(path, _)| path).unwrap_or_default();
+        match e {
+            CaError::NotPem(error) => OtlpBuildError::CaCertificateNotPem { path, error },
+            CaError::Rejected(error) => OtlpBuildError::CaCertificateRejected { path, error },
+            CaError::Empty => OtlpBuildError::CaCertificateEmpty { path },
+            CaError::TlsVersions(error) => OtlpBuildError::TlsVersions(error),
         }
-        if added == 0 {
-            return Err(OtlpBuildError::CaCertificateEmpty { path });
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(OtlpBuildError::TlsVersions)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
+    })?;
     let timeout = env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
         .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
         .and_then(|ms| ms.trim().parse::<u64>().ok())

@@ -20,12 +20,11 @@ use std::{
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use rustls::pki_types::{pem::PemObject, CertificateDer};
 use serde::Deserialize;
 
 use super::{owner::Owners, APP_NAME_LABEL, SERVICE_NAME_ANNOTATION};
@@ -130,7 +129,7 @@ impl ApiConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("the API server's CA certificate: {0}")]
-    Ca(String),
+    Ca(#[from] crate::https::CaError),
     #[error("request to the API server: {0}")]
     Request(String),
     #[error("the API server answered {status} to {path}")]
@@ -291,26 +290,7 @@ async fn get(
 }
 
 fn client(config: &ApiConfig) -> Result<HttpClient, ApiError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(pem) = &config.ca_pem {
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| ApiError::Ca(e.to_string()))?;
-            roots.add(cert).map_err(|e| ApiError::Ca(e.to_string()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ApiError::Ca(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
+    let connector = crate::https::connector(config.ca_pem.as_deref())?;
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
