@@ -4,13 +4,15 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::probes::DataPathChoice;
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "obs-agent",
     version,
     about = "Zero-instrumentation observability: HTTP request rate, errors and latency of \
              unmodified services in any language (Go, Python, Node, nginx, ...), from eBPF \
-             (socket-syscall tracepoints; uprobes for Go routes), as Prometheus metrics and \
+             (socket tracepoints; uprobes for Go routes), as Prometheus metrics and \
              traces.",
     after_help = "Examples:\n  \
         sudo obs-agent                      # every Go process and every process with a TCP socket\n  \
@@ -110,6 +112,18 @@ pub struct Args {
     /// name the containers of watched processes. Example: --container-logs /host/var/log/containers
     #[arg(long, value_name = "DIR", default_value = "/var/log/containers")]
     pub container_logs: PathBuf,
+
+    /// Where socket reads and writes are seen: `sockets` (the kernel's socket tracepoints,
+    /// Linux 6.3+: only socket I/O pays), `syscalls` (the syscall tracepoints: every syscall
+    /// of every process on the machine pays a little), or `auto` (sockets where the kernel
+    /// has them). `obs_agent_data_path_info` says which is in use.
+    #[arg(long, value_name = "PATH", value_enum, default_value = "auto", env = "OBS_DATA_PATH")]
+    pub data_path: DataPathChoice,
+
+    /// Benchmarking only: the data path's programs return at once (nothing is seen), to
+    /// measure what its hooks alone cost (`cargo xtask bench --floors`).
+    #[arg(long, hide = true)]
+    pub bench_empty_programs: bool,
 }
 
 /// Where `--kubernetes-api` points.

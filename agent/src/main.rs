@@ -12,8 +12,8 @@ use obs_agent::{
     events,
     export::{self, traces::TraceConfig},
     inspect,
-    metrics::Metrics,
-    probes::{error_chain, Probes},
+    metrics::{DataPathLabels, Metrics},
+    probes::{error_chain, LoadOptions, Probes},
     target::{
         kubernetes::{
             api::{self, ApiConfig, ApiPods},
@@ -66,7 +66,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("obs-agent must run as root (it loads eBPF programs and reads other processes' /proc entries): try sudo");
     }
-    let mut probes = Probes::load()?;
+    let mut probes = Probes::load(LoadOptions {
+        data_path: args.data_path,
+        empty_programs: args.bench_empty_programs,
+    })?;
     let ring = probes.take_events()?;
     let selection = if args.pids.is_empty() {
         Selection::Node
@@ -74,6 +77,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Selection::Pids(args.pids.clone())
     };
     let metrics = Arc::new(Metrics::new(args.max_routes));
+    metrics
+        .agent
+        .data_path_info
+        .get_or_create(&DataPathLabels {
+            path: probes.data_path().as_str().to_owned(),
+        })
+        .set(1);
     let mut trace_config = TraceConfig::from_flags_and_env(
         args.otlp_endpoint.as_deref(),
         args.otlp_protocol.as_deref(),

@@ -24,6 +24,12 @@ pub mod names {
     pub const PROG_SYS_EXIT: &str = "sys_exit";
     pub const PROG_SYS_ENTER_CLOSE: &str = "sys_enter_close";
     pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    pub const PROG_SOCK_RECV_LENGTH: &str = "sock_recv_length";
+    pub const PROG_SOCK_SEND_LENGTH: &str = "sock_send_length";
+    pub const MAP_SOCKS: &str = "SOCKS";
+    /// Read-only globals of the eBPF object, set at load.
+    pub const GLOBAL_DATA_PATH: &str = "DATA_PATH";
+    pub const GLOBAL_EMPTY_PROGRAMS: &str = "EMPTY_PROGRAMS";
     pub const PROG_GO_MUX_SERVE_HTTP: &str = "go_mux_serve_http";
     pub const PROG_GO_NEWPROC: &str = "go_newproc";
     pub const PROG_GO_ROUND_TRIP: &str = "go_round_trip";
@@ -44,6 +50,7 @@ pub enum EventKind {
     GoPanic = 6,
     GoCreationBurst = 7,
     SockLocal = 8,
+    SockOpen = 9,
 }
 
 impl EventKind {
@@ -57,6 +64,7 @@ impl EventKind {
             6 => Some(Self::GoPanic),
             7 => Some(Self::GoCreationBurst),
             8 => Some(Self::SockLocal),
+            9 => Some(Self::SockOpen),
             _ => None,
         }
     }
@@ -70,6 +78,10 @@ pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 pub const EVENTS_WAKEUP_BYTES: u64 = (EVENTS_RING_BYTES as u64) / 2;
 /// Width of the window at the mark in which an event wakes the reader (a few records).
 pub const EVENTS_WAKEUP_WINDOW: u64 = 2048;
+
+/// The eBPF object's `DATA_PATH` when the socket data path (`sock_recv_length`,
+/// `sock_send_length`) is in use; 0 for the syscall data path.
+pub const DATA_PATH_SOCKETS: u32 = 1;
 
 /// Most processes watched at once (size of the per-process maps).
 pub const MAX_WATCHED_PROCESSES: u32 = 4096;

@@ -104,7 +104,60 @@ pub mod set_state {
     /// include/net/tcp_states.h
     pub const TCP_ESTABLISHED: i32 = 1;
     pub const TCP_SYN_SENT: i32 = 2;
+    pub const TCP_FIN_WAIT1: i32 = 4;
+    pub const TCP_CLOSE: i32 = 7;
+    pub const TCP_CLOSE_WAIT: i32 = 8;
+    pub const TCP_LAST_ACK: i32 = 9;
 }
+
+/// A socket a watched process reads or writes, as the socket data path first sees it (the
+/// `sock_recv_length` and `sock_send_length` tracepoints): its descriptor, the kernel socket
+/// (the identity later events of it carry), and both ends' addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockOpen {
+    pub kind: u32,
+    pub tgid: u32,
+    pub fd: u32,
+    /// [`SOCK_CLIENT`] when the process's connect was seen; [`SOCK_TCP`] for a TCP socket.
+    pub flags: u32,
+    pub sock: u64,
+    pub ts_ns: u64,
+    /// `AF_INET`/`AF_INET6` (else 0: no address), ports in host byte order.
+    pub family: u16,
+    pub peer_port: u16,
+    pub local_port: u16,
+    pub _pad: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub peer_addr: [u8; 16],
+    pub local_addr: [u8; 16],
+}
+
+/// `SockOpen::flags`: the socket is the client end (its connect was seen).
+pub const SOCK_CLIENT: u32 = 1;
+/// `SockOpen::flags`: a TCP socket.
+pub const SOCK_TCP: u32 = 2;
+
+/// What the socket data path keeps per kernel socket of a watched process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockInfo {
+    pub tgid: u32,
+    pub fd: u32,
+    /// `SOCK_CLIENT` once its connect was seen.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// `SockInfo::fd` of a socket whose descriptor is not known yet.
+pub const FD_UNKNOWN: u32 = u32::MAX;
+
+/// Kernel sockets of watched processes remembered (LRU), per map.
+pub const MAX_SOCKS: u32 = 65_536;
+/// `IPPROTO_TCP`, as `sock.sk_protocol` holds it.
+pub const IPPROTO_TCP: u16 = 6;
+/// `recvmsg` flag: the bytes stay queued and will be read again.
+pub const MSG_PEEK: u64 = 2;
 
 /// Where the fields of `struct sock_common` that name a socket's own address lie on the
 /// running kernel, from its BTF; [`SockOffsets::NONE`] for a field it lacks.
@@ -119,6 +172,14 @@ pub struct SockOffsets {
     pub rcv_saddr: u32,
     /// `skc_v6_rcv_saddr` (kernels with IPv6).
     pub v6_rcv_saddr: u32,
+    /// `skc_daddr`: the peer's IPv4 address.
+    pub daddr: u32,
+    /// `skc_dport`: the peer's port, network byte order.
+    pub dport: u32,
+    /// `skc_v6_daddr` (kernels with IPv6).
+    pub v6_daddr: u32,
+    /// `sock.sk_protocol` (a `u16`).
+    pub protocol: u32,
 }
 
 impl SockOffsets {
@@ -137,6 +198,9 @@ const _: () = assert!(core::mem::size_of::<SockData>() == SOCK_DATA_HEADER + DAT
 const _: () = assert!(core::mem::size_of::<SockDataShort>() == SOCK_DATA_HEADER + EGRESS_PREFIX);
 const _: () = assert!(core::mem::size_of::<SockConn>() == 64);
 const _: () = assert!(core::mem::size_of::<SockLocal>() == 40);
+const _: () = assert!(core::mem::size_of::<SockOpen>() == 72);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -145,4 +209,6 @@ mod pod {
     unsafe impl aya::Pod for SockConn {}
     unsafe impl aya::Pod for SockLocal {}
     unsafe impl aya::Pod for SockOffsets {}
+    unsafe impl aya::Pod for SockOpen {}
+    unsafe impl aya::Pod for SockInfo {}
 }

@@ -9,9 +9,9 @@ use obs_common::{
     go_http::MuxKey,
     go_runtime::{GoStartKey, MAX_GO_STARTS},
     go_trace::{GoOffsets, GoroutineKey, MAX_GOROUTINE_PARENTS},
-    sockets::{SockData, SockOffsets, MAX_CONNECTING},
+    sockets::{SockData, SockInfo, SockOffsets, MAX_CONNECTING, MAX_SOCKS},
     stats::{Stat, STAT_COUNT},
-    watched_slot, EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES,
+    watched_slot, DATA_PATH_SOCKETS, EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES,
     MAX_WATCHED_PROCESSES, WATCHED_WORDS,
 };
 
@@ -99,3 +99,33 @@ pub fn wakeup_flags() -> u64 {
         BPF_RB_NO_WAKEUP as u64
     }
 }
+
+/// Which data path user space chose: `DATA_PATH_SOCKETS`, or 0 for the syscalls. Set at
+/// load (read-only data, so the verifier knows it and drops the other path's branches).
+#[unsafe(no_mangle)]
+static DATA_PATH: u32 = 0;
+
+/// Nonzero when the data path's programs are to return at once (`cargo xtask bench
+/// --floors`: what the hooks alone cost). Set at load; 0 in normal use, where the verifier
+/// removes the test.
+#[unsafe(no_mangle)]
+static EMPTY_PROGRAMS: u32 = 0;
+
+/// Whether the socket data path is the one in use.
+#[inline(always)]
+pub fn socket_path() -> bool {
+    // SAFETY: a plain read of read-only data.
+    unsafe { core::ptr::read_volatile(&raw const DATA_PATH) == DATA_PATH_SOCKETS }
+}
+
+/// Whether the data path's programs are to do nothing (see `EMPTY_PROGRAMS`).
+#[inline(always)]
+pub fn empty_programs() -> bool {
+    // SAFETY: a plain read of read-only data.
+    unsafe { core::ptr::read_volatile(&raw const EMPTY_PROGRAMS) != 0 }
+}
+
+/// Kernel sockets of watched processes seen by the socket data path: socket -> its process,
+/// descriptor, and whether it is a client end. Removed when the socket closes.
+#[map(name = "SOCKS")]
+pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(MAX_SOCKS, 0);

@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use obs_common::sockets::{nr, DIR_INGRESS, EINPROGRESS};
+use obs_common::sockets::{nr, DIR_INGRESS, EINPROGRESS, SOCK_CLIENT, SOCK_TCP};
 
 use crate::{
-    connections::{Dropped, RESPONSE_QUIET_NS},
-    events::{local_address, peer_address, DecodeError, Event},
+    connections::{Dropped, SeenSocket, RESPONSE_QUIET_NS},
+    events::{local_address, open_addresses, peer_address, DecodeError, Event},
     metrics::reasons::{DecodeFailure, Lost},
     probes::table::Probe,
     protocols::Role,
@@ -92,13 +92,32 @@ impl<K: Kernel> Agent<K> {
                         }
                         None
                     }
-                    nr::CLOSE => {
+                    // The syscall path's close names the descriptor; the socket path's, the
+                    // kernel socket too (its descriptor may already be another's).
+                    nr::CLOSE if c.sock == 0 || w.connections.is_socket(c.fd, c.sock) => {
                         w.goroutines.closed(c.fd);
                         w.connections.close(c.fd)
                     }
                     _ => None,
                 };
                 if let Some(d) = dropped {
+                    self.count_dropped(d, &w.process.service_name);
+                }
+                adopted = self.record_finished(&mut pipeline.tracer, tgid, w, 0);
+            }
+            Event::SockOpen(o) => {
+                let (local, peer) = open_addresses(&o);
+                let role = if o.flags & SOCK_CLIENT != 0 {
+                    Some(Role::Client)
+                } else if o.flags & SOCK_TCP != 0 {
+                    Some(Role::Server)
+                } else {
+                    // A connected UDP socket (a DNS lookup) has a peer; others tell by
+                    // their first message.
+                    peer.map(|_| Role::Client)
+                };
+                let seen = SeenSocket { role, local, peer };
+                if let Some(d) = w.connections.opened(o.fd, o.sock, seen) {
                     self.count_dropped(d, &w.process.service_name);
                 }
                 adopted = self.record_finished(&mut pipeline.tracer, tgid, w, 0);

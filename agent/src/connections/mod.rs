@@ -85,6 +85,16 @@ pub struct Finished {
     pub exchange: Exchange,
 }
 
+/// What the socket data path knows of a socket it sees for the first time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeenSocket {
+    /// `Client` when its connect was seen; `Server` for a TCP socket whose was not (it was
+    /// accepted); `None` when unknown (told by its first message).
+    pub role: Option<Role>,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+}
+
 /// What happened to an event that did not complete an exchange, for the self metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
@@ -217,6 +227,41 @@ impl Connections {
         let dropped = self.close(fd);
         let inserted = self.insert(fd, Some(role), peer, true);
         dropped.or((!inserted).then_some(Dropped::Overflow))
+    }
+
+    /// The socket data path saw kernel socket `sock` on `fd` for the first time, with its
+    /// role when the kernel knows it and both ends' addresses. The socket already on `fd`
+    /// if it is this one or not yet identified (found open at attach) learns what it lacked;
+    /// a descriptor that named another socket starts afresh, as in `new_connection`.
+    pub fn opened(&mut self, fd: u32, sock: u64, seen: SeenSocket) -> Option<Dropped> {
+        if let Some(s) = self.sockets.get_mut(&fd) {
+            if s.sock == sock || s.sock == 0 {
+                s.sock = sock;
+                s.local = s.local.or(seen.local);
+                s.peer = s.peer.or(seen.peer);
+                // Found open at attach, its connect was not seen: only a client is sure.
+                if s.from_start || seen.role == Some(Role::Client) {
+                    s.role = s.role.or(seen.role);
+                }
+                return None;
+            }
+        }
+        let dropped = self.close(fd);
+        let inserted = self.insert(fd, seen.role, seen.peer, true);
+        if let Some(s) = self.sockets.get_mut(&fd) {
+            s.sock = sock;
+            s.local = seen.local;
+        }
+        dropped.or((!inserted).then_some(Dropped::Overflow))
+    }
+
+    /// Whether `fd` may name kernel socket `sock`: it does, or its socket is not identified
+    /// yet (found open at attach). For the socket data path's close of a socket, by when its
+    /// descriptor may name a new one.
+    pub fn is_socket(&self, fd: u32, sock: u64) -> bool {
+        self.sockets
+            .get(&fd)
+            .is_some_and(|s| s.sock == sock || s.sock == 0)
     }
 
     /// Whether the socket found room in the table.

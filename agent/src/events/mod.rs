@@ -13,7 +13,7 @@ use obs_common::{
     go_runtime::GoPanic,
     go_trace::{GoClientCall, GoCreationBurst},
     sockets::{
-        SockConn, SockDataN, SockLocal, AF_INET, AF_INET6, DATA_PREFIX, EGRESS_PREFIX,
+        SockConn, SockDataN, SockLocal, SockOpen, AF_INET, AF_INET6, DATA_PREFIX, EGRESS_PREFIX,
         SOCK_DATA_HEADER,
     },
     EventKind,
@@ -54,6 +54,7 @@ pub enum Event<'a> {
     SockData(Data<'a>),
     SockConn(SockConn),
     SockLocal(SockLocal),
+    SockOpen(SockOpen),
 }
 
 impl Event<'_> {
@@ -66,6 +67,7 @@ impl Event<'_> {
             Event::GoCreationBurst(e) => e.tgid,
             Event::SockConn(e) => e.tgid,
             Event::SockLocal(e) => e.tgid,
+            Event::SockOpen(e) => e.tgid,
             Event::SockData(e) => e.tgid,
         }
     }
@@ -74,6 +76,14 @@ impl Event<'_> {
 /// The peer address of an accept or connect, when the process gave or got an IPv4/IPv6 one.
 pub fn peer_address(c: &SockConn) -> Option<std::net::SocketAddr> {
     socket_address(c.family, c.port, c.addr)
+}
+
+/// Both ends of a socket the socket data path saw first: (this end, the other end).
+pub fn open_addresses(o: &SockOpen) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
+    (
+        socket_address(o.family, o.local_port, o.local_addr),
+        socket_address(o.family, o.peer_port, o.peer_addr),
+    )
 }
 
 /// This end's address of a connection a process opened.
@@ -128,6 +138,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         EventKind::SockConn => read_pod::<SockConn>(kind, record).map(Event::SockConn),
         EventKind::GoClientCall => read_pod::<GoClientCall>(kind, record).map(Event::GoClientCall),
         EventKind::SockLocal => read_pod::<SockLocal>(kind, record).map(Event::SockLocal),
+        EventKind::SockOpen => read_pod::<SockOpen>(kind, record).map(Event::SockOpen),
     }
 }
 

@@ -20,7 +20,9 @@ use prometheus_client::{
 
 pub use k8s::K8sLabels;
 pub use route_guard::{RouteGuard, OVERFLOW_ROUTE};
-pub use self_metrics::{labels as self_metrics_labels, ModuleLabels, SelfMetrics, TargetLabels};
+pub use self_metrics::{
+    labels as self_metrics_labels, DataPathLabels, ModuleLabels, SelfMetrics, TargetLabels,
+};
 pub use series::ProcessSeries;
 
 /// OpenTelemetry's recommended buckets for `http.server.request.duration`, in seconds.

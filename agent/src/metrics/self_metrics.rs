@@ -24,6 +24,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DataPathLabels {
+    /// `sockets` or `syscalls`.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NonHttpLabels {
     pub service_name: String,
     /// `server` (accepted) or `client` (connected; connected UDP and Unix sockets too, e.g.
@@ -62,6 +68,8 @@ pub const MAX_MODULE_SERIES: usize = 256;
 #[derive(Clone)]
 pub struct SelfMetrics {
     pub processes_watched: Gauge,
+    /// 1 for the data path in use (`sockets`, `syscalls`).
+    pub data_path_info: Family<DataPathLabels, Gauge>,
     pub probes_attached: Gauge,
     pub probes_detaching: Gauge,
     pub events_received: Counter,
@@ -102,6 +110,7 @@ impl Default for SelfMetrics {
     fn default() -> Self {
         Self {
             processes_watched: Gauge::default(),
+            data_path_info: Family::default(),
             probes_attached: Gauge::default(),
             probes_detaching: Gauge::default(),
             events_received: Counter::default(),
@@ -132,6 +141,12 @@ impl SelfMetrics {
             "processes_watched",
             "Processes the agent watches now",
             m.processes_watched.clone(),
+        );
+        r.register(
+            "data_path_info",
+            "1 for the data path the agent sees socket reads and writes with: sockets (the \
+             socket tracepoints, Linux 6.3+) or syscalls (the syscall tracepoints)",
+            m.data_path_info.clone(),
         );
         r.register(
             "probes_attached",

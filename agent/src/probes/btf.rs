@@ -23,7 +23,7 @@ const KIND_TYPE_TAG: u32 = 18;
 /// Anonymous members nest a few levels in practice; deeper is taken as a cycle.
 const MAX_DEPTH: usize = 8;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BtfError {
     #[error("{VMLINUX} cannot be read ({0}): the kernel has no BTF")]
     Unreadable(String),
@@ -157,6 +157,14 @@ impl<'a> Btf<'a> {
             Some(_) => Err(BtfError::BitField(name.into(), field.into())),
             None => Err(no_field()),
         }
+    }
+
+    /// Whether the BTF has a typedef named `name` (the kernel gives each raw tracepoint one,
+    /// `btf_trace_<tracepoint>`).
+    pub fn has_typedef(&self, name: &str) -> bool {
+        (1..=self.starts.len() as u32)
+            .filter_map(|id| self.type_by_id(id))
+            .any(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == Some(name.as_bytes()))
     }
 
     /// The bit offset of `field` in struct or union `t`: `Some(None)` for a bit-field.

@@ -31,7 +31,7 @@ pub use self::detacher::Detaching;
 use self::{
     btf::{Btf, BtfError},
     detacher::Detacher,
-    table::{Attach, Need, Probe, ProbeSpec, PROBES},
+    table::{Attach, DataPath, Probe, ProbeSpec, PROBES},
 };
 use crate::{symbols::go_binary::ProbePoint, target::Process};
 
@@ -80,6 +80,8 @@ pub enum ProbeError {
     Btf(#[from] BtfError),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error("the socket data path cannot be used: {0}; use --data-path auto or syscalls")]
+    NoSocketPath(String),
     #[error("pid {0} is beyond the kernel's pid limit (2^22)")]
     PidOutOfRange(u32),
 }
@@ -92,24 +94,93 @@ pub struct Probes {
     detacher: Detacher,
     /// Machine-wide probes attached.
     shared: usize,
+    data_path: DataPath,
+}
+
+/// Which data path the agent is to use (`--data-path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataPathChoice {
+    /// The socket path where the kernel has it (Linux 6.3+, with BTF), else the syscalls.
+    Auto,
+    /// The socket path, or an error.
+    Sockets,
+    /// The syscall path (the only one before Linux 6.3).
+    Syscalls,
+}
+
+/// How the eBPF object is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub data_path: DataPathChoice,
+    /// The data path's programs return at once (`--bench-empty-programs`: what the hooks
+    /// alone cost, for `cargo xtask bench --floors`).
+    pub empty_programs: bool,
 }
 
 impl Probes {
-    /// Loads every program of the table and attaches the machine-wide ones: a required one
-    /// that cannot be attached is an error; an optional one is left out with a warning that
-    /// says what is lost.
-    pub fn load() -> Result<Self, ProbeError> {
+    /// Loads every program of the table and attaches the machine-wide ones of the data path
+    /// chosen: a required one that cannot be attached is an error (or, with
+    /// `DataPathChoice::Auto` on the socket path, a fall back to the syscalls); an optional
+    /// one is left out with a warning that says what is lost.
+    pub fn load(options: LoadOptions) -> Result<Self, ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
         if !std::path::Path::new("/sys/bus/event_source/devices/uprobe").exists() {
             return Err(ProbeError::NoUprobes);
         }
+        let kernel = KernelFacts::read();
+        match options.data_path {
+            DataPathChoice::Syscalls => Self::load_path(DataPath::Syscalls, &kernel, options),
+            DataPathChoice::Sockets => Self::load_path(DataPath::Sockets, &kernel, options),
+            DataPathChoice::Auto => match kernel.socket_path_missing() {
+                Some(why) => {
+                    log::info!("using the syscall data path: {why}");
+                    Self::load_path(DataPath::Syscalls, &kernel, options)
+                }
+                None => Self::load_path(DataPath::Sockets, &kernel, options).or_else(|e| {
+                    log::warn!(
+                        "the socket data path failed ({}); using the syscall data path",
+                        error_chain(&e)
+                    );
+                    Self::load_path(DataPath::Syscalls, &kernel, options)
+                }),
+            },
+        }
+    }
+
+    fn load_path(
+        path: DataPath,
+        kernel: &KernelFacts,
+        options: LoadOptions,
+    ) -> Result<Self, ProbeError> {
+        if path == DataPath::Sockets {
+            if let Some(why) = kernel.socket_path_missing() {
+                return Err(ProbeError::NoSocketPath(why));
+            }
+        }
+        let data_path: u32 = match path {
+            DataPath::Sockets => obs_common::DATA_PATH_SOCKETS,
+            DataPath::Syscalls => 0,
+        };
+        let empty = u32::from(options.empty_programs);
         let mut ebpf = EbpfLoader::new()
+            .override_global(names::GLOBAL_DATA_PATH, &data_path, true)
+            .override_global(names::GLOBAL_EMPTY_PROGRAMS, &empty, true)
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        if let Ok(offsets) = &kernel.sock_offsets {
+            let map = ebpf
+                .map_mut(names::MAP_SOCK_OFFSETS)
+                .ok_or(ProbeError::Missing(names::MAP_SOCK_OFFSETS))?;
+            let mut array: Array<_, SockOffsets> = Array::try_from(map)?;
+            array.set(0, offsets, 0)?;
+        }
         let mut shared = 0;
         for spec in &PROBES {
+            if spec.path.is_some_and(|p| p != path) {
+                continue;
+            }
             let attached = match spec.attach {
                 // Loaded once; attached per process.
                 Attach::Uprobe { .. } => {
@@ -119,15 +190,15 @@ impl Probes {
                     continue;
                 }
                 Attach::RawTracepoint(name) => {
-                    prepare(&mut ebpf, spec).and_then(|()| attach_raw(&mut ebpf, spec, name))
+                    prepare(kernel, spec).and_then(|()| attach_raw(&mut ebpf, spec, name))
                 }
-                Attach::Tracepoint(category, name) => prepare(&mut ebpf, spec)
+                Attach::Tracepoint(category, name) => prepare(kernel, spec)
                     .and_then(|()| attach_tracepoint(&mut ebpf, spec, category, name)),
             };
-            match (attached, spec.need) {
-                (Ok(()), _) => shared += 1,
-                (Err(e), Need::Required) => return Err(e),
-                (Err(e), Need::Optional) => log::warn!(
+            match attached {
+                Ok(()) => shared += 1,
+                Err(e) if spec.need.required(path) => return Err(e),
+                Err(e) => log::warn!(
                     "not watching {} ({}): {}",
                     spec.sees,
                     error_chain(&e),
@@ -135,12 +206,19 @@ impl Probes {
                 ),
             }
         }
+        log::info!("data path: {}", path.as_str());
         Ok(Self {
             ebpf,
             uprobes: HashMap::new(),
             detacher: Detacher::start(),
             shared,
+            data_path: path,
         })
+    }
+
+    /// The data path in use.
+    pub fn data_path(&self) -> DataPath {
+        self.data_path
     }
 
     /// The event ring buffer, for the reader task (taken once).
@@ -380,19 +458,55 @@ where
         .map_err(load_error)
 }
 
-/// What a machine-wide probe needs before it can run: for the TCP-handshake program, the
+/// What a machine-wide probe needs before it can run: for the TCP-state program, the
 /// socket's field offsets from the kernel's BTF.
-fn prepare(ebpf: &mut Ebpf, spec: &ProbeSpec) -> Result<(), ProbeError> {
+fn prepare(kernel: &KernelFacts, spec: &ProbeSpec) -> Result<(), ProbeError> {
     if spec.probe == Probe::InetSockSetState {
-        let map = ebpf
-            .map_mut(names::MAP_SOCK_OFFSETS)
-            .ok_or(ProbeError::Missing(names::MAP_SOCK_OFFSETS))?;
-        let mut array: Array<_, SockOffsets> = Array::try_from(map)?;
-        array.set(0, sock_offsets()?, 0)?;
+        if let Err(e) = &kernel.sock_offsets {
+            return Err(e.clone().into());
+        }
     }
     Ok(())
 }
 
+/// What the running kernel offers the data paths, from its BTF.
+struct KernelFacts {
+    sock_offsets: Result<SockOffsets, BtfError>,
+    /// Both socket tracepoints exist (their BTF typedefs `btf_trace_*`).
+    sock_tracepoints: Result<bool, BtfError>,
+}
+
+impl KernelFacts {
+    fn read() -> Self {
+        let btf = std::fs::read(btf::VMLINUX).map_err(|e| BtfError::Unreadable(e.to_string()));
+        let parsed = btf.as_ref().map_err(Clone::clone).and_then(|data| Btf::parse(data));
+        match parsed {
+            Ok(btf) => Self {
+                sock_offsets: sock_offsets(&btf),
+                sock_tracepoints: Ok(["sock_recv_length", "sock_send_length"]
+                    .iter()
+                    .all(|tp| btf.has_typedef(&format!("btf_trace_{tp}")))),
+            },
+            Err(e) => Self {
+                sock_offsets: Err(e.clone()),
+                sock_tracepoints: Err(e),
+            },
+        }
+    }
+
+    /// Why the socket data path cannot be used here, if it cannot.
+    fn socket_path_missing(&self) -> Option<String> {
+        match (&self.sock_tracepoints, &self.sock_offsets) {
+            (Err(e), _) => Some(format!("the kernel's BTF is needed ({e})")),
+            (Ok(false), _) => Some(
+                "the kernel has no sock_recv_length/sock_send_length tracepoints (Linux 6.3+)"
+                    .to_owned(),
+            ),
+            (Ok(true), Err(e)) => Some(format!("the kernel's socket layout is unknown ({e})")),
+            (Ok(true), Ok(_)) => None,
+        }
+    }
+}
 fn attach_raw(ebpf: &mut Ebpf, spec: &ProbeSpec, name: &str) -> Result<(), ProbeError> {
     let p = program::<RawTracePoint>(ebpf, spec.program)?;
     p.load().map_err(load_error)?;
@@ -424,16 +538,20 @@ fn attach_failed(spec: &ProbeSpec, target: String, e: &dyn std::error::Error) ->
     }
 }
 
-/// `struct sock_common`'s address fields on this kernel; IPv6's may be missing.
-fn sock_offsets() -> Result<SockOffsets, BtfError> {
-    let data = std::fs::read(btf::VMLINUX).map_err(|e| BtfError::Unreadable(e.to_string()))?;
-    let btf = Btf::parse(&data)?;
+/// `struct sock_common`'s address fields and `struct sock`'s protocol on this kernel; IPv6's
+/// may be missing.
+fn sock_offsets(btf: &Btf<'_>) -> Result<SockOffsets, BtfError> {
     let field = |name| btf.field_offset("sock_common", name);
+    let optional = |name| field(name).unwrap_or(SockOffsets::NONE);
     Ok(SockOffsets {
         family: field("skc_family")?,
         num: field("skc_num")?,
         rcv_saddr: field("skc_rcv_saddr")?,
-        v6_rcv_saddr: field("skc_v6_rcv_saddr").unwrap_or(SockOffsets::NONE),
+        v6_rcv_saddr: optional("skc_v6_rcv_saddr"),
+        daddr: field("skc_daddr")?,
+        dport: field("skc_dport")?,
+        v6_daddr: optional("skc_v6_daddr"),
+        protocol: btf.field_offset("sock", "sk_protocol")?,
     })
 }
 

@@ -13,6 +13,8 @@ use crate::symbols::{
 /// One probe of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Probe {
+    SockRecvLength,
+    SockSendLength,
     SysExit,
     SysEnterClose,
     InetSockSetState,
@@ -54,8 +56,42 @@ pub enum Site {
 pub enum Need {
     /// The agent does not start without it.
     Required,
+    /// Required on this data path, optional on the other.
+    RequiredOn(DataPath),
     /// Left out with a warning (machine-wide probes) or a log line (per process).
     Optional,
+}
+
+impl Need {
+    /// Whether the agent cannot run without the probe on data path `path`.
+    pub fn required(self, path: DataPath) -> bool {
+        match self {
+            Need::Required => true,
+            Need::RequiredOn(p) => p == path,
+            Need::Optional => false,
+        }
+    }
+}
+
+/// Where the agent sees socket reads and writes: one of two sets of machine-wide probes,
+/// chosen at start (`--data-path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DataPath {
+    /// The `sock_recv_length` and `sock_send_length` tracepoints (Linux 6.3+): run on socket
+    /// reads and writes only.
+    Sockets,
+    /// The syscall tracepoints: run on every syscall of every task of the machine (the
+    /// kernel flags every task once a program is on them). The fallback.
+    Syscalls,
+}
+
+impl DataPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataPath::Sockets => "sockets",
+            DataPath::Syscalls => "syscalls",
+        }
+    }
 }
 
 /// What the agent does with what a probe sees.
@@ -95,6 +131,9 @@ pub struct ProbeSpec {
     /// The program's name in the eBPF object.
     pub program: &'static str,
     pub attach: Attach,
+    /// The data path it belongs to (machine-wide probes attached on that path only), or
+    /// `None` for a probe of both.
+    pub path: Option<DataPath>,
     pub need: Need,
     pub feature: Feature,
     /// What it sees, as a log line says it ("not watching TCP handshakes (...)").
@@ -106,35 +145,65 @@ pub struct ProbeSpec {
 }
 
 /// Every probe, in the order machine-wide probes are attached.
-pub const PROBES: [ProbeSpec; 9] = [
+pub const PROBES: [ProbeSpec; 11] = [
+    ProbeSpec {
+        probe: Probe::SockRecvLength,
+        program: names::PROG_SOCK_RECV_LENGTH,
+        attach: Attach::RawTracepoint("sock_recv_length"),
+        path: Some(DataPath::Sockets),
+        need: Need::Required,
+        feature: Feature::SocketData,
+        sees: "socket reads",
+        when: "on the socket data path (Linux 6.3+, the default there): on every socket read \
+               of the machine; returns after one bitmap test for unwatched processes",
+        without: "the agent uses the syscall data path",
+    },
+    ProbeSpec {
+        probe: Probe::SockSendLength,
+        program: names::PROG_SOCK_SEND_LENGTH,
+        attach: Attach::RawTracepoint("sock_send_length"),
+        path: Some(DataPath::Sockets),
+        need: Need::Required,
+        feature: Feature::SocketData,
+        sees: "socket writes",
+        when: "on the socket data path: on every socket write of the machine; returns after \
+               one bitmap test for unwatched processes",
+        without: "the agent uses the syscall data path",
+    },
     ProbeSpec {
         probe: Probe::SysExit,
         program: names::PROG_SYS_EXIT,
         attach: Attach::RawTracepoint("sys_exit"),
+        path: Some(DataPath::Syscalls),
         need: Need::Required,
         feature: Feature::SocketData,
         sees: "socket syscalls",
-        when: "always; returns after one bitmap test for unwatched processes",
+        when: "on the syscall data path (kernels before 6.3, or `--data-path syscalls`): on \
+               every syscall of the machine; returns after one bitmap test for unwatched \
+               processes",
         without: "nothing can be seen: the agent does not start",
     },
     ProbeSpec {
         probe: Probe::SysEnterClose,
         program: names::PROG_SYS_ENTER_CLOSE,
         attach: Attach::Tracepoint("syscalls", "sys_enter_close"),
+        path: Some(DataPath::Syscalls),
         need: Need::Required,
         feature: Feature::SocketData,
         sees: "closed descriptors",
-        when: "always",
+        when: "on the syscall data path",
         without: "connections would never end: the agent does not start",
     },
     ProbeSpec {
         probe: Probe::InetSockSetState,
         program: names::PROG_INET_SOCK_SET_STATE,
         attach: Attach::RawTracepoint("inet_sock_set_state"),
-        need: Need::Optional,
+        path: None,
+        need: Need::RequiredOn(DataPath::Sockets),
         feature: Feature::TcpHandshakes,
         sees: "TCP handshakes",
-        when: "always, when the kernel's BTF gives `struct sock_common`'s address fields",
+        when: "always, when the kernel's BTF gives `struct sock_common`'s address fields; on \
+               the socket data path it also sees connects and closes",
         without: "calls on short connections of processes that never ask for their own \
                   address (most but Go) will not be linked to the server span at the other end",
     },
@@ -145,6 +214,7 @@ pub const PROBES: [ProbeSpec; 9] = [
             function: MUX_SERVE_HTTP,
             site: Site::StackCheckJump,
         },
+        path: None,
         need: Need::Optional,
         feature: Feature::Routes,
         sees: "ServeMux instances",
@@ -158,6 +228,7 @@ pub const PROBES: [ProbeSpec; 9] = [
             function: NEWPROC_CLOSURE,
             site: Site::CallTo("runtime.runqput"),
         },
+        path: None,
         need: Need::Optional,
         feature: Feature::Goroutines,
         sees: "goroutine creations",
@@ -172,6 +243,7 @@ pub const PROBES: [ProbeSpec; 9] = [
             function: ROUND_TRIP,
             site: Site::StackCheckJump,
         },
+        path: None,
         need: Need::Optional,
         feature: Feature::CallParents,
         sees: "net/http client calls",
@@ -185,6 +257,7 @@ pub const PROBES: [ProbeSpec; 9] = [
             function: GOPANIC,
             site: Site::StackCheckJump,
         },
+        path: None,
         need: Need::Optional,
         feature: Feature::Panics,
         sees: "panics",
@@ -198,6 +271,7 @@ pub const PROBES: [ProbeSpec; 9] = [
             function: RECOVERY,
             site: Site::StackCheckJump,
         },
+        path: None,
         need: Need::Optional,
         feature: Feature::Panics,
         sees: "recovered panics",
@@ -211,6 +285,7 @@ pub const PROBES: [ProbeSpec; 9] = [
             function: FATALPANIC,
             site: Site::Entry,
         },
+        path: None,
         need: Need::Optional,
         feature: Feature::Panics,
         sees: "fatal panics",
@@ -267,6 +342,8 @@ pub fn markdown() -> String {
             s.when,
             match s.need {
                 Need::Required => "yes",
+                Need::RequiredOn(DataPath::Sockets) => "on the socket data path",
+                Need::RequiredOn(DataPath::Syscalls) => "on the syscall data path",
                 Need::Optional => "no",
             },
             s.feature.as_str(),
@@ -283,6 +360,8 @@ mod tests {
     #[test]
     fn every_probe_is_its_own_row_and_every_program_is_named_once() {
         let all = [
+            Probe::SockRecvLength,
+            Probe::SockSendLength,
             Probe::SysExit,
             Probe::SysEnterClose,
             Probe::InetSockSetState,

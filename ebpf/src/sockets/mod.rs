@@ -1,79 +1,45 @@
-//! Socket syscalls of watched processes, from one `raw_tracepoint/sys_exit` program: any
-//! language, no uprobe, and on kernels without kprobes. At syscall exit the saved user
-//! registers still hold the arguments (rdi, rsi, rdx), so no entry probe is needed.
-//!
-//! Cost for every other process on the machine: a bit test in an array (inlined) per syscall.
+//! Socket I/O of watched processes, any language, no uprobe, on kernels without kprobes. Two
+//! data paths, one chosen at load (user space's `DATA_PATH` config): the socket tracepoints
+//! (`sock_length`, Linux 6.3+), which run only on socket reads and writes, or the syscall
+//! tracepoints (`syscalls`), which run on every syscall of every task. Both write the same
+//! records; `tcp_state` follows TCP state changes for both.
+
+pub mod sock_length;
+pub mod syscalls;
+pub mod tcp_state;
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_task_pt_regs,
+    },
 };
 use obs_common::{
     go_trace::FOLLOW_PARENTS,
     sockets::{
-        nr, set_state, SockConn, SockDataN, SockLocal, SockOffsets, AF_INET, AF_INET6, DATA_PREFIX,
-        DIR_EGRESS, DIR_INGRESS, EGRESS_PREFIX, SOCK_DATA_HEADER,
+        nr, SockConn, SockDataN, SockOffsets, AF_INET, AF_INET6, DATA_PREFIX, DIR_EGRESS,
+        DIR_INGRESS, EGRESS_PREFIX, SOCK_DATA_HEADER,
     },
     stats::Stat,
     EventKind,
 };
 
 use crate::{
-    maps::{
-        count, is_watched, output, wakeup_flags, CONNECTING, CONNECTING_SOCKS, EVENTS, GO_PROCS,
-        SCRATCH, SOCK_OFFSETS,
-    },
+    maps::{count, output, wakeup_flags, CONNECTING, EVENTS, GO_PROCS, SCRATCH},
     user_mem::read,
 };
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_watched(tgid) {
-        return 0;
-    }
-    let regs: *const pt_regs = ctx.arg(0);
-    let ret: i64 = ctx.arg(1);
-    // Most syscalls of a watched process are not socket I/O: read only the number first.
-    let Ok(syscall) = (unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }) else {
-        count(Stat::TargetReadErrors);
-        return 0;
-    };
-    if !matches!(
-        syscall,
-        nr::READ
-            | nr::WRITE
-            | nr::CLOSE
-            | nr::READV
-            | nr::WRITEV
-            | nr::CONNECT
-            | nr::ACCEPT
-            | nr::SENDTO
-            | nr::RECVFROM
-            | nr::SENDMSG
-            | nr::RECVMSG
-            | nr::ACCEPT4
-            | nr::GETSOCKNAME
-            | nr::SENDFILE
-    ) {
-        return 0;
-    }
-    // A failed call is of no interest but for connect (EINPROGRESS on a non-blocking socket):
-    // a Go server's every request ends in a read that fails with EAGAIN.
-    if ret < 0 && syscall != nr::CONNECT {
-        return 0;
-    }
-    let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
-        count(Stat::TargetReadErrors);
-        return 0;
-    };
+/// The data a socket syscall moved (`ret` bytes), as its saved registers describe it: the
+/// buffer of `read`/`write`/`recvfrom`/`sendto`, the first of a vector (`readv`, `writev`,
+/// `recvmsg`, `sendmsg`: no more of it than it holds), nothing for `sendfile` (a file's bytes,
+/// counted).
+#[inline(always)]
+pub fn data_at(tgid: u32, regs: &pt_regs, syscall: u64, ret: i64) {
     match syscall {
-        nr::READ | nr::RECVFROM if ret > 0 => data(tgid, &regs, ret, DIR_INGRESS, regs.rsi, ret),
-        nr::WRITE | nr::SENDTO if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, regs.rsi, ret),
-        // Only the first buffer of a vector is copied, and no more of it than it holds.
-        nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
+        nr::READ | nr::RECVFROM => data(tgid, regs, ret, DIR_INGRESS, regs.rsi, ret),
+        nr::WRITE | nr::SENDTO => data(tgid, regs, ret, DIR_EGRESS, regs.rsi, ret),
+        nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG => {
             let (base, len) = if matches!(syscall, nr::READV | nr::WRITEV) {
                 first_iov(regs.rsi)
             } else {
@@ -85,37 +51,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             } else {
                 DIR_EGRESS
             };
-            data(tgid, &regs, ret, direction, base, len)
+            data(tgid, regs, ret, direction, base, len)
         }
-        // sendfile(out_fd, in_fd, ...): file bytes sent on a socket (a static file's body):
-        // counted, nothing to copy.
-        nr::SENDFILE if ret > 0 => data(tgid, &regs, ret, DIR_EGRESS, 0, 0),
-        // The kernel wrote the peer's address to rsi (if the caller asked for it).
-        nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => conn(tgid, syscall, ret as u32, ret, regs.rsi),
-        nr::CONNECT => connected(conn_event(tgid, syscall, regs.rdi as u32, ret, regs.rsi)),
-        // The socket's own address (Go asks right after connect and accept): the local end
-        // that links a client span to the server span of the same connection.
-        nr::GETSOCKNAME if ret == 0 => conn(tgid, syscall, regs.rdi as u32, ret, regs.rsi),
+        nr::SENDFILE => data(tgid, regs, ret, DIR_EGRESS, 0, 0),
         _ => {}
     }
-    0
-}
-
-/// `close` is seen on entry, not exit: on exit the descriptor may already belong to a new
-/// connection accepted on another CPU, whose accept event would then precede the close.
-#[tracepoint(category = "syscalls", name = "sys_enter_close")]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_watched(tgid) {
-        return 0;
-    }
-    // struct trace_event_raw_sys_enter: the first argument at offset 16.
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else {
-        count(Stat::TargetReadErrors);
-        return 0;
-    };
-    conn(tgid, nr::CLOSE, fd as u32, 0, 0);
-    0
 }
 
 /// `struct sockaddr_in` (family, port, 4-byte address) or `sockaddr_in6` (family, port,
@@ -333,73 +273,60 @@ fn connected(mut event: SockConn) {
     output(&event);
 }
 
-/// TCP state changes, for this end's address of the connections watched processes open:
-/// most runtimes never ask for it (getsockname), and a short connection is gone from /proc
-/// by the time user space reads the ring. Into SYN_SENT (inside the process's connect, which
-/// names the thread): the socket is remembered; out of it into ESTABLISHED (anywhere, often
-/// in a softirq), its now-bound local address is read from the socket (`SOCK_OFFSETS`) and
-/// reported, keyed by the socket. Every other change returns after comparing the states.
-/// A raw tracepoint: the kernel builds no record for it, which is most of what a
-/// `sock:inet_sock_set_state` perf tracepoint costs per call.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
-    let new = ctx.arg::<u64>(2) as i32;
-    if new == set_state::TCP_SYN_SENT {
-        let thread = bpf_get_current_pid_tgid();
-        let tgid = (thread >> 32) as u32;
-        if is_watched(tgid) {
-            let sock: u64 = ctx.arg(0);
-            let _ = CONNECTING.insert(thread, sock, 0);
-            let _ = CONNECTING_SOCKS.insert(sock, tgid, 0);
-        }
-        return 0;
-    }
-    if ctx.arg::<u64>(1) as i32 != set_state::TCP_SYN_SENT {
-        return 0;
-    }
-    let sock: u64 = ctx.arg(0);
-    let Some(tgid) = (unsafe { CONNECTING_SOCKS.get(sock) }).copied() else {
-        return 0;
-    };
-    let _ = CONNECTING_SOCKS.remove(sock);
-    if new == set_state::TCP_ESTABLISHED {
-        local_address(tgid, sock);
-    }
-    0
+
+/// The current thread's user registers, saved at syscall entry.
+#[inline(always)]
+pub fn user_regs() -> Option<pt_regs> {
+    // SAFETY: helpers the verifier checks; the result is the task's pt_regs.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    unsafe { bpf_probe_read_kernel(regs) }.ok()
 }
 
+/// Both ends of a socket, read from the kernel's `struct sock` at the BTF offsets user space
+/// gave (`SOCK_OFFSETS`).
+pub struct SockAddrs {
+    pub family: u16,
+    pub local: [u8; 16],
+    pub local_port: u16,
+    pub peer: [u8; 16],
+    pub peer_port: u16,
+}
+
+/// The addresses of `sock`, if it is an IPv4 or IPv6 one (a Unix socket has none).
 #[inline(always)]
-fn local_address(tgid: u32, sock: u64) {
-    let Some(off) = SOCK_OFFSETS.get(0) else {
-        return;
-    };
+pub fn sock_addresses(sock: u64, off: &SockOffsets) -> Option<SockAddrs> {
     let field = |offset: u32| (sock + u64::from(offset)) as *const u8;
-    let family = unsafe { bpf_probe_read_kernel(field(off.family).cast::<u16>()) };
-    let port = unsafe { bpf_probe_read_kernel(field(off.num).cast::<u16>()) };
-    let (Ok(family), Ok(port)) = (family, port) else {
-        count(Stat::TargetReadErrors);
-        return;
+    // SAFETY: reads of the kernel's socket, checked by the helper.
+    let family = unsafe { bpf_probe_read_kernel(field(off.family).cast::<u16>()) }.ok()?;
+    let local_port = unsafe { bpf_probe_read_kernel(field(off.num).cast::<u16>()) }.ok()?;
+    let peer_port = unsafe { bpf_probe_read_kernel(field(off.dport).cast::<u16>()) }
+        .map(u16::from_be)
+        .unwrap_or(0);
+    let (local, peer) = match family {
+        AF_INET => (
+            unsafe { bpf_probe_read_kernel(field(off.rcv_saddr).cast::<[u8; 4]>()) }
+                .map(ipv4_in_16)
+                .ok()?,
+            unsafe { bpf_probe_read_kernel(field(off.daddr).cast::<[u8; 4]>()) }
+                .map(ipv4_in_16)
+                .unwrap_or([0; 16]),
+        ),
+        AF_INET6 if off.v6_rcv_saddr != SockOffsets::NONE => (
+            unsafe { bpf_probe_read_kernel(field(off.v6_rcv_saddr).cast::<[u8; 16]>()) }.ok()?,
+            if off.v6_daddr == SockOffsets::NONE {
+                [0; 16]
+            } else {
+                unsafe { bpf_probe_read_kernel(field(off.v6_daddr).cast::<[u8; 16]>()) }
+                    .unwrap_or([0; 16])
+            },
+        ),
+        _ => return None,
     };
-    let addr = match family {
-        AF_INET => {
-            unsafe { bpf_probe_read_kernel(field(off.rcv_saddr).cast::<[u8; 4]>()) }.map(ipv4_in_16)
-        }
-        AF_INET6 if off.v6_rcv_saddr != SockOffsets::NONE => unsafe {
-            bpf_probe_read_kernel(field(off.v6_rcv_saddr).cast::<[u8; 16]>())
-        },
-        _ => return,
-    };
-    let Ok(addr) = addr else {
-        count(Stat::TargetReadErrors);
-        return;
-    };
-    output(&SockLocal {
-        kind: EventKind::SockLocal as u32,
-        tgid,
-        sock,
+    Some(SockAddrs {
         family,
-        port,
-        _pad: 0,
-        addr,
-    });
+        local,
+        local_port,
+        peer,
+        peer_port,
+    })
 }
