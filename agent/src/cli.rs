@@ -117,7 +117,13 @@ pub struct Args {
     /// Linux 6.3+: only socket I/O pays), `syscalls` (the syscall tracepoints: every syscall
     /// of every process on the machine pays a little), or `auto` (sockets where the kernel
     /// has them). `obs_agent_data_path_info` says which is in use.
-    #[arg(long, value_name = "PATH", value_enum, default_value = "auto", env = "OBS_DATA_PATH")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        value_enum,
+        default_value = "auto",
+        env = "OBS_DATA_PATH"
+    )]
     pub data_path: DataPathChoice,
 
     /// Benchmarking only: the data path's programs return at once (nothing is seen), to

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, fmt, path::Path};
 use serde::{Serialize, Serializer};
 
 use crate::{
-    probes::table::Probe,
+    probes::{self, table::Probe},
     symbols::{
         disasm::SiteKind,
         dwarf::Layouts,
@@ -67,6 +67,11 @@ pub struct Report {
     /// Struct -> members the agent reads (`go_binary::WANTED_FIELDS`), what `dwarf_layouts`
     /// and the offsets table cover.
     pub wanted_fields: BTreeMap<&'static str, &'static [&'static str]>,
+    /// The data path the agent would see this program's socket reads and writes with, on
+    /// this machine's kernel: `sockets` or `syscalls`.
+    pub data_path: &'static str,
+    /// Why not the socket data path, when not.
+    pub data_path_why: Option<String>,
 }
 
 /// Success, or why not as its message: `{"Ok": null}` or `{"Err": "..."}`, as serde writes a
@@ -156,6 +161,7 @@ impl From<&LayoutSource> for SourceReport {
 /// Fails only when the file cannot be read as an ELF binary.
 pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
     let elf = ElfFile::open(path)?;
+    let here = probes::data_path_here();
     let mut report = Report {
         binary: path.display().to_string(),
         go_version: None,
@@ -172,6 +178,8 @@ pub fn inspect(path: &Path) -> Result<Report, SymbolsError> {
         layouts: None,
         dwarf_layouts: offsets::dwarf_layouts(&elf)?.map(|l| sorted(&l)),
         refusal: None,
+        data_path: here.0.as_str(),
+        data_path_why: here.1,
         goroutine_tracking: None,
         runtime_state: None,
         runtime_globals: None,
@@ -392,13 +400,22 @@ impl fmt::Display for Report {
             }
         }
         match &self.refusal {
-            Some(why) => writeln!(f, "would watch it:  no: {why}"),
+            Some(why) => writeln!(f, "would watch it:  no: {why}")?,
             None if self.go_version.is_none() => writeln!(
                 f,
-                "would watch it:  yes, through its socket syscalls (HTTP/1.x; not Go: no routes \
-                 from memory)"
+                "would watch it:  yes, through its socket reads and writes (HTTP/1.x; not Go: \
+                 no routes from memory)"
+            )?,
+            None => writeln!(f, "would watch it:  yes")?,
+        }
+        match &self.data_path_why {
+            None => writeln!(
+                f,
+                "data path:       {} (this kernel's socket tracepoints: only socket reads and \
+                 writes pay)",
+                self.data_path
             ),
-            None => writeln!(f, "would watch it:  yes"),
+            Some(why) => writeln!(f, "data path:       {} ({why})", self.data_path),
         }
     }
 }
@@ -415,7 +432,20 @@ mod tests {
         assert_eq!(report.refusal, None);
         let text = report.to_string();
         assert!(
-            text.contains("would watch it:  yes, through its socket syscalls"),
+            text.contains("would watch it:  yes, through its socket reads and writes"),
+            "{text}"
+        );
+        // Linux 6.3+ (with BTF) has the socket tracepoints.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+        let mut next = || numbers.next().and_then(|n| n.parse::<u32>().ok()).unwrap();
+        let expected = if (next(), next()) >= (6, 3) {
+            "sockets"
+        } else {
+            "syscalls"
+        };
+        assert!(
+            text.contains(&format!("data path:       {expected}")),
             "{text}"
         );
     }

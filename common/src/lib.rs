@@ -26,6 +26,7 @@ pub mod names {
     pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_SOCK_RECV_LENGTH: &str = "sock_recv_length";
     pub const PROG_SOCK_SEND_LENGTH: &str = "sock_send_length";
+    pub const PROG_TCP_DESTROY_SOCK: &str = "tcp_destroy_sock";
     pub const MAP_SOCKS: &str = "SOCKS";
     /// Read-only globals of the eBPF object, set at load.
     pub const GLOBAL_DATA_PATH: &str = "DATA_PATH";

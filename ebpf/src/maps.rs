@@ -11,8 +11,8 @@ use obs_common::{
     go_trace::{GoOffsets, GoroutineKey, MAX_GOROUTINE_PARENTS},
     sockets::{SockData, SockInfo, SockOffsets, MAX_CONNECTING, MAX_SOCKS},
     stats::{Stat, STAT_COUNT},
-    watched_slot, DATA_PATH_SOCKETS, EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW, MAX_MUXES,
-    MAX_WATCHED_PROCESSES, WATCHED_WORDS,
+    watched_slot, DATA_PATH_SOCKETS, EVENTS_RING_BYTES, EVENTS_WAKEUP_BYTES, EVENTS_WAKEUP_WINDOW,
+    MAX_MUXES, MAX_WATCHED_PROCESSES, WATCHED_WORDS,
 };
 
 /// All events for user space.

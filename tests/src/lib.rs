@@ -47,6 +47,26 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// Whether this kernel has the socket data path's tracepoints (`sock_recv_length`,
+/// `sock_send_length`: Linux 6.3+).
+pub fn kernel_has_socket_path() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (6, 3)
+}
+
+/// The data path the agents of this run use: OBS_DATA_PATH (`cargo xtask test` runs the
+/// suite once with each), else what `--data-path auto` takes on this kernel.
+pub fn data_path_under_test() -> String {
+    match std::env::var("OBS_DATA_PATH") {
+        Ok(path) if path != "auto" => path,
+        _ if kernel_has_socket_path() => "sockets".to_owned(),
+        _ => "syscalls".to_owned(),
+    }
+}
+
 pub fn agent_bin() -> PathBuf {
     env_path("OBS_AGENT_BIN")
 }

@@ -13,6 +13,7 @@ use std::{
 };
 
 use obs_integration_tests::{
+    data_path_under_test,
     load::{drive, Call},
     metrics::counts,
     nginx::Nginx,
@@ -110,6 +111,12 @@ fn exact_counts_for(server: ScriptServer, service: &str) {
     let info = s.target_info(service);
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].labels["go_version"], "");
+    // Counted exactly on the data path under test.
+    let path = data_path_under_test();
+    assert_eq!(
+        s.sum("obs_agent_data_path_info", &[("path", path.as_str())]),
+        1.0
+    );
 }
 
 #[test]

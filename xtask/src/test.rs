@@ -7,7 +7,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{
     build::{build, ebpf_object_env},
@@ -22,9 +22,21 @@ const ROTEL_VERSION: &str = "0.0.1a15";
 
 #[derive(clap::Args)]
 pub struct TestArgs {
+    /// Which data path the agent under test uses (its `--data-path`, through the
+    /// OBS_DATA_PATH variable): `both` runs the integration tests once with each, the socket
+    /// tracepoints first.
+    #[arg(long, value_enum, default_value = "both")]
+    data_path: TestDataPath,
     /// Passed to `cargo test` after `--` (e.g. a test name filter).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     rest: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TestDataPath {
+    Both,
+    Sockets,
+    Syscalls,
 }
 
 pub struct TestTools {
@@ -132,23 +144,46 @@ pub fn test(args: TestArgs) -> Result<()> {
         .env(obj_var, &obj))
     .context("the fuzz targets do not build")?;
     remove_stale_test_dirs();
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root())
-        .args(["test", "--release", "--workspace", "--no-fail-fast"])
-        .env(obj_var, obj)
-        .env("OBS_AGENT_BIN", &agent)
-        .env("OBS_GO_TOOLCHAINS", toolchains_env(&tools.toolchains))
-        .env("OBS_GO_OLD", tools.go("1.19")?)
-        .env("OBS_GO_123", tools.go("1.23")?)
-        .env("OBS_MANIFEST_TOOLS", &tools.manifest_tools)
-        .env("OBS_ROTEL", &tools.rotel)
-        .env("OBS_DASHBOARD_TOOLS", &tools.dashboard_tools)
-        .env(
-            "OBS_GO_NEW",
-            &tools.toolchains.last().context("no Go toolchain")?.go,
-        );
-    cmd.arg("--").args(&args.rest);
-    run(&mut cmd).context("tests failed")
+    let paths: &[&str] = match args.data_path {
+        TestDataPath::Both => &["sockets", "syscalls"],
+        TestDataPath::Sockets => &["sockets"],
+        TestDataPath::Syscalls => &["syscalls"],
+    };
+    let mut failed = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        eprintln!("== tests with the agent on the {path} data path (OBS_DATA_PATH={path})");
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(workspace_root())
+            .args(["test", "--release", "--no-fail-fast"]);
+        // Unit tests do not depend on the data path: once.
+        if i == 0 {
+            cmd.arg("--workspace");
+        } else {
+            cmd.args(["-p", "obs-integration-tests"]);
+        }
+        cmd.env(obj_var, &obj)
+            .env("OBS_DATA_PATH", path)
+            .env("OBS_AGENT_BIN", &agent)
+            .env("OBS_GO_TOOLCHAINS", toolchains_env(&tools.toolchains))
+            .env("OBS_GO_OLD", tools.go("1.19")?)
+            .env("OBS_GO_123", tools.go("1.23")?)
+            .env("OBS_MANIFEST_TOOLS", &tools.manifest_tools)
+            .env("OBS_ROTEL", &tools.rotel)
+            .env("OBS_DASHBOARD_TOOLS", &tools.dashboard_tools)
+            .env(
+                "OBS_GO_NEW",
+                &tools.toolchains.last().context("no Go toolchain")?.go,
+            );
+        cmd.arg("--").args(&args.rest);
+        if let Err(e) = run(&mut cmd) {
+            eprintln!("== tests failed on the {path} data path: {e:#}");
+            failed.push(*path);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("tests failed on the {} data path", failed.join(" and the "));
+    }
+    Ok(())
 }
 
 /// Removes what test processes that no longer run left in the temporary directory (a test

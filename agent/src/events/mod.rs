@@ -79,7 +79,9 @@ pub fn peer_address(c: &SockConn) -> Option<std::net::SocketAddr> {
 }
 
 /// Both ends of a socket the socket data path saw first: (this end, the other end).
-pub fn open_addresses(o: &SockOpen) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
+pub fn open_addresses(
+    o: &SockOpen,
+) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
     (
         socket_address(o.family, o.local_port, o.local_addr),
         socket_address(o.family, o.peer_port, o.peer_addr),

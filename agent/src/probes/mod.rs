@@ -469,21 +469,41 @@ fn prepare(kernel: &KernelFacts, spec: &ProbeSpec) -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// The data path `--data-path auto` takes on this machine, and why not the socket path if
+/// not (what `obs-agent inspect` says; no root needed: the kernel's BTF is readable by all).
+pub fn data_path_here() -> (DataPath, Option<String>) {
+    match KernelFacts::read().socket_path_missing() {
+        None => (DataPath::Sockets, None),
+        Some(why) => (DataPath::Syscalls, Some(why)),
+    }
+}
+
+/// The tracepoints the socket data path needs (the first two since Linux 6.3).
+const SOCKET_PATH_TRACEPOINTS: [&str; 4] = [
+    "sock_recv_length",
+    "sock_send_length",
+    "inet_sock_set_state",
+    "tcp_destroy_sock",
+];
+
 /// What the running kernel offers the data paths, from its BTF.
 struct KernelFacts {
     sock_offsets: Result<SockOffsets, BtfError>,
-    /// Both socket tracepoints exist (their BTF typedefs `btf_trace_*`).
+    /// Every tracepoint of `SOCKET_PATH_TRACEPOINTS` exists (its BTF typedef `btf_trace_*`).
     sock_tracepoints: Result<bool, BtfError>,
 }
 
 impl KernelFacts {
     fn read() -> Self {
         let btf = std::fs::read(btf::VMLINUX).map_err(|e| BtfError::Unreadable(e.to_string()));
-        let parsed = btf.as_ref().map_err(Clone::clone).and_then(|data| Btf::parse(data));
+        let parsed = btf
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|data| Btf::parse(data));
         match parsed {
             Ok(btf) => Self {
                 sock_offsets: sock_offsets(&btf),
-                sock_tracepoints: Ok(["sock_recv_length", "sock_send_length"]
+                sock_tracepoints: Ok(SOCKET_PATH_TRACEPOINTS
                     .iter()
                     .all(|tp| btf.has_typedef(&format!("btf_trace_{tp}")))),
             },
@@ -499,7 +519,8 @@ impl KernelFacts {
         match (&self.sock_tracepoints, &self.sock_offsets) {
             (Err(e), _) => Some(format!("the kernel's BTF is needed ({e})")),
             (Ok(false), _) => Some(
-                "the kernel has no sock_recv_length/sock_send_length tracepoints (Linux 6.3+)"
+                "the kernel lacks the socket tracepoints (sock_recv_length and sock_send_length \
+                 are Linux 6.3+)"
                     .to_owned(),
             ),
             (Ok(true), Err(e)) => Some(format!("the kernel's socket layout is unknown ({e})")),

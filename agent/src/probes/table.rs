@@ -15,6 +15,7 @@ use crate::symbols::{
 pub enum Probe {
     SockRecvLength,
     SockSendLength,
+    TcpDestroySock,
     SysExit,
     SysEnterClose,
     InetSockSetState,
@@ -145,7 +146,7 @@ pub struct ProbeSpec {
 }
 
 /// Every probe, in the order machine-wide probes are attached.
-pub const PROBES: [ProbeSpec; 11] = [
+pub const PROBES: [ProbeSpec; 12] = [
     ProbeSpec {
         probe: Probe::SockRecvLength,
         program: names::PROG_SOCK_RECV_LENGTH,
@@ -168,6 +169,18 @@ pub const PROBES: [ProbeSpec; 11] = [
         sees: "socket writes",
         when: "on the socket data path: on every socket write of the machine; returns after \
                one bitmap test for unwatched processes",
+        without: "the agent uses the syscall data path",
+    },
+    ProbeSpec {
+        probe: Probe::TcpDestroySock,
+        program: names::PROG_TCP_DESTROY_SOCK,
+        attach: Attach::RawTracepoint("tcp_destroy_sock"),
+        path: Some(DataPath::Sockets),
+        need: Need::Required,
+        feature: Feature::SocketData,
+        sees: "closed TCP sockets",
+        when: "on the socket data path: when a TCP socket is freed, for the ends not seen in \
+               a `close` (shut down or reset before)",
         without: "the agent uses the syscall data path",
     },
     ProbeSpec {
@@ -362,6 +375,7 @@ mod tests {
         let all = [
             Probe::SockRecvLength,
             Probe::SockSendLength,
+            Probe::TcpDestroySock,
             Probe::SysExit,
             Probe::SysEnterClose,
             Probe::InetSockSetState,

@@ -273,7 +273,6 @@ fn connected(mut event: SockConn) {
     output(&event);
 }
 
-
 /// The current thread's user registers, saved at syscall entry.
 #[inline(always)]
 pub fn user_regs() -> Option<pt_regs> {

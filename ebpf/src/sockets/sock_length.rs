@@ -89,10 +89,8 @@ fn seen(tgid: u32, sock: u64, fd: u32) {
         return;
     };
     let client = known.map_or(0, |k| k.flags & SOCK_CLIENT);
-    let protocol = unsafe {
-        bpf_probe_read_kernel((sock + u64::from(off.protocol)) as *const u16)
-    }
-    .unwrap_or(0);
+    let protocol = unsafe { bpf_probe_read_kernel((sock + u64::from(off.protocol)) as *const u16) }
+        .unwrap_or(0);
     let mut event = SockOpen {
         kind: EventKind::SockOpen as u32,
         tgid,

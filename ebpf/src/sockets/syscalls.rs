@@ -61,8 +61,15 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     match syscall {
-        nr::READ | nr::RECVFROM | nr::WRITE | nr::SENDTO | nr::READV | nr::WRITEV
-        | nr::RECVMSG | nr::SENDMSG | nr::SENDFILE
+        nr::READ
+        | nr::RECVFROM
+        | nr::WRITE
+        | nr::SENDTO
+        | nr::READV
+        | nr::WRITEV
+        | nr::RECVMSG
+        | nr::SENDMSG
+        | nr::SENDFILE
             if ret > 0 =>
         {
             data_at(tgid, &regs, syscall, ret)

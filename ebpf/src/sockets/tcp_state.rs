@@ -15,7 +15,8 @@ use obs_common::{
 
 use super::{sock_addresses, user_regs};
 use crate::maps::{
-    count, empty_programs, is_watched, output, socket_path, CONNECTING, CONNECTING_SOCKS, SOCKS, SOCK_OFFSETS,
+    count, empty_programs, is_watched, output, socket_path, CONNECTING, CONNECTING_SOCKS, SOCKS,
+    SOCK_OFFSETS,
 };
 
 /// TCP state changes of watched processes' sockets. Every change returns after comparing the
@@ -27,9 +28,9 @@ use crate::maps::{
 ///   address is read from the socket (`SOCK_OFFSETS`) and reported, keyed by the socket:
 ///   most runtimes never ask for it (getsockname), and a short connection is gone from /proc
 ///   by the time user space reads the ring;
-/// - on the socket data path, the end of a socket it has seen: the process closing it
-///   (ESTABLISHED to FIN_WAIT1, CLOSE_WAIT to LAST_ACK, inside `close`), or any change into
-///   CLOSE (a reset, an abort, the end of TIME_WAIT), reported with its descriptor.
+/// - on the socket data path, the end of a watched process's socket inside its `close`
+///   (ESTABLISHED to FIN_WAIT1, CLOSE_WAIT to LAST_ACK, or into CLOSE), reported with its
+///   descriptor (see `closed`).
 ///
 /// A raw tracepoint: the kernel builds no record for it, which is most of what a
 /// `sock:inet_sock_set_state` perf tracepoint costs per call.
@@ -51,7 +52,7 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         || (old == set_state::TCP_ESTABLISHED && new == set_state::TCP_FIN_WAIT1)
         || (old == set_state::TCP_CLOSE_WAIT && new == set_state::TCP_LAST_ACK);
     if ends && socket_path() {
-        closed(ctx.arg(0), new);
+        closed(ctx.arg(0));
     }
     0
 }
@@ -99,7 +100,10 @@ fn connecting(sock: u64) {
         addr: [0; 16],
         sock,
     };
-    if let Some(a) = SOCK_OFFSETS.get(0).and_then(|off| sock_addresses(sock, off)) {
+    if let Some(a) = SOCK_OFFSETS
+        .get(0)
+        .and_then(|off| sock_addresses(sock, off))
+    {
         event.family = a.family;
         event.port = a.peer_port;
         event.addr = a.peer;
@@ -119,39 +123,56 @@ fn handshake_done(sock: u64, new: i32) {
     }
 }
 
-/// A socket of a watched process ends (`new`): reported as a close of its descriptor. A
-/// move out of ESTABLISHED or CLOSE_WAIT counts only inside the owner's `close` (a
-/// `shutdown` keeps the descriptor in use); a move into CLOSE (a reset, an abort, the end of
-/// TIME_WAIT) counts anywhere for a socket the data path has seen. A socket it has not seen
-/// (open at attach, idle since) is reported by its own close only.
+/// A socket of a watched process ends in its owner's `close` (`new`: ESTABLISHED to
+/// FIN_WAIT1, CLOSE_WAIT to LAST_ACK, or into CLOSE): reported as a close of its
+/// descriptor. A change elsewhere (a reset in a softirq, a `shutdown`) is not an end: the
+/// descriptor is still the process's, and what it writes still belongs to the connection;
+/// such a socket ends at its destruction (`tcp_destroy_sock`), after its owner closed it. A
+/// socket the data path has not seen (open at attach, idle since) is reported by its own
+/// close.
 #[inline(always)]
-fn closed(sock: u64, new: i32) {
-    let known = unsafe { SOCKS.get(sock) }.copied();
+fn closed(sock: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let closing_fd = || match user_regs() {
-        Some(regs) if regs.orig_rax == nr::CLOSE => Some(regs.rdi as u32),
-        _ => None,
-    };
-    let (owner, fd) = match known {
-        Some(info) => {
-            if new != set_state::TCP_CLOSE && (tgid != info.tgid || closing_fd().is_none()) {
-                return;
-            }
-            let _ = SOCKS.remove(sock);
-            (info.tgid, info.fd)
-        }
-        None if new != set_state::TCP_CLOSE && is_watched(tgid) => match closing_fd() {
-            Some(fd) => (tgid, fd),
-            None => return,
-        },
-        None => return,
-    };
-    if fd == FD_UNKNOWN {
+    if !is_watched(tgid) {
         return;
     }
+    let fd = match user_regs() {
+        Some(regs) if regs.orig_rax == nr::CLOSE => regs.rdi as u32,
+        _ => return,
+    };
+    if let Some(info) = unsafe { SOCKS.get(sock) }.copied() {
+        if info.tgid != tgid {
+            return;
+        }
+        let _ = SOCKS.remove(sock);
+    }
+    close_event(tgid, fd, sock);
+}
+
+/// A TCP socket is destroyed (`raw_tracepoint/tcp_destroy_sock`, on the socket data path):
+/// its owner has closed it, and the end was not seen in its `close` (a socket shut down or
+/// reset before). Reported as a close of the descriptor it was last seen on.
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    if empty_programs() {
+        return 0;
+    }
+    let sock: u64 = ctx.arg(0);
+    let Some(info) = (unsafe { SOCKS.get(sock) }).copied() else {
+        return 0;
+    };
+    let _ = SOCKS.remove(sock);
+    if info.fd != FD_UNKNOWN {
+        close_event(info.tgid, info.fd, sock);
+    }
+    0
+}
+
+#[inline(always)]
+fn close_event(tgid: u32, fd: u32, sock: u64) {
     output(&SockConn {
         kind: EventKind::SockConn as u32,
-        tgid: owner,
+        tgid,
         fd,
         syscall: nr::CLOSE as u32,
         ts_ns: unsafe { bpf_ktime_get_ns() },
