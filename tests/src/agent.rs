@@ -66,7 +66,7 @@ impl Agent {
         Self::wait_serving(Self::spawn_in(wrapper, args))
     }
 
-    fn spawn_in(wrapper: &[&str], args: &[String]) -> Self {
+    pub fn spawn_in(wrapper: &[&str], args: &[String]) -> Self {
         let stderr_path = tempdir().join("agent.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = match wrapper.split_first() {

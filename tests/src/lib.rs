@@ -67,6 +67,17 @@ pub fn data_path_under_test() -> String {
     }
 }
 
+/// How many machine-wide programs an agent of this run attaches: on the socket path the two
+/// socket tracepoints, `tcp_destroy_sock` and `inet_sock_set_state`; on the syscall path
+/// `sys_exit`, `sys_enter_close` and `inet_sock_set_state`.
+pub fn shared_probes_under_test() -> f64 {
+    if data_path_under_test() == "sockets" {
+        4.0
+    } else {
+        3.0
+    }
+}
+
 pub fn agent_bin() -> PathBuf {
     env_path("OBS_AGENT_BIN")
 }

@@ -561,7 +561,7 @@ fn the_agent_runs_with_only_the_manifests_capabilities() {
     );
     assert_eq!(
         scrape(&metrics_url).sum("obs_agent_probes_attached", &[]),
-        3.0,
+        obs_integration_tests::shared_probes_under_test(),
         "{}",
         log()
     );

@@ -136,7 +136,10 @@ fn target_exit_mid_request_releases_its_state() {
     })
     .unwrap_or_else(|| panic!("agent still watches the dead pid; log:\n{}", agent.log()));
     // Only the shared programs remain: two for syscalls, one for TCP handshakes.
-    assert_eq!(s.sum("obs_agent_probes_attached", &[]), 3.0);
+    assert_eq!(
+        s.sum("obs_agent_probes_attached", &[]),
+        obs_integration_tests::shared_probes_under_test()
+    );
     // The request in flight when it died is counted as unanswered, not silently dropped.
     assert_eq!(
         s.sum(
@@ -326,8 +329,10 @@ fn without_root_the_agent_says_so() {
 }
 
 /// Garbage where the kernel's BTF should be (bind-mounted over /sys/kernel/btf/vmlinux in a
-/// mount namespace of the agent's own): the agent says what it goes without (the local
+/// mount namespace of the agent's own): the socket data path needs the BTF, so `auto` falls
+/// back to the syscall path and says why; the agent says what it goes without (the local
 /// addresses of short connections), attaches everything else, and counts every request.
+/// Told to use the socket path, it refuses to start, saying why.
 #[test]
 fn unusable_kernel_btf_costs_only_the_handshake_program() {
     let garbage = tempdir().join("vmlinux");
@@ -349,12 +354,29 @@ fn unusable_kernel_btf_costs_only_the_handshake_program() {
             &script,
             "sh",
         ],
-        &["--pid".to_owned(), server.proc.pid().to_string()],
+        &[
+            "--data-path".to_owned(),
+            "auto".to_owned(),
+            "--pid".to_owned(),
+            server.proc.pid().to_string(),
+        ],
     );
     let log = agent.log();
     assert!(
         log.contains("not watching TCP handshakes (not BTF (magic 0x6f6e))"),
         "{log}"
+    );
+    assert!(
+        log.contains(
+            "using the syscall data path: the kernel's BTF is needed (not BTF (magic 0x6f6e))"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        agent
+            .scrape()
+            .sum("obs_agent_data_path_info", &[("path", "syscalls")]),
+        1.0
     );
     for _ in 0..5 {
         ureq::get(&server.url("/hello")).call().unwrap();
@@ -372,6 +394,26 @@ fn unusable_kernel_btf_costs_only_the_handshake_program() {
         agent.scrape().sum("obs_agent_probes_attached", &[]),
         2.0,
         "the two syscall programs, not the handshake one"
+    );
+    drop(agent);
+    let refused = Agent::spawn_in(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ],
+        &["--data-path".to_owned(), "sockets".to_owned()],
+    );
+    let (code, log) = refused.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("the socket data path cannot be used: the kernel's BTF is needed"),
+        "{log}"
     );
 }
 

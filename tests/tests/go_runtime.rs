@@ -473,7 +473,7 @@ fn unrecovered_panic_is_counted_and_released() {
     );
     assert_eq!(
         s.sum("obs_agent_probes_attached", &[]),
-        3.0,
-        "only the shared programs (syscalls, TCP handshakes)"
+        obs_integration_tests::shared_probes_under_test(),
+        "only the shared programs (the data path's, TCP states)"
     );
 }
