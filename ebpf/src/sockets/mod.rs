@@ -35,16 +35,16 @@ use crate::{
 /// `recvmsg`, `sendmsg`: no more of it than it holds), nothing for `sendfile` (a file's bytes,
 /// counted).
 #[inline(always)]
-pub fn data_at(tgid: u32, regs: &pt_regs, syscall: u64, ret: i64) {
+pub fn data_at(tgid: u32, regs: &Regs, syscall: u64, ret: i64) {
     match syscall {
-        nr::READ | nr::RECVFROM => data(tgid, regs, ret, DIR_INGRESS, regs.rsi, ret),
-        nr::WRITE | nr::SENDTO => data(tgid, regs, ret, DIR_EGRESS, regs.rsi, ret),
+        nr::READ | nr::RECVFROM => data(tgid, regs, ret, DIR_INGRESS, regs.si, ret),
+        nr::WRITE | nr::SENDTO => data(tgid, regs, ret, DIR_EGRESS, regs.si, ret),
         nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG => {
             let (base, len) = if matches!(syscall, nr::READV | nr::WRITEV) {
-                first_iov(regs.rsi)
+                first_iov(regs.si)
             } else {
                 // struct msghdr: msg_iov at offset 16.
-                msg_iov(regs.rsi)
+                msg_iov(regs.si)
             };
             let direction = if matches!(syscall, nr::READV | nr::RECVMSG) {
                 DIR_INGRESS
@@ -106,7 +106,7 @@ fn msg_iov(msghdr: u64) -> (u64, i64) {
 /// most `readable` bytes are copied from `buf` (a vector's first buffer may be shorter than
 /// what the call transferred).
 #[inline(always)]
-fn data(tgid: u32, regs: &pt_regs, ret: i64, direction: u32, buf: u64, readable: i64) {
+fn data(tgid: u32, regs: &Regs, ret: i64, direction: u32, buf: u64, readable: i64) {
     let copy = if readable < ret { readable } else { ret };
     if direction == DIR_EGRESS {
         data_n::<EGRESS_PREFIX>(
@@ -127,7 +127,7 @@ fn data(tgid: u32, regs: &pt_regs, ret: i64, direction: u32, buf: u64, readable:
 /// copied to the ring buffer only as far as filled (header + prefix), so a 100-byte request
 /// costs 148 bytes of ring, and a request head with long headers is still seen whole.
 #[inline(always)]
-fn ingress(tgid: u32, regs: &pt_regs, ret: i64, buf: u64, copy: i64) {
+fn ingress(tgid: u32, regs: &Regs, ret: i64, buf: u64, copy: i64) {
     let Some(e) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -154,7 +154,7 @@ fn ingress(tgid: u32, regs: &pt_regs, ret: i64, buf: u64, copy: i64) {
 fn data_n<const N: usize>(
     kind: EventKind,
     tgid: u32,
-    regs: &pt_regs,
+    regs: &Regs,
     ret: i64,
     direction: u32,
     buf: u64,
@@ -188,7 +188,7 @@ fn fill<const N: usize>(
     e: &mut SockDataN<N>,
     kind: EventKind,
     tgid: u32,
-    regs: &pt_regs,
+    regs: &Regs,
     ret: i64,
     direction: u32,
     buf: u64,
@@ -203,8 +203,8 @@ fn fill<const N: usize>(
     };
     e.kind = kind as u32;
     e.tgid = tgid;
-    e.fd = regs.rdi as u32;
-    e.syscall = regs.orig_rax as u32;
+    e.fd = regs.di as u32;
+    e.syscall = regs.syscall as u32;
     e.ts_ns = unsafe { bpf_ktime_get_ns() };
     e.bytes = ret;
     e.direction = direction;
@@ -226,7 +226,7 @@ fn fill<const N: usize>(
 /// The goroutine making the syscall, in a Go process whose offsets user space gave: R14
 /// holds it in Go code, and the syscall path leaves it alone. 0 otherwise.
 #[inline(always)]
-fn goroutine(tgid: u32, regs: &pt_regs) -> u64 {
+fn goroutine(tgid: u32, regs: &Regs) -> u64 {
     match unsafe { GO_PROCS.get(tgid) } {
         Some(off) if off.flags & FOLLOW_PARENTS != 0 => {
             read::<u64>(regs.r14 + off.g_goid).unwrap_or(0)
@@ -273,12 +273,58 @@ fn connected(mut event: SockConn) {
     output(&event);
 }
 
-/// The current thread's user registers, saved at syscall entry.
+/// What the data path reads of a syscall's saved user registers: its number, its first two
+/// arguments, and R14 (Go's current goroutine).
+#[derive(Clone, Copy)]
+pub struct Regs {
+    pub syscall: u64,
+    pub di: u64,
+    pub si: u64,
+    pub r14: u64,
+}
+
+impl Regs {
+    #[inline(always)]
+    pub fn of(r: &pt_regs) -> Self {
+        Regs {
+            syscall: r.orig_rax,
+            di: r.rdi,
+            si: r.rsi,
+            r14: r.r14,
+        }
+    }
+}
+
+/// `__USER_CS`: a 64-bit syscall's code segment.
+const USER_CS: u64 = 0x33;
+
+/// The current thread's user registers, saved at syscall entry, if they are a 64-bit
+/// syscall's of this very thread: not an io_uring worker's or a kernel thread's (no user
+/// registers: ip and sp are 0).
+///
+/// Read with direct loads from the kernel's `struct pt_regs` (`bpf_task_pt_regs` gives a
+/// typed pointer; the verifier turns each load into a faulting-safe one): four fields and
+/// three checks, not a copy of the whole 168-byte struct through a helper.
 #[inline(always)]
-pub fn user_regs() -> Option<pt_regs> {
-    // SAFETY: helpers the verifier checks; the result is the task's pt_regs.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
-    unsafe { bpf_probe_read_kernel(regs) }.ok()
+pub fn user_regs() -> Option<Regs> {
+    // SAFETY: helpers the verifier checks; the result is the task's pt_regs (never null),
+    // whose fields the loads below read at their x86_64 offsets.
+    unsafe {
+        let r = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        // cs is a 16-bit selector (with FRED, the rest of its 8 bytes holds other bits).
+        let cs = core::ptr::read_volatile(&raw const (*r).cs) & 0xffff;
+        let ip = core::ptr::read_volatile(&raw const (*r).rip);
+        let sp = core::ptr::read_volatile(&raw const (*r).rsp);
+        if cs != USER_CS || ip == 0 || sp == 0 {
+            return None;
+        }
+        Some(Regs {
+            syscall: core::ptr::read_volatile(&raw const (*r).orig_rax),
+            di: core::ptr::read_volatile(&raw const (*r).rdi),
+            si: core::ptr::read_volatile(&raw const (*r).rsi),
+            r14: core::ptr::read_volatile(&raw const (*r).r14),
+        })
+    }
 }
 
 /// Both ends of a socket, read from the kernel's `struct sock` at the BTF offsets user space

@@ -23,9 +23,6 @@ use obs_common::{
 use super::{data_at, sock_addresses, user_regs};
 use crate::maps::{count, empty_programs, is_watched, output, SOCKS, SOCK_OFFSETS};
 
-/// `__USER_CS`: a 64-bit syscall's code segment.
-const USER_CS: u64 = 0x33;
-
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     socket_io(&ctx, DIR_INGRESS)
@@ -52,16 +49,12 @@ fn socket_io(ctx: &RawTracePointContext, direction: u32) -> i32 {
     if ret <= 0 || (direction == DIR_INGRESS && ctx.arg::<u64>(2) & MSG_PEEK != 0) {
         return 0;
     }
-    let Some(regs) = user_regs() else {
-        count(Stat::TargetReadErrors);
-        return 0;
-    };
     // Only a 64-bit socket syscall of this very thread describes this data: not an io_uring
     // worker (no user registers), not a completion run on the way out of another syscall.
-    if regs.cs != USER_CS || regs.rip == 0 || regs.rsp == 0 {
+    let Some(regs) = user_regs() else {
         return 0;
-    }
-    let syscall = regs.orig_rax;
+    };
+    let syscall = regs.syscall;
     let reads = matches!(syscall, nr::READ | nr::RECVFROM | nr::READV | nr::RECVMSG);
     let writes = matches!(
         syscall,
@@ -71,7 +64,7 @@ fn socket_io(ctx: &RawTracePointContext, direction: u32) -> i32 {
         return 0;
     }
     // The socket's descriptor: the first argument of each of these (sendfile's out_fd).
-    let fd = regs.rdi as u32;
+    let fd = regs.di as u32;
     seen(tgid, ctx.arg::<u64>(0), fd);
     data_at(tgid, &regs, syscall, ret);
     0

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use obs_common::{sockets::nr, stats::Stat};
 
-use super::{conn, conn_event, connected, data_at};
+use super::{conn, conn_event, connected, data_at, Regs};
 use crate::maps::{count, empty_programs, is_watched};
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -72,7 +72,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         | nr::SENDFILE
             if ret > 0 =>
         {
-            data_at(tgid, &regs, syscall, ret)
+            data_at(tgid, &Regs::of(&regs), syscall, ret)
         }
         // The kernel wrote the peer's address to rsi (if the caller asked for it).
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => conn(tgid, syscall, ret as u32, ret, regs.rsi),

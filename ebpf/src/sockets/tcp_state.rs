@@ -74,7 +74,7 @@ fn connecting(sock: u64) {
     // The descriptor is the connect's first argument. A handshake started otherwise (a
     // sendto with MSG_FASTOPEN, io_uring) leaves it unknown: the socket's first data names it.
     let fd = match user_regs() {
-        Some(regs) if regs.orig_rax == nr::CONNECT => regs.rdi as u32,
+        Some(regs) if regs.syscall == nr::CONNECT => regs.di as u32,
         _ => FD_UNKNOWN,
     };
     let info = SockInfo {
@@ -137,7 +137,7 @@ fn closed(sock: u64) {
         return;
     }
     let fd = match user_regs() {
-        Some(regs) if regs.orig_rax == nr::CLOSE => regs.rdi as u32,
+        Some(regs) if regs.syscall == nr::CLOSE => regs.di as u32,
         _ => return,
     };
     if let Some(info) = unsafe { SOCKS.get(sock) }.copied() {
